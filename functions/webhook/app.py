@@ -1,0 +1,69 @@
+"""HTTP API: run callbacks (HMAC token in the URL) and the management API (IAM at the gateway)."""
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
+from rowcall.api import ApiError, page_limit
+from rowcall.compose import batch_queries, callback_recorder
+from rowcall.models import RunObject
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+app = APIGatewayHttpResolver()
+
+
+@app.post("/callbacks/<batch_id>/<row_id>")
+@tracer.capture_method
+def run_callback(batch_id: str, row_id: str) -> dict[str, Any]:
+    recorder = callback_recorder()
+    if not recorder.authentic(batch_id, row_id, app.current_event.get_query_string_value("token")):
+        raise ApiError(401, "invalid_token", "callback token is missing or does not match this row")
+    try:
+        run = RunObject.model_validate_json(app.current_event.decoded_body or "")
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", "callback body is not a run object", _fields(exc)) from None
+    result = recorder.record(batch_id, row_id, run)
+    metrics.add_metric(
+        name="CallbacksRecorded" if result.recorded else "CallbacksIgnored", unit=MetricUnit.Count, value=1
+    )
+    return {"recorded": result.recorded, "status": result.status}
+
+
+@app.get("/batches")
+def list_batches() -> dict[str, Any]:
+    limit = page_limit(app.current_event.get_query_string_value("limit"))
+    return batch_queries().list(limit, app.current_event.get_query_string_value("cursor") or None)
+
+
+@app.get("/batches/<batch_id>")
+def get_batch(batch_id: str) -> dict[str, Any]:
+    return batch_queries().get(batch_id)
+
+
+@app.exception_handler(ApiError)
+def api_error(error: ApiError) -> Response[Any]:
+    return Response(status_code=error.status, content_type="application/json", body=error.body())
+
+
+@app.not_found
+def no_route(_: Exception) -> Response[Any]:
+    return api_error(
+        ApiError(404, "not_found", f"no route {app.current_event.http_method} {app.current_event.path}")
+    )
+
+
+def _fields(exc: ValidationError) -> dict[str, str]:
+    return {".".join(str(p) for p in e["loc"]) or "body": e["msg"] for e in exc.errors()}
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return app.resolve(event, context)

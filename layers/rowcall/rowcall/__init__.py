@@ -1,0 +1,1 @@
+"""rowcall: the domain package every rowcall Lambda function imports (shipped as a layer)."""

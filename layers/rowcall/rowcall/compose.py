@@ -1,0 +1,128 @@
+"""Builds each function's domain object from its settings, once per execution environment."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+import boto3
+import httpx
+from aws_lambda_powertools.utilities import parameters
+
+from rowcall.api import BatchQueries
+from rowcall.callbacks import CallbackRecorder
+from rowcall.finishing import BatchFinisher
+from rowcall.identity import CallbackSigner
+from rowcall.ingest import IngestLimits, Ingestor
+from rowcall.ledger import Ledger
+from rowcall.ondone import OnDoneDelivery
+from rowcall.queues import ChunkQueue, DoneQueue
+from rowcall.runs import ProviderConnection, RunStarter
+from rowcall.settings import IngestSettings, NotifierSettings, WebhookSettings, WorkerSettings
+from rowcall.signing import WebhookSigner
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sns import SNSClient
+    from mypy_boto3_sqs import SQSClient
+
+SECRET_MAX_AGE_S = 300
+
+
+def secret(name: str) -> str:
+    """An SSM SecureString, cached for a few minutes so a rotation is picked up."""
+    return parameters.get_parameter(name, decrypt=True, max_age=SECRET_MAX_AGE_S)
+
+
+@cache
+def _s3() -> S3Client:
+    return boto3.client("s3")
+
+
+@cache
+def _sqs() -> SQSClient:
+    return boto3.client("sqs")
+
+
+@cache
+def _dynamodb() -> DynamoDBClient:
+    return boto3.client("dynamodb")
+
+
+def _sns() -> SNSClient:
+    return boto3.client("sns")
+
+
+def _ledger(table: str) -> Ledger:
+    return Ledger(_dynamodb(), table)
+
+
+def _finisher(ledger: Ledger, done_queue_url: str) -> BatchFinisher:
+    return BatchFinisher(ledger, DoneQueue(_sqs(), done_queue_url))
+
+
+@cache
+def ingestor() -> Ingestor:
+    settings = IngestSettings.from_env()
+    ledger = _ledger(settings.table_name)
+    return Ingestor(
+        s3=_s3(),
+        ledger=ledger,
+        chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
+        finisher=_finisher(ledger, settings.done_queue_url),
+        limits=IngestLimits(
+            max_rows=settings.max_rows,
+            max_bytes=settings.max_bytes,
+            chunk_rows=settings.chunk_rows,
+            default_technique_id=settings.default_technique_id,
+        ),
+    )
+
+
+@cache
+def run_starter() -> RunStarter:
+    settings = WorkerSettings.from_env()
+    ledger = _ledger(settings.table_name)
+    return RunStarter(
+        s3=_s3(),
+        ledger=ledger,
+        finisher=_finisher(ledger, settings.done_queue_url),
+        provider=ProviderConnection(
+            base_url=settings.provider_url, api_key=secret(settings.provider_api_key_param)
+        ),
+        signer=CallbackSigner(secret(settings.callback_secret_param)),
+        callback_base_url=settings.callback_base_url,
+        concurrency=settings.run_concurrency,
+    )
+
+
+@cache
+def callback_recorder() -> CallbackRecorder:
+    settings = WebhookSettings.from_env()
+    ledger = _ledger(settings.table_name)
+    return CallbackRecorder(
+        ledger,
+        _finisher(ledger, settings.done_queue_url),
+        CallbackSigner(secret(settings.callback_secret_param)),
+    )
+
+
+@cache
+def batch_queries() -> BatchQueries:
+    return BatchQueries(_ledger(WebhookSettings.from_env().table_name))
+
+
+@cache
+def on_done_delivery() -> OnDoneDelivery:
+    settings = NotifierSettings.from_env()
+    ledger = _ledger(settings.table_name)
+    return OnDoneDelivery(
+        s3=_s3(),
+        sns=_sns(),
+        ledger=ledger,
+        done_queue=DoneQueue(_sqs(), settings.done_queue_url),
+        http=httpx.Client(timeout=10.0, follow_redirects=False),
+        signer=WebhookSigner(secret(settings.webhook_secret_param)),
+        topic_arn=settings.topic_arn,
+    )

@@ -1,0 +1,140 @@
+"""Streaming CSV records with the byte range and physical line of each, so chunks are byte ranges.
+
+csv.reader pulls lines lazily, so counting the bytes of the lines handed to it gives exact record
+boundaries without buffering the file. Ingest and worker parse with these same functions, which is
+what makes a chunk's byte range mean the same rows to both.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from rowcall.models import RowError
+
+# Wide cells (long prompts, data URLs) are legitimate; the default 128 KiB limit is not a row rule.
+MAX_FIELD_BYTES = 8 * 1024 * 1024
+csv.field_size_limit(MAX_FIELD_BYTES)
+
+_BOM = "\ufeff"
+
+
+class CsvEncodingError(ValueError):
+    """The bytes are not UTF-8: the whole file is rejected (`invalid_encoding`)."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(f"line {line} is not valid UTF-8")
+        self.line = line
+
+
+@dataclass(frozen=True, slots=True)
+class CsvRecord:
+    number: int
+    line: int
+    start: int
+    end: int
+    fields: list[str] | None
+    error: RowError | None
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Bytes in, lines out, each keeping its line end (a line may be the unterminated last one)."""
+    pending = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        data = pending + chunk if pending else chunk
+        start = 0
+        while True:
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                break
+            yield data[start : newline + 1]
+            start = newline + 1
+        pending = data[start:]
+    if pending:
+        yield pending
+
+
+class _LineFeed:
+    """Decodes lines for csv.reader while counting the bytes and lines it has been handed."""
+
+    def __init__(self, byte_lines: Iterable[bytes], offset: int, line: int) -> None:
+        self._lines = iter(byte_lines)
+        self.offset = offset
+        self.next_line = line
+        self._strip_bom = offset == 0
+
+    def __iter__(self) -> _LineFeed:
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._lines)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CsvEncodingError(self.next_line) from None
+        if self._strip_bom:
+            self._strip_bom = False
+            text = text.removeprefix(_BOM)
+        self.offset += len(raw)
+        self.next_line += 1
+        return text
+
+
+def _row_error(message: str, line: int) -> RowError:
+    if "unexpected end of data" in message:
+        return RowError(line=line, code="unterminated_quote", message="quoted field is never closed")
+    if "field larger than field limit" in message:
+        return RowError(line=line, code="field_too_large", message=f"a field exceeds {MAX_FIELD_BYTES} bytes")
+    if "expected after" in message:
+        return RowError(line=line, code="invalid_quote", message=f"malformed quoting: {message}")
+    return RowError(line=line, code="malformed_row", message=message)
+
+
+def scan_records(
+    byte_lines: Iterable[bytes], *, offset: int = 0, line: int = 1, first_number: int = 0
+) -> Iterator[CsvRecord]:
+    """Every non-blank record with its byte range; malformed ones carry an error instead of fields.
+
+    The first record of a file (offset 0) is its header; callers number records so that the
+    header is 0 and data records count from 1.
+    """
+    feed = _LineFeed(byte_lines, offset, line)
+    reader = csv.reader(feed, strict=True)
+    number = first_number
+    while True:
+        start, start_line = feed.offset, feed.next_line
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield CsvRecord(number, start_line, start, feed.offset, None, _row_error(str(exc), start_line))
+            number += 1
+            continue
+        if not fields:
+            continue
+        yield CsvRecord(number, start_line, start, feed.offset, fields, None)
+        number += 1
+
+
+def validate_width(record: CsvRecord, width: int) -> CsvRecord:
+    """A data record must have exactly one field per header column."""
+    if record.fields is None or len(record.fields) == width:
+        return record
+    error = RowError(
+        line=record.line,
+        code="column_count",
+        message=f"expected {width} fields, found {len(record.fields)}",
+    )
+    return CsvRecord(record.number, record.line, record.start, record.end, None, error)
+
+
+def data_records(
+    byte_lines: Iterable[bytes], *, width: int, offset: int, line: int, first_number: int
+) -> Iterator[CsvRecord]:
+    """Data records of a byte range that starts on a record boundary, validated against the header."""
+    for record in scan_records(byte_lines, offset=offset, line=line, first_number=first_number):
+        yield validate_width(record, width)

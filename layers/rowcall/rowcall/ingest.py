@@ -1,0 +1,250 @@
+"""Ingest: one uploaded CSV becomes one batch whose rows are on the chunk queue.
+
+Pass 1 (`validating`) streams the object once and decides everything: header, row errors, row
+count, chunk byte ranges. Nothing reaches the queue for a file that is rejected. Pass 2
+(`ingesting`) sends the chunks ten at a time, checkpointing how many were sent, so a retry of a
+cut-off invocation resumes there instead of sending rows twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict
+
+from rowcall.csvsplit import CsvEncodingError, CsvRecord, scan_records, split_lines, validate_width
+from rowcall.finishing import BatchFinisher
+from rowcall.identity import batch_id_for
+from rowcall.ledger import Ledger
+from rowcall.metadata import InvalidHeader, InvalidMetadata, check_header, spec_from_metadata
+from rowcall.models import (
+    BatchSpec,
+    BatchState,
+    BatchStatus,
+    ChunkMessage,
+    ChunkPlan,
+    RowError,
+    SourceObject,
+    iso,
+    utcnow,
+)
+from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue
+from rowcall.source import head_source, read_source
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = Logger(child=True)
+
+ROW_ERROR_FLUSH = 100
+
+
+class ObjectCreated(BaseModel):
+    """One S3 ObjectCreated record, reduced to what identifies and sizes the object."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+    sequencer: str | None = None
+    size: int | None = None
+
+
+class IngestLimits(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    max_rows: int
+    max_bytes: int
+    chunk_rows: int
+    default_technique_id: str
+
+
+class FileRejected(Exception):
+    """The whole file is refused; `reason` is the batch's reason code (contract §4)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class _Scan:
+    header: list[str]
+    chunks: list[ChunkPlan] = field(default_factory=list)
+    rows_skipped: int = 0
+
+
+class Ingestor:
+    def __init__(
+        self,
+        *,
+        s3: S3Client,
+        ledger: Ledger,
+        chunk_queue: ChunkQueue,
+        finisher: BatchFinisher,
+        limits: IngestLimits,
+    ) -> None:
+        self._s3 = s3
+        self._ledger = ledger
+        self._chunks = chunk_queue
+        self._finisher = finisher
+        self._limits = limits
+
+    def ingest(self, created: ObjectCreated) -> BatchState | None:
+        """Make (or resume) the batch of one uploaded object; None when the object is gone."""
+        try:
+            head = head_source(
+                self._s3, SourceObject(bucket=created.bucket, key=created.key, version=created.version_id)
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchVersion"):
+                logger.warning("uploaded object is gone", extra={"key": created.key})
+                return None
+            raise
+        version = created.version_id or head.get("VersionId")
+        source = SourceObject(
+            bucket=created.bucket, key=created.key, version=None if version == "null" else version
+        )
+        batch_id = batch_id_for(created.bucket, created.key, source.version, created.sequencer)
+        metadata = head.get("Metadata", {})
+        spec_error: InvalidMetadata | None = None
+        try:
+            spec = spec_from_metadata(
+                metadata, key=created.key, default_technique_id=self._limits.default_technique_id
+            )
+        except InvalidMetadata as exc:
+            spec_error = exc
+            spec = BatchSpec(
+                technique_id=self._limits.default_technique_id,
+                name=metadata.get("batch-name") or created.key,
+            )
+        now = iso(utcnow())
+        batch, created_now = self._ledger.open_batch(
+            BatchState(
+                batch_id=batch_id,
+                name=spec.name,
+                source=source,
+                spec=spec,
+                status=BatchStatus.VALIDATING,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        logger.append_keys(batch_id=batch_id)
+        if not created_now:
+            logger.info("batch exists already", extra={"status": batch.status.value})
+        if batch.status is BatchStatus.VALIDATING:
+            if spec_error is not None:
+                return self._reject(batch, FileRejected("invalid_metadata", str(spec_error)))
+            size = head.get("ContentLength", created.size or 0)
+            try:
+                if size > self._limits.max_bytes:
+                    raise FileRejected(
+                        "file_too_large", f"{size} bytes is over the limit of {self._limits.max_bytes}"
+                    )
+                scan = self._scan(batch)
+            except FileRejected as rejected:
+                return self._reject(batch, rejected)
+            if not self._ledger.record_plan(
+                batch_id, header=scan.header, chunks=scan.chunks, rows_skipped=scan.rows_skipped
+            ):
+                return self._ledger.get_batch(batch_id)  # another delivery got there first
+            self._enqueue(batch_id, scan.chunks, already_sent=0)
+        elif batch.status is BatchStatus.INGESTING:
+            self._enqueue(batch_id, self._ledger.chunk_plan(batch_id), already_sent=batch.chunks_enqueued)
+        else:
+            return batch
+        if self._ledger.mark_running(batch_id):
+            logger.info("batch running")
+        self._finisher.finish_if_done(batch_id)
+        return self._ledger.get_batch(batch_id)
+
+    # -- pass 1 ----------------------------------------------------------------------------------
+    def _scan(self, batch: BatchState) -> _Scan:
+        records = self._records(batch.source)
+        try:
+            header_record = next(records, None)
+            if header_record is None:
+                raise FileRejected("empty_file", "the file has no header row")
+            if header_record.fields is None:
+                message = header_record.error.message if header_record.error else "unreadable"
+                raise FileRejected("invalid_header", f"the header row is malformed: {message}")
+            header = header_record.fields
+            try:
+                check_header(header, batch.spec)
+            except InvalidHeader as exc:
+                raise FileRejected("invalid_header", str(exc)) from None
+            return self._plan(batch.batch_id, header, records)
+        except CsvEncodingError as exc:
+            raise FileRejected("invalid_encoding", f"{exc}; the file must be UTF-8") from None
+
+    def _plan(self, batch_id: str, header: list[str], records: Iterator[CsvRecord]) -> _Scan:
+        """Chunks are byte ranges from a chunk's first good record to its last; bad records in
+        between are skipped by the worker with the same validation, so they need no gaps."""
+        scan = _Scan(header=header)
+        errors: list[RowError] = []
+        rows = 0
+        first: CsvRecord | None = None
+        last: CsvRecord | None = None
+        rows_in_chunk = 0
+        for raw in records:
+            record = validate_width(raw, len(header))
+            if record.error is not None:
+                errors.append(record.error)
+                scan.rows_skipped += 1
+                if len(errors) >= ROW_ERROR_FLUSH:
+                    self._ledger.record_row_errors(batch_id, errors)
+                    errors = []
+                continue
+            rows += 1
+            if rows > self._limits.max_rows:
+                raise FileRejected(
+                    "row_count_exceeded", f"more than {self._limits.max_rows} data rows in one batch"
+                )
+            first = first or record
+            last = record
+            rows_in_chunk += 1
+            if rows_in_chunk == self._limits.chunk_rows:
+                scan.chunks.append(_chunk(len(scan.chunks), first, last, rows_in_chunk))
+                first, rows_in_chunk = None, 0
+        if first is not None and last is not None:
+            scan.chunks.append(_chunk(len(scan.chunks), first, last, rows_in_chunk))
+        if errors:
+            self._ledger.record_row_errors(batch_id, errors)
+        logger.info(
+            "file validated",
+            extra={"rows": rows, "rows_skipped": scan.rows_skipped, "chunks": len(scan.chunks)},
+        )
+        return scan
+
+    def _records(self, source: SourceObject) -> Iterator[CsvRecord]:
+        yield from scan_records(split_lines(read_source(self._s3, source)), first_number=0)
+
+    # -- pass 2 ----------------------------------------------------------------------------------
+    def _enqueue(self, batch_id: str, chunks: list[ChunkPlan], *, already_sent: int) -> None:
+        for start in range(already_sent, len(chunks), SEND_BATCH_LIMIT):
+            group = chunks[start : start + SEND_BATCH_LIMIT]
+            self._chunks.send([ChunkMessage(batch_id=batch_id, chunk=c) for c in group])
+            self._ledger.record_enqueued(batch_id, start + len(group))
+
+    def _reject(self, batch: BatchState, rejected: FileRejected) -> BatchState | None:
+        logger.warning("file rejected", extra={"reason": rejected.reason, "detail": rejected.message})
+        self._finisher.fail(batch.batch_id, rejected.reason, rejected.message)
+        return self._ledger.get_batch(batch.batch_id)
+
+
+def _chunk(index: int, first: CsvRecord, last: CsvRecord, rows: int) -> ChunkPlan:
+    return ChunkPlan(
+        index=index,
+        start=first.start,
+        end=last.end,
+        first_record=first.number,
+        first_line=first.line,
+        rows=rows,
+    )

@@ -1,0 +1,255 @@
+"""Pydantic models for every boundary: metadata, queue messages, provider runs, stored state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class BatchStatus(StrEnum):
+    VALIDATING = "validating"
+    INGESTING = "ingesting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_BATCH_STATUSES
+
+
+TERMINAL_BATCH_STATUSES = frozenset(
+    {BatchStatus.COMPLETED, BatchStatus.PARTIAL, BatchStatus.FAILED, BatchStatus.CANCELED}
+)
+# States in which rows may still be started and callbacks may still finish the batch.
+OPEN_BATCH_STATUSES = frozenset({BatchStatus.INGESTING, BatchStatus.RUNNING})
+
+
+class RowStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class InputType(StrEnum):
+    TEXT = "text"
+    IMAGE_URL = "imageUrl"
+    VIDEO_URL = "videoUrl"
+    AUDIO_URL = "audioUrl"
+
+
+class RunInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    value: str
+
+
+class SourceObject(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str
+    version: str | None = None
+
+
+class BatchSpec(BaseModel):
+    """What an upload's metadata asks for (contract §3), validated once at ingest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    technique_id: str = Field(min_length=1, max_length=200)
+    key_column: str | None = None
+    input_columns: tuple[str, ...] | None = None
+    input_types: dict[str, str] = Field(default_factory=dict)
+    static_inputs: tuple[RunInput, ...] = ()
+    on_done_url: str | None = None
+    name: str
+
+    @field_validator("on_done_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("on-done-url must be an http(s) URL")
+        return value
+
+
+class Notification(BaseModel):
+    status: Literal["none", "pending", "sending", "retrying", "delivered", "failed"] = "none"
+    attempts: int = 0
+    delivered_at: str | None = None
+    # Delivery bookkeeping, not shown to API users.
+    lease_until: int | None = None
+    results_written: bool = False
+    sns_published: bool = False
+
+
+class ResultsLocation(BaseModel):
+    csv_key: str | None = None
+    errors_key: str | None = None
+
+
+class ChunkPlan(BaseModel):
+    """A byte range of the source holding `rows` valid rows; records are 1-based data record numbers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(ge=0)
+    start: int = Field(ge=0)
+    end: int = Field(gt=0)
+    first_record: int = Field(ge=1)
+    first_line: int = Field(ge=1)
+    rows: int = Field(ge=1)
+
+
+class ChunkMessage(BaseModel):
+    """The chunk queue's message: small whatever the row width, the worker reads the range itself."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    chunk: ChunkPlan
+
+
+class DoneMessage(BaseModel):
+    """The done queue's message: deliver the on-done of one finish of a batch."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    finish_seq: int = Field(ge=1)
+    # Which delivery attempt this message is for: a stale or duplicate message for an attempt
+    # that has already happened finds the notification moved on and is dropped.
+    attempt: int = Field(default=0, ge=0)
+
+
+class RowError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    line: int = Field(ge=1)
+    code: str
+    message: str
+
+
+class RunOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    output_id: str | None = None
+    type: str | None = None
+    url: str | None = None
+
+
+class RunObject(BaseModel):
+    """The provider's run, as returned on create and posted to callbacks (contract §5)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str = Field(min_length=1)
+    status: str
+    progress: float | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    outputs: list[RunOutput] = Field(default_factory=list)
+    error_code: str | None = None
+    error_message: str | None = None
+    charged_cost: float | None = None
+
+    @property
+    def terminal_status(self) -> RowStatus | None:
+        if self.status in ("completed", "succeeded"):
+            return RowStatus.COMPLETED
+        if self.status in ("failed", "canceled", "cancelled", "error"):
+            return RowStatus.FAILED
+        return None
+
+
+class CreateRunRequest(BaseModel):
+    inputs: list[RunInput]
+    mode: Literal["async"] = "async"
+    callback_url: str
+    idempotency_key: str
+
+
+class RowOutcome(BaseModel):
+    """A row's terminal state, from a callback or from a permanent provider refusal."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal[RowStatus.COMPLETED, RowStatus.FAILED]
+    run_id: str | None = None
+    outputs: list[dict[str, Any]] = Field(default_factory=list)
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class BatchState(BaseModel):
+    """The batch item as stored. Counters of finished rows live in chunk items until settled."""
+
+    batch_id: str
+    name: str
+    source: SourceObject
+    spec: BatchSpec
+    status: BatchStatus
+    header: list[str] | None = None
+    reason: str | None = None
+    reason_message: str | None = None
+    total_count: int | None = None
+    chunk_count: int | None = None
+    rows_skipped: int = 0
+    chunks_enqueued: int = 0
+    chunks_settled: int = 0
+    completed_count: int = 0
+    failed_count: int = 0
+    created_at: str
+    updated_at: str
+    running_at: str | None = None
+    finished_at: str | None = None
+    finish_seq: int = 0
+    notification: Notification = Field(default_factory=Notification)
+    results: ResultsLocation = Field(default_factory=ResultsLocation)
+
+
+class ChunkCounter(BaseModel):
+    index: int
+    rows: int
+    completed: int = 0
+    failed: int = 0
+    settled: bool = False
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed
+
+
+class RowState(BaseModel):
+    """A row the ledger knows: started (running) or finished. Rows not stored yet are pending."""
+
+    batch_id: str
+    chunk: int
+    record: int
+    status: RowStatus
+    line: int | None = None
+    key: str | None = None
+    attempt: int = 1
+    run_id: str | None = None
+    outputs: list[dict[str, Any]] = Field(default_factory=list)
+    error_code: str | None = None
+    error_message: str | None = None
+    updated_at: str | None = None

@@ -1,0 +1,178 @@
+"""On-done delivery: results CSV, one SNS message, the signed webhook retried on its schedule.
+
+One finish of a batch is delivered by one claim at a time. Each step that must happen once per
+finish (results written, SNS published) is recorded when done, so a delivery taken over after a
+crash skips it. Webhook attempts keep one `webhook-id` per finish, which is how consumers dedupe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from aws_lambda_powertools import Logger
+
+from rowcall.api import BatchQueries
+from rowcall.ledger import Ledger
+from rowcall.models import BatchState, BatchStatus, DoneMessage, ResultsLocation
+from rowcall.queues import DoneQueue
+from rowcall.results import upload_results
+from rowcall.signing import WebhookSigner
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sns import SNSClient
+
+logger = Logger(child=True)
+
+# Standard Webhooks' schedule after the first attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+RETRY_SCHEDULE_S = (5, 300, 1800, 7200, 18000, 36000, 36000)
+LEASE_S = 330  # longer than the notifier's timeout, so a live delivery is never taken over
+
+EVENT_TYPES = {
+    BatchStatus.COMPLETED: "batch.completed",
+    BatchStatus.PARTIAL: "batch.completed",
+    BatchStatus.FAILED: "batch.failed",
+    BatchStatus.CANCELED: "batch.canceled",
+}
+
+
+def webhook_id(batch_id: str, finish_seq: int) -> str:
+    return f"msg_{batch_id}_{finish_seq}"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    status: str
+    attempts: int = 0
+    detail: str = ""
+
+
+class OnDoneDelivery:
+    def __init__(
+        self,
+        *,
+        s3: S3Client,
+        sns: SNSClient,
+        ledger: Ledger,
+        done_queue: DoneQueue,
+        http: httpx.Client,
+        signer: WebhookSigner,
+        topic_arn: str,
+        clock: Callable[[], float] = time.time,
+        retry_schedule_s: tuple[int, ...] = RETRY_SCHEDULE_S,
+    ) -> None:
+        self._s3 = s3
+        self._sns = sns
+        self._ledger = ledger
+        self._done = done_queue
+        self._http = http
+        self._signer = signer
+        self._topic = topic_arn
+        self._clock = clock
+        self._schedule = retry_schedule_s
+        self._queries = BatchQueries(ledger)
+
+    def deliver(self, message: DoneMessage) -> DeliveryResult:
+        now = self._clock()
+        batch = self._ledger.claim_notification(message, lease_seconds=LEASE_S, now_epoch=now)
+        if batch is None:
+            return self._not_claimed(message, now)
+        logger.append_keys(batch_id=batch.batch_id)
+        notification = batch.notification
+        if not notification.results_written:
+            csv_key, err_key = upload_results(self._s3, self._ledger, batch)
+            self._ledger.record_results(batch.batch_id, message.finish_seq, csv_key, err_key)
+            batch = batch.model_copy(update={"results": ResultsLocation(csv_key=csv_key, errors_key=err_key)})
+        body = self._body(batch)
+        if not notification.sns_published:
+            self._publish(batch, message, body)
+            self._ledger.record_notification_step(batch.batch_id, message.finish_seq, "sns_published")
+        url = batch.spec.on_done_url
+        if url is None:
+            self._ledger.settle_notification(
+                batch.batch_id, message.finish_seq, status="delivered", attempts=notification.attempts + 1
+            )
+            return DeliveryResult("delivered", notification.attempts + 1, "sns only")
+        return self._post_webhook(batch, message, url, body)
+
+    def _not_claimed(self, message: DoneMessage, now: float) -> DeliveryResult:
+        """A retry scheduled past SQS's 15-minute delay cap waits in hops until its time comes."""
+        batch = self._ledger.get_batch(message.batch_id)
+        notification = batch.notification if batch else None
+        if (
+            batch is not None
+            and notification is not None
+            and batch.finish_seq == message.finish_seq
+            and notification.status == "retrying"
+            and notification.attempts == message.attempt
+            and (notification.lease_until or 0) > now
+        ):
+            self._done.send(message, delay_seconds=int((notification.lease_until or 0) - now) + 1)
+            return DeliveryResult("waiting", notification.attempts)
+        return DeliveryResult("not_claimed")
+
+    def _body(self, batch: BatchState) -> bytes:
+        payload: dict[str, Any] = {
+            "type": EVENT_TYPES.get(batch.status, "batch.completed"),
+            "timestamp": batch.finished_at or batch.updated_at,
+            "data": self._queries.view(batch),
+        }
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    def _publish(self, batch: BatchState, message: DoneMessage, body: bytes) -> None:
+        event_type = EVENT_TYPES.get(batch.status, "batch.completed")
+        self._sns.publish(
+            TopicArn=self._topic,
+            Message=body.decode(),
+            MessageAttributes={
+                "type": {"DataType": "String", "StringValue": event_type},
+                "batch_id": {"DataType": "String", "StringValue": batch.batch_id},
+                "webhook_id": {
+                    "DataType": "String",
+                    "StringValue": webhook_id(batch.batch_id, message.finish_seq),
+                },
+            },
+        )
+
+    def _post_webhook(self, batch: BatchState, message: DoneMessage, url: str, body: bytes) -> DeliveryResult:
+        attempts = batch.notification.attempts + 1
+        headers = self._signer.headers(
+            webhook_id(batch.batch_id, message.finish_seq), int(self._clock()), body
+        )
+        headers |= {"content-type": "application/json", "user-agent": "rowcall-on-done/1"}
+        try:
+            response = self._http.post(url, content=body, headers=headers)
+            detail = f"HTTP {response.status_code}"
+            delivered = 200 <= response.status_code < 300
+        except httpx.HTTPError as exc:
+            detail, delivered = f"{type(exc).__name__}", False
+        if delivered:
+            self._ledger.settle_notification(
+                batch.batch_id, message.finish_seq, status="delivered", attempts=attempts
+            )
+            logger.info("on-done delivered", extra={"attempts": attempts})
+            return DeliveryResult("delivered", attempts, detail)
+        if attempts > len(self._schedule):
+            self._ledger.settle_notification(
+                batch.batch_id, message.finish_seq, status="failed", attempts=attempts
+            )
+            logger.error("on-done gave up", extra={"attempts": attempts, "detail": detail})
+            return DeliveryResult("failed", attempts, detail)
+        delay = self._schedule[attempts - 1]
+        self._ledger.settle_notification(
+            batch.batch_id,
+            message.finish_seq,
+            status="retrying",
+            attempts=attempts,
+            retry_at_epoch=self._clock() + delay,
+        )
+        self._done.send(message.model_copy(update={"attempt": attempts}), delay_seconds=delay)
+        logger.warning(
+            "on-done attempt failed", extra={"attempts": attempts, "detail": detail, "retry_in_s": delay}
+        )
+        return DeliveryResult("retrying", attempts, detail)

@@ -1,0 +1,141 @@
+"""Client of the runs provider (contract §5): create runs, map its answers to what they mean for a row."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from rowcall.models import CreateRunRequest, RunObject
+
+# Provider answers that say the whole batch cannot run, whatever the row: reason codes of §4.
+BATCH_FATAL_CODES = {401: "provider_unauthorized", 403: "provider_unauthorized", 404: "technique_not_found"}
+
+
+class ProviderErrorBody(BaseModel):
+    code: str = "unknown"
+    message: str = ""
+
+
+class ProviderErrorEnvelope(BaseModel):
+    error: ProviderErrorBody
+
+
+@dataclass(frozen=True)
+class RunCreated:
+    run: RunObject
+
+
+@dataclass(frozen=True)
+class RunAlreadyCreated:
+    """The idempotency key was seen before: a run exists and its callback will come."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class RunRefused:
+    """A permanent refusal. `batch_reason` is set when no row of the batch can run."""
+
+    status_code: int
+    code: str
+    message: str
+    batch_reason: str | None
+
+
+CreateOutcome = RunCreated | RunAlreadyCreated | RunRefused
+
+
+class ProviderUnavailable(Exception):
+    """Transient failures outlasted the retries; the row is left for a later attempt."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    base_delay_s: float = 0.2
+    max_delay_s: float = 20.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Full jitter: spreads the retries of many rows that failed together."""
+        return rng.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
+
+
+def _error_of(response: httpx.Response) -> ProviderErrorBody:
+    try:
+        return ProviderErrorEnvelope.model_validate(response.json()).error
+    except (ValueError, ValidationError):
+        return ProviderErrorBody(code=f"http_{response.status_code}", message=response.text[:200])
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class ProviderClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    async def create_run(self, technique_id: str, request: CreateRunRequest) -> CreateOutcome:
+        url = f"{self._base}/techniques/{technique_id}/runs"
+        body = request.model_dump(mode="json")
+        last_problem = "no attempt made"
+        for attempt in range(self._retry.attempts):
+            delay: float | None = None
+            try:
+                response = await self._http.post(url, json=body, headers=self._headers)
+            except httpx.TransportError as exc:
+                last_problem = f"{type(exc).__name__}: {exc}"
+            else:
+                outcome = self._outcome(response)
+                if outcome is not None:
+                    return outcome
+                last_problem = f"HTTP {response.status_code}"
+                delay = _retry_after(response)
+            if attempt + 1 < self._retry.attempts:
+                backoff = self._retry.backoff(attempt, self._rng)
+                await self._sleep(backoff if delay is None else delay + backoff / 4)
+        raise ProviderUnavailable(
+            f"provider did not accept the run after {self._retry.attempts} tries: {last_problem}"
+        )
+
+    @staticmethod
+    def _outcome(response: httpx.Response) -> CreateOutcome | None:
+        """None means: transient, try again."""
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                return RunCreated(RunObject.model_validate(response.json()))
+            except (ValueError, ValidationError):
+                return RunRefused(status, "invalid_provider_response", response.text[:200], None)
+        if status == 429 or status >= 500:
+            return None
+        error = _error_of(response)
+        if status == 409 and error.code == "idempotency_duplicate":
+            return RunAlreadyCreated(error.message)
+        return RunRefused(status, error.code, error.message, BATCH_FATAL_CODES.get(status))

@@ -1,0 +1,50 @@
+"""The two SQS queues the pipeline writes to."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rowcall.models import ChunkMessage, DoneMessage
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+SEND_BATCH_LIMIT = 10
+MAX_DELAY_SECONDS = 900
+
+
+class ChunkQueue:
+    def __init__(self, sqs: SQSClient, url: str) -> None:
+        self._sqs = sqs
+        self._url = url
+
+    def send(self, messages: Sequence[ChunkMessage]) -> None:
+        """Send up to ten chunks; entries SQS refuses are sent again until none is left."""
+        if len(messages) > SEND_BATCH_LIMIT:
+            raise ValueError(f"at most {SEND_BATCH_LIMIT} messages per send")
+        pending = {str(m.chunk.index): m for m in messages}
+        for _ in range(5):
+            if not pending:
+                return
+            got = self._sqs.send_message_batch(
+                QueueUrl=self._url,
+                Entries=[{"Id": i, "MessageBody": m.model_dump_json()} for i, m in pending.items()],
+            )
+            for sent in got.get("Successful", []):
+                pending.pop(sent["Id"], None)
+        if pending:
+            raise RuntimeError(f"SQS refused chunk messages {sorted(pending)}")
+
+
+class DoneQueue:
+    def __init__(self, sqs: SQSClient, url: str) -> None:
+        self._sqs = sqs
+        self._url = url
+
+    def send(self, message: DoneMessage, delay_seconds: int = 0) -> None:
+        self._sqs.send_message(
+            QueueUrl=self._url,
+            MessageBody=message.model_dump_json(),
+            DelaySeconds=max(0, min(delay_seconds, MAX_DELAY_SECONDS)),
+        )

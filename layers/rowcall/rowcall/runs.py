@@ -1,0 +1,227 @@
+"""Worker: start one provider run per row of a chunk, each with its own signed callback URL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import httpx
+from aws_lambda_powertools import Logger
+
+from rowcall.csvsplit import data_records, split_lines
+from rowcall.finishing import BatchFinisher
+from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
+from rowcall.ledger import Ledger
+from rowcall.metadata import row_inputs, row_key
+from rowcall.models import (
+    OPEN_BATCH_STATUSES,
+    BatchState,
+    ChunkMessage,
+    ChunkPlan,
+    CreateRunRequest,
+    RowOutcome,
+    RowStatus,
+    RunInput,
+)
+from rowcall.provider import (
+    ProviderClient,
+    ProviderUnavailable,
+    RetryPolicy,
+    RunAlreadyCreated,
+    RunCreated,
+    RunRefused,
+)
+from rowcall.source import read_source
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = Logger(child=True)
+
+# Stop starting rows this long before the invocation's deadline; the rest go with the retry.
+DEADLINE_MARGIN_S = 20.0
+
+
+@dataclass(frozen=True)
+class RowJob:
+    chunk: int
+    record: int
+    line: int
+    key: str
+    inputs: list[RunInput]
+
+    @property
+    def row_id(self) -> str:
+        return row_id_for(self.chunk, self.record)
+
+
+@dataclass
+class ChunkReport:
+    started: int = 0
+    already_started: int = 0
+    refused: int = 0
+    deferred: int = 0
+    skipped_known: int = 0
+    batch_refusal: str | None = None
+    not_open: str | None = None
+
+
+class ChunkIncomplete(Exception):
+    """Some rows could not be started now; the chunk is retried and started rows are skipped."""
+
+
+@dataclass(frozen=True)
+class ProviderConnection:
+    base_url: str
+    api_key: str
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_s: float = 15.0
+
+
+class RunStarter:
+    def __init__(
+        self,
+        *,
+        s3: S3Client,
+        ledger: Ledger,
+        finisher: BatchFinisher,
+        provider: ProviderConnection,
+        signer: CallbackSigner,
+        callback_base_url: str,
+        concurrency: int,
+    ) -> None:
+        self._s3 = s3
+        self._ledger = ledger
+        self._finisher = finisher
+        self._provider = provider
+        self._signer = signer
+        self._callback_base = callback_base_url.rstrip("/")
+        self._concurrency = concurrency
+
+    def start_chunk(self, message: ChunkMessage, time_left_s: Callable[[], float]) -> ChunkReport:
+        report = ChunkReport()
+        batch = self._ledger.get_batch(message.batch_id)
+        if batch is None or batch.status not in OPEN_BATCH_STATUSES or batch.header is None:
+            report.not_open = batch.status.value if batch else "unknown_batch"
+            logger.info("chunk not started: batch is not open", extra={"status": report.not_open})
+            return report
+        known = self._ledger.known_rows(batch.batch_id, message.chunk.index)
+        jobs = []
+        for job in self._jobs(batch, message.chunk):
+            if job.record in known:
+                report.skipped_known += 1
+            else:
+                jobs.append(job)
+        if jobs:
+            asyncio.run(self._start_all(batch, jobs, report, time_left_s))
+        logger.info("chunk processed", extra={"chunk": message.chunk.index, **report.__dict__})
+        if report.deferred:
+            raise ChunkIncomplete(
+                f"{report.deferred} rows of chunk {message.chunk.index} are left for a retry"
+            )
+        return report
+
+    def _jobs(self, batch: BatchState, chunk: ChunkPlan) -> Iterator[RowJob]:
+        header = batch.header or []
+        lines = split_lines(read_source(self._s3, batch.source, start=chunk.start, end=chunk.end))
+        records = data_records(
+            lines,
+            width=len(header),
+            offset=chunk.start,
+            line=chunk.first_line,
+            first_number=chunk.first_record,
+        )
+        for record in records:
+            if record.fields is None:
+                continue
+            yield RowJob(
+                chunk=chunk.index,
+                record=record.number,
+                line=record.line,
+                key=row_key(header, record.fields, batch.spec, record.number),
+                inputs=row_inputs(header, record.fields, batch.spec),
+            )
+
+    async def _start_all(
+        self, batch: BatchState, jobs: list[RowJob], report: ChunkReport, time_left_s: Callable[[], float]
+    ) -> None:
+        gate = asyncio.Semaphore(self._concurrency)
+        async with httpx.AsyncClient(timeout=self._provider.timeout_s) as http:
+            client = ProviderClient(
+                http,
+                base_url=self._provider.base_url,
+                api_key=self._provider.api_key,
+                retry=self._provider.retry,
+            )
+
+            async def start(job: RowJob) -> None:
+                async with gate:
+                    if report.batch_refusal:
+                        return
+                    if time_left_s() < DEADLINE_MARGIN_S:
+                        report.deferred += 1
+                        return
+                    await self._start_row(client, batch, job, report)
+
+            await asyncio.gather(*(start(job) for job in jobs))
+
+    async def _start_row(
+        self, client: ProviderClient, batch: BatchState, job: RowJob, report: ChunkReport
+    ) -> None:
+        attempt = 1
+        request = CreateRunRequest(
+            inputs=job.inputs,
+            callback_url=self._callback_url(batch.batch_id, job.row_id),
+            idempotency_key=idempotency_key_for(batch.batch_id, job.row_id, attempt),
+        )
+        try:
+            outcome = await client.create_run(batch.spec.technique_id, request)
+        except ProviderUnavailable as exc:
+            logger.warning("row deferred", extra={"row_id": job.row_id, "problem": str(exc)})
+            report.deferred += 1
+            return
+        if isinstance(outcome, RunCreated | RunAlreadyCreated):
+            run_id = outcome.run.run_id if isinstance(outcome, RunCreated) else None
+            await asyncio.to_thread(
+                self._ledger.row_started,
+                batch.batch_id,
+                job.chunk,
+                job.record,
+                run_id=run_id,
+                attempt=attempt,
+                line=job.line,
+                key=job.key,
+            )
+            if isinstance(outcome, RunCreated):
+                report.started += 1
+            else:
+                report.already_started += 1
+            return
+        await asyncio.to_thread(self._refused, batch, job, outcome, report)
+
+    def _refused(self, batch: BatchState, job: RowJob, refusal: RunRefused, report: ChunkReport) -> None:
+        if refusal.batch_reason is not None:
+            if report.batch_refusal is None:
+                report.batch_refusal = refusal.batch_reason
+                logger.warning("provider refused the batch", extra={"reason": refusal.batch_reason})
+                self._finisher.fail(
+                    batch.batch_id,
+                    refusal.batch_reason,
+                    f"provider answered {refusal.status_code} {refusal.code}",
+                )
+            return
+        report.refused += 1
+        self._ledger.row_started(
+            batch.batch_id, job.chunk, job.record, run_id=None, attempt=1, line=job.line, key=job.key
+        )
+        outcome = RowOutcome(
+            status=RowStatus.FAILED, error_code=refusal.code, error_message=refusal.message or None
+        )
+        if self._ledger.row_finished(batch.batch_id, job.chunk, job.record, outcome):
+            self._finisher.after_row_finished(batch.batch_id, job.chunk)
+
+    def _callback_url(self, batch_id: str, row_id: str) -> str:
+        token = self._signer.token(batch_id, row_id)
+        return f"{self._callback_base}/callbacks/{batch_id}/{row_id}?token={token}"

@@ -1,0 +1,48 @@
+"""Typed settings for each function, read from the environment the template gives it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _EnvSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    table_name: str = Field(alias="TABLE_NAME")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        return cls.model_validate(dict(os.environ if env is None else env))
+
+
+class IngestSettings(_EnvSettings):
+    chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
+    done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    default_technique_id: str = Field(alias="DEFAULT_TECHNIQUE_ID")
+    max_rows: int = Field(alias="MAX_ROWS", gt=0)
+    max_bytes: int = Field(alias="MAX_BYTES", gt=0)
+    chunk_rows: int = Field(alias="CHUNK_ROWS", gt=0, le=10_000)
+
+
+class WorkerSettings(_EnvSettings):
+    done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    provider_url: str = Field(alias="PROVIDER_URL")
+    provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
+    callback_secret_param: str = Field(alias="CALLBACK_SECRET_PARAM")
+    callback_base_url: str = Field(alias="CALLBACK_BASE_URL")
+    run_concurrency: int = Field(alias="RUN_CONCURRENCY", default=16, gt=0, le=256)
+
+
+class WebhookSettings(_EnvSettings):
+    done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    callback_secret_param: str = Field(alias="CALLBACK_SECRET_PARAM")
+
+
+class NotifierSettings(_EnvSettings):
+    done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    topic_arn: str = Field(alias="TOPIC_ARN")
+    webhook_secret_param: str = Field(alias="WEBHOOK_SECRET_PARAM")

@@ -1,0 +1,49 @@
+"""What API users and on-done subscribers see of a batch (contract §4)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from rowcall.models import BatchState, BatchStatus, ChunkCounter, iso
+
+
+def _parse(moment: str) -> datetime:
+    return datetime.fromisoformat(moment.replace("Z", "+00:00"))
+
+
+def batch_view(batch: BatchState, counters: list[ChunkCounter], now: datetime) -> dict[str, Any]:
+    """Counts come from the chunk counters while rows are still finishing, from the batch once settled."""
+    if batch.status in (BatchStatus.COMPLETED, BatchStatus.PARTIAL):
+        completed, failed = batch.completed_count, batch.failed_count
+    else:
+        completed = sum(c.completed for c in counters)
+        failed = sum(c.failed for c in counters)
+    pending = None if batch.total_count is None else max(0, batch.total_count - completed - failed)
+    return {
+        "batch_id": batch.batch_id,
+        "name": batch.name,
+        "source": batch.source.model_dump(),
+        "technique_id": batch.spec.technique_id,
+        "status": batch.status.value,
+        "total_count": batch.total_count,
+        "completed_count": completed,
+        "failed_count": failed,
+        "pending_count": pending,
+        "rows_skipped": batch.rows_skipped,
+        "created_at": batch.created_at,
+        "updated_at": batch.updated_at,
+        "estimated_completion": _estimate(batch, completed + failed, pending, now),
+        "reason": batch.reason,
+        "results": batch.results.model_dump(),
+        "notification": batch.notification.model_dump(include={"status", "attempts", "delivered_at"}),
+    }
+
+
+def _estimate(batch: BatchState, finished: int, pending: int | None, now: datetime) -> str | None:
+    if batch.status is not BatchStatus.RUNNING or not pending or not finished or batch.running_at is None:
+        return None
+    elapsed = (now - _parse(batch.running_at)).total_seconds()
+    if elapsed <= 0:
+        return None
+    return iso(now + timedelta(seconds=pending * elapsed / finished))

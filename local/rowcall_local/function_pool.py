@@ -1,0 +1,209 @@
+"""Execution environments: a pool of child processes per function, invoked one event at a time."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rowcall_local.child_process import SPAWN
+from rowcall_local.function_runtime import InstanceSpec, serve
+
+log = logging.getLogger(__name__)
+
+_READY_TIMEOUT_S = 60.0
+_KILL_GRACE_S = 1.0  # past the function's own timeout, before its instance is killed
+
+
+class PoolStopped(Exception):
+    """The pool is stopping; nothing more is invoked."""
+
+
+@dataclass(frozen=True)
+class InvocationError:
+    type: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> InvocationError:
+        trace = payload.get("stackTrace") or []
+        return cls(
+            type=str(payload.get("errorType", "Unknown")),
+            message=str(payload.get("errorMessage", "")),
+            traceback="".join(trace) if isinstance(trace, list) else str(trace),
+        )
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What one invocation returned: a JSON payload, or an error."""
+
+    function_id: str
+    request_id: str
+    payload: Any = None
+    error: InvocationError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _Instance:
+    """One execution environment: a child process serving one invocation at a time."""
+
+    def __init__(self, spec: InstanceSpec) -> None:
+        self.spec = spec
+        self._conn, child_conn = SPAWN.Pipe()
+        self._process = SPAWN.Process(
+            target=serve, args=(child_conn, spec), name=f"fn-{spec.function_id}", daemon=True
+        )
+        self._process.start()
+        child_conn.close()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        if not self._conn.poll(timeout_s):
+            raise TimeoutError(f"{self.spec.function_id}: instance not ready within {timeout_s}s")
+        _, init_error = self._conn.recv()
+        if init_error is not None:
+            error = InvocationError.from_payload(init_error)
+            log.error("%s: init failed (retried on each invoke): %s: %s",
+                      self.spec.function_id, error.type, error.message)
+
+    def invoke(self, request_id: str, event: Any) -> tuple[str, Any]:
+        """Send one event; returns ("ok", payload) or ("error", Lambda error payload).
+
+        Raises ChildProcessError when the instance died or timed out; it must be replaced then.
+        """
+        try:
+            self._conn.send((request_id, event))
+            if not self._conn.poll(self.spec.timeout_s + _KILL_GRACE_S):
+                self.kill()
+                raise ChildProcessError(f"Task timed out after {self.spec.timeout_s}.00 seconds")
+            status, payload = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            self.kill()
+            raise ChildProcessError(f"Runtime exited (exit code {self._process.exitcode})") from exc
+        return status, payload
+
+    def stop(self, timeout_s: float) -> None:
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._process.join(timeout_s)
+        self.kill()
+
+    def kill(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+        self._conn.close()
+
+
+class FunctionPool:
+    """N execution environments of one function; `invoke` waits for an idle one."""
+
+    def __init__(self, spec: InstanceSpec, size: int) -> None:
+        self.spec = spec
+        self.size = size
+        self._idle: queue.Queue[_Instance] = queue.Queue()
+        self._all: set[_Instance] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Spawn the instances; `wait_ready` then waits for their init."""
+        with self._lock:
+            self._all.update(_Instance(self.spec) for _ in range(self.size))
+
+    def wait_ready(self, timeout_s: float = _READY_TIMEOUT_S) -> None:
+        for instance in list(self._all):
+            instance.wait_ready(timeout_s)
+            self._idle.put(instance)
+
+    def invoke(self, event: Any) -> Invocation:
+        request_id = str(uuid.uuid4())
+        instance = self._take_idle()
+        try:
+            status, payload = instance.invoke(request_id, event)
+        except ChildProcessError as exc:
+            self._replace(instance)
+            error = InvocationError(type="Runtime.ExitError", message=str(exc), traceback="")
+            return Invocation(self.spec.function_id, request_id, error=error)
+        self._idle.put(instance)
+        if status == "ok":
+            return Invocation(self.spec.function_id, request_id, payload=payload)
+        return Invocation(self.spec.function_id, request_id, error=InvocationError.from_payload(payload))
+
+    def _take_idle(self) -> _Instance:
+        while not self._stopped.is_set():
+            try:
+                return self._idle.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        raise PoolStopped(self.spec.function_id)
+
+    def _replace(self, dead: _Instance) -> None:
+        """Start a new instance in the background; the caller gets its error without waiting."""
+        with self._lock:
+            self._all.discard(dead)
+            if self._stopped.is_set():
+                return
+            fresh = _Instance(self.spec)
+            self._all.add(fresh)
+
+        def ready() -> None:
+            try:
+                fresh.wait_ready(_READY_TIMEOUT_S)
+            except (TimeoutError, EOFError, OSError) as exc:
+                log.error("%s: replacement instance failed: %s", self.spec.function_id, exc)
+                self._replace(fresh)
+                return
+            self._idle.put(fresh)
+
+        threading.Thread(target=ready, name=f"replace-{self.spec.function_id}", daemon=True).start()
+
+    def request_stop(self) -> None:
+        """From now on `invoke` raises PoolStopped instead of waiting for an instance."""
+        self._stopped.set()
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        self.request_stop()
+        with self._lock:
+            instances = list(self._all)
+            self._all.clear()
+        deadline = time.monotonic() + timeout_s
+        for instance in instances:
+            instance.stop(max(0.0, deadline - time.monotonic()))
+
+
+class FunctionRuntime:
+    """All functions' pools; `invoke(function_id, event)` is how event sources call a function."""
+
+    def __init__(self, pools: Mapping[str, FunctionPool]) -> None:
+        self.pools = dict(pools)
+
+    def start(self) -> None:
+        for pool in self.pools.values():
+            pool.start()
+        for pool in self.pools.values():
+            pool.wait_ready()
+
+    def invoke(self, function_id: str, event: Any) -> Invocation:
+        result = self.pools[function_id].invoke(event)
+        if result.error is not None:
+            log.error("%s %s failed: %s: %s\n%s", function_id, result.request_id,
+                      result.error.type, result.error.message, result.error.traceback.rstrip())
+        return result
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        for pool in self.pools.values():
+            pool.request_stop()
+        for pool in self.pools.values():
+            pool.stop(timeout_s)

@@ -1,0 +1,122 @@
+"""Inside one function instance (a child process): load the handler once, serve invocations.
+
+Plays the part of Lambda's Python runtime: the environment, `sys.path`, working directory and
+context object are what the handler would get on AWS, with AWS endpoints pointed at moto.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from rowcall_local.child_process import detach_from_terminal_signals, redirect_output
+
+Handler = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything a child needs to become an execution environment of one function."""
+
+    function_id: str
+    function_name: str
+    function_arn: str
+    handler: str
+    code_dir: str
+    layer_dirs: tuple[str, ...]
+    environment: dict[str, str]
+    memory_mb: int
+    timeout_s: int
+    log_path: str
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/aws/lambda/{self.function_name}"
+
+
+class LambdaContext:
+    """The attributes and method of Lambda's Python context object that handlers use."""
+
+    function_version = "$LATEST"
+
+    def __init__(self, spec: InstanceSpec, request_id: str, log_stream_name: str) -> None:
+        self.function_name = spec.function_name
+        self.memory_limit_in_mb = spec.memory_mb
+        self.invoked_function_arn = spec.function_arn
+        self.aws_request_id = request_id
+        self.log_group_name = spec.log_group_name
+        self.log_stream_name = log_stream_name
+        self._deadline = time.monotonic() + spec.timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    """Lambda's shape for an unhandled error."""
+    return {
+        "errorType": type(exc).__name__,
+        "errorMessage": str(exc),
+        "stackTrace": traceback.format_exception(exc),
+    }
+
+
+def _load_handler(spec: InstanceSpec) -> Handler:
+    module_name, _, attr = spec.handler.rpartition(".")
+    module = importlib.import_module(module_name)
+    handler: Handler = getattr(module, attr)
+    return handler
+
+
+def serve(conn: Connection, spec: InstanceSpec) -> None:
+    """Child process entry: init, report ready, then one invocation at a time until told to stop."""
+    detach_from_terminal_signals()
+    redirect_output(Path(spec.log_path))
+    os.environ.update(spec.environment)
+    os.chdir(spec.code_dir)
+    sys.path[:0] = [spec.code_dir, *spec.layer_dirs]
+    log_stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{os.getpid()}"
+    handler: Handler | None = None
+    init_error: dict[str, Any] | None = None
+    try:
+        handler = _load_handler(spec)
+    except Exception as exc:  # Lambda reports init errors on invoke and tries again on a new one
+        init_error = error_payload(exc)
+        traceback.print_exc()
+    conn.send(("ready", init_error))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        request_id, event = message
+        if handler is None:
+            try:
+                handler = _load_handler(spec)
+            except Exception as exc:
+                traceback.print_exc()
+                conn.send(("error", error_payload(exc)))
+                continue
+        print(f"START RequestId: {request_id} Version: $LATEST", flush=True)
+        started = time.monotonic()
+        try:
+            result = handler(event, LambdaContext(spec, request_id, log_stream))
+            reply: tuple[str, Any] = ("ok", json.loads(json.dumps(result)))
+        except Exception as exc:
+            traceback.print_exc()
+            reply = ("error", error_payload(exc))
+        duration_ms = (time.monotonic() - started) * 1000
+        print(f"END RequestId: {request_id}", flush=True)
+        print(f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms", flush=True)
+        conn.send(reply)
