@@ -136,9 +136,8 @@ class Ingestor:
                 updated_at=now,
             )
         )
-        logger.append_keys(batch_id=batch_id)
         if not created_now:
-            logger.info("batch exists already", extra={"status": batch.status.value})
+            logger.info("batch exists already", extra={"batch_id": batch_id, "status": batch.status.value})
         if batch.status is BatchStatus.VALIDATING:
             if spec_error is not None:
                 return self._reject(batch, FileRejected("invalid_metadata", str(spec_error)))
@@ -161,7 +160,7 @@ class Ingestor:
         else:
             return batch
         if self._ledger.mark_running(batch_id):
-            logger.info("batch running")
+            logger.info("batch running", extra={"batch_id": batch_id})
         self._finisher.finish_if_done(batch_id)
         return self._ledger.get_batch(batch_id)
 
@@ -219,7 +218,12 @@ class Ingestor:
             self._ledger.record_row_errors(batch_id, errors)
         logger.info(
             "file validated",
-            extra={"rows": rows, "rows_skipped": scan.rows_skipped, "chunks": len(scan.chunks)},
+            extra={
+                "batch_id": batch_id,
+                "rows": rows,
+                "rows_skipped": scan.rows_skipped,
+                "chunks": len(scan.chunks),
+            },
         )
         return scan
 
@@ -234,7 +238,10 @@ class Ingestor:
             self._ledger.record_enqueued(batch_id, start + len(group))
 
     def _reject(self, batch: BatchState, rejected: FileRejected) -> BatchState | None:
-        logger.warning("file rejected", extra={"reason": rejected.reason, "detail": rejected.message})
+        logger.warning(
+            "file rejected",
+            extra={"batch_id": batch.batch_id, "reason": rejected.reason, "detail": rejected.message},
+        )
         self._finisher.fail(batch.batch_id, rejected.reason, rejected.message)
         return self._ledger.get_batch(batch.batch_id)
 

@@ -233,7 +233,7 @@ class Ledger:
         """pending -> running. A callback may have finished the row already: then only the
         row's description is filled in and its terminal state stays."""
         now = iso(utcnow())
-        names = {"#status": "status", "#key": "key", "#line": "line"}
+        names = {"#status": "status", "#key": "key", "#line": "line", "#record": "record"}
         values = {
             ":line": line,
             ":key": key,
@@ -250,7 +250,7 @@ class Ledger:
                 TableName=self._table,
                 Key=key_attrs,
                 UpdateExpression="SET #status = :running, #line = :line, #key = :key, attempt = :attempt, "
-                "updated_at = :now, chunk = :chunk, record = :record, batch_id = :batch" + run_set,
+                "updated_at = :now, chunk = :chunk, #record = :record, batch_id = :batch" + run_set,
                 ConditionExpression="attribute_not_exists(#status) OR #status = :pending",
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=item(
@@ -295,7 +295,7 @@ class Ledger:
             "outputs = :outputs",
             "updated_at = :now",
             "chunk = :chunk",
-            "record = :record",
+            "#record = :record",
             "batch_id = :batch",
         ]
         for name in ("error_code", "error_message"):
@@ -315,7 +315,7 @@ class Ledger:
                     "Key": item({"pk": rows_pk(batch_id, chunk), "sk": row_sk(record)}),
                     "UpdateExpression": "SET " + ", ".join(sets),
                     "ConditionExpression": condition,
-                    "ExpressionAttributeNames": {"#status": "status"},
+                    "ExpressionAttributeNames": {"#status": "status", "#record": "record"},
                     "ExpressionAttributeValues": item(row_values),
                 }
             },

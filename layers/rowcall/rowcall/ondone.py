@@ -82,7 +82,6 @@ class OnDoneDelivery:
         batch = self._ledger.claim_notification(message, lease_seconds=LEASE_S, now_epoch=now)
         if batch is None:
             return self._not_claimed(message, now)
-        logger.append_keys(batch_id=batch.batch_id)
         notification = batch.notification
         if not notification.results_written:
             csv_key, err_key = upload_results(self._s3, self._ledger, batch)
@@ -155,13 +154,15 @@ class OnDoneDelivery:
             self._ledger.settle_notification(
                 batch.batch_id, message.finish_seq, status="delivered", attempts=attempts
             )
-            logger.info("on-done delivered", extra={"attempts": attempts})
+            logger.info("on-done delivered", extra={"batch_id": batch.batch_id, "attempts": attempts})
             return DeliveryResult("delivered", attempts, detail)
         if attempts > len(self._schedule):
             self._ledger.settle_notification(
                 batch.batch_id, message.finish_seq, status="failed", attempts=attempts
             )
-            logger.error("on-done gave up", extra={"attempts": attempts, "detail": detail})
+            logger.error(
+                "on-done gave up", extra={"batch_id": batch.batch_id, "attempts": attempts, "detail": detail}
+            )
             return DeliveryResult("failed", attempts, detail)
         delay = self._schedule[attempts - 1]
         self._ledger.settle_notification(

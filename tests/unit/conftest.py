@@ -1,0 +1,105 @@
+"""In-process AWS (moto mock_aws) shaped by template.yaml, for the layer's unit tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from moto import mock_aws
+
+from rowcall.finishing import BatchFinisher
+from rowcall.ledger import Ledger
+from rowcall.queues import ChunkQueue, DoneQueue
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """Reads CloudFormation short-form tags (!Ref, !Sub ...) as plain data."""
+
+
+_CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def template_resource(logical_id: str) -> dict[str, Any]:
+    template = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506 - safe loader subclass
+    resource: dict[str, Any] = template["Resources"][logical_id]["Properties"]
+    return resource
+
+
+@dataclass
+class Aws:
+    s3: Any
+    sqs: Any
+    dynamodb: Any
+    sns: Any
+    bucket: str
+    table: str
+    chunk_queue_url: str
+    done_queue_url: str
+    topic_arn: str
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.dynamodb, self.table)
+
+    @property
+    def done_queue(self) -> DoneQueue:
+        return DoneQueue(self.sqs, self.done_queue_url)
+
+    @property
+    def chunk_queue(self) -> ChunkQueue:
+        return ChunkQueue(self.sqs, self.chunk_queue_url)
+
+    @property
+    def finisher(self) -> BatchFinisher:
+        return BatchFinisher(self.ledger, self.done_queue)
+
+    def drain(self, queue_url: str) -> list[str]:
+        bodies: list[str] = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            messages = got.get("Messages", [])
+            if not messages:
+                return bodies
+            for m in messages:
+                bodies.append(m["Body"])
+                self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+@pytest.fixture
+def aws() -> Iterator[Aws]:
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+    with mock_aws():
+        table_props = {
+            k: v
+            for k, v in template_resource("Table").items()
+            if k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "BillingMode")
+        }
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        dynamodb.create_table(TableName="rowcall-test", **table_props)
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="rowcall-test-data")
+        s3.put_bucket_versioning(Bucket="rowcall-test-data", VersioningConfiguration={"Status": "Enabled"})
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        sns = boto3.client("sns", region_name="us-east-1")
+        yield Aws(
+            s3=s3,
+            sqs=sqs,
+            dynamodb=dynamodb,
+            sns=sns,
+            bucket="rowcall-test-data",
+            table="rowcall-test",
+            chunk_queue_url=sqs.create_queue(QueueName="chunks")["QueueUrl"],
+            done_queue_url=sqs.create_queue(QueueName="done")["QueueUrl"],
+            topic_arn=sns.create_topic(Name="on-done")["TopicArn"],
+        )

@@ -1,0 +1,242 @@
+"""Worker, callbacks and on-done through the layer, with the provider emulator on loopback."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import time
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from standardwebhooks import Webhook
+
+from rowcall.callbacks import CallbackRecorder
+from rowcall.identity import CallbackSigner
+from rowcall.ingest import IngestLimits, Ingestor, ObjectCreated
+from rowcall.models import BatchStatus, ChunkMessage, DoneMessage, RunObject
+from rowcall.ondone import OnDoneDelivery
+from rowcall.provider import RetryPolicy
+from rowcall.runs import ChunkIncomplete, ProviderConnection, RunStarter
+from rowcall.signing import WebhookSigner
+from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
+
+from .conftest import Aws
+from .receiver import Receiver
+
+API_KEY = "test-provider-key"
+SIGNER = CallbackSigner("callback-secret")
+WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+FAST_RETRY = RetryPolicy(attempts=8, base_delay_s=0.01, max_delay_s=0.05)
+
+
+@pytest.fixture
+def callbacks() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+def start_provider(**faults: object) -> ProviderEmulator:
+    emulator = ProviderEmulator(API_KEY, ProviderFaults(delay_ms=(0, 5), seed=7, **faults))  # type: ignore[arg-type]
+    emulator.start()
+    return emulator
+
+
+def ingest(aws: Aws, body: bytes, **meta: str) -> str:
+    put = aws.s3.put_object(Bucket=aws.bucket, Key="uploads/rows.csv", Body=body, Metadata=meta)
+    batch = Ingestor(
+        s3=aws.s3, ledger=aws.ledger, chunk_queue=aws.chunk_queue, finisher=aws.finisher,
+        limits=IngestLimits(max_rows=1000, max_bytes=10**6, chunk_rows=4, default_technique_id="tech"),
+    ).ingest(ObjectCreated(bucket=aws.bucket, key="uploads/rows.csv", version_id=put["VersionId"]))
+    assert batch is not None
+    return batch.batch_id
+
+
+def starter(aws: Aws, provider: ProviderEmulator, callbacks: Receiver) -> RunStarter:
+    return RunStarter(
+        s3=aws.s3, ledger=aws.ledger, finisher=aws.finisher,
+        provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
+        signer=SIGNER, callback_base_url=callbacks.url, concurrency=4,
+    )
+
+
+def chunk_messages(aws: Aws) -> list[ChunkMessage]:
+    return [ChunkMessage.model_validate_json(b) for b in aws.drain(aws.chunk_queue_url)]
+
+
+def replay(aws: Aws, received: list, order: random.Random | None = None) -> None:  # type: ignore[type-arg]
+    """Deliver recorded callbacks to the recorder as the webhook function would, token first."""
+    recorder = CallbackRecorder(aws.ledger, aws.finisher, SIGNER)
+    calls = list(received)
+    if order:
+        order.shuffle(calls)
+    for call in calls:
+        parts = urlsplit(call.path)
+        _, _, batch_id, row_id = parts.path.split("/")
+        token = parse_qs(parts.query)["token"][0]
+        assert recorder.authentic(batch_id, row_id, token)
+        recorder.record(batch_id, row_id, RunObject.model_validate_json(call.body))
+
+
+ROWS = b"sku,prompt,style\nA1,=SUM(1),plain\nA2,a dog,\"bold, loud\"\nA3,x\nA4,a fox,\nA5,an owl,\nA6,a bee,\n"
+
+
+def test_every_row_starts_once_and_a_redelivered_chunk_starts_nothing(aws: Aws, callbacks: Receiver) -> None:
+    provider = start_provider()
+    try:
+        batch_id = ingest(aws, ROWS, **{"key-column": "sku", "input-types": "style=text"})
+        messages = chunk_messages(aws)
+        assert [m.chunk.rows for m in messages] == [4, 1]
+        work = starter(aws, provider, callbacks)
+        for message in messages + messages:  # SQS delivers at least once
+            work.start_chunk(message, lambda: 300.0)
+        stats = provider.stats()
+        assert (stats["creates"], stats["unique_idempotency_keys"], stats["duplicate_creates"]) == (5, 5, 0)
+        received = callbacks.wait_for(lambda got: len(got) == 5)
+        replay(aws, received + received, random.Random(3))  # duplicated and out of order
+        batch = aws.ledger.get_batch(batch_id)
+        assert batch is not None
+        assert (batch.status, batch.completed_count, batch.failed_count, batch.rows_skipped) == (
+            BatchStatus.COMPLETED, 5, 0, 1)
+        assert {DoneMessage.model_validate_json(b).finish_seq for b in aws.drain(aws.done_queue_url)} == {1}
+    finally:
+        provider.stop()
+
+
+def test_429s_and_5xxs_are_retried_until_every_row_has_one_run(aws: Aws, callbacks: Receiver) -> None:
+    provider = start_provider(rate_429=0.3, rate_5xx=0.2)
+    try:
+        ingest(aws, ROWS)
+        for message in chunk_messages(aws):
+            starter(aws, provider, callbacks).start_chunk(message, lambda: 300.0)
+        stats = provider.stats()
+        assert stats["unique_idempotency_keys"] == 5
+        assert stats["creates"] > 5
+    finally:
+        provider.stop()
+
+
+def test_an_unknown_technique_fails_the_batch_on_its_first_rows(aws: Aws, callbacks: Receiver) -> None:
+    provider = start_provider()
+    try:
+        body = b"p\n" + b"".join(f"row {n}\n".encode() for n in range(40))
+        batch_id = ingest(aws, body, **{"technique-id": "missing-tech"})
+        for message in chunk_messages(aws):
+            starter(aws, provider, callbacks).start_chunk(message, lambda: 300.0)
+        batch = aws.ledger.get_batch(batch_id)
+        assert batch is not None and (batch.status, batch.reason) == (BatchStatus.FAILED, "technique_not_found")
+        assert provider.stats()["creates"] <= 4  # one chunk's first concurrent rows, not all 40
+        assert len(aws.drain(aws.done_queue_url)) == 1
+    finally:
+        provider.stop()
+
+
+def test_rows_left_when_time_runs_out_are_retried_not_lost(aws: Aws, callbacks: Receiver) -> None:
+    provider = start_provider()
+    try:
+        ingest(aws, ROWS)
+        first = chunk_messages(aws)[0]
+        with pytest.raises(ChunkIncomplete):
+            starter(aws, provider, callbacks).start_chunk(first, lambda: 1.0)
+        starter(aws, provider, callbacks).start_chunk(first, lambda: 300.0)
+        assert provider.stats()["unique_idempotency_keys"] == 4
+    finally:
+        provider.stop()
+
+
+def finish_batch(aws: Aws, callbacks: Receiver, on_done_url: str, fail_rate: float = 0.0) -> str:
+    provider = start_provider(fail_rate=fail_rate)
+    try:
+        batch_id = ingest(aws, ROWS, **{"on-done-url": on_done_url, "key-column": "sku"})
+        for message in chunk_messages(aws):
+            starter(aws, provider, callbacks).start_chunk(message, lambda: 300.0)
+        replay(aws, callbacks.wait_for(lambda got: len(got) == 5))
+    finally:
+        provider.stop()
+    return batch_id
+
+
+def delivery(aws: Aws, clock: list[float] | None = None) -> OnDoneDelivery:
+    now = clock or [1_800_000_000.0]
+    return OnDoneDelivery(
+        s3=aws.s3, sns=aws.sns, ledger=aws.ledger, done_queue=aws.done_queue,
+        http=httpx.Client(timeout=5), signer=WebhookSigner(WEBHOOK_SECRET), topic_arn=aws.topic_arn,
+        clock=lambda: now[0], retry_schedule_s=(1, 1),
+    )
+
+
+def receive_within(aws: Aws, timeout_s: float = 10) -> list[str]:
+    """Retries are sent with an SQS delay; wait for them to become visible."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        bodies = aws.drain(aws.done_queue_url)
+        if bodies:
+            return bodies
+        time.sleep(0.05)
+    raise AssertionError("no message on the done queue")
+
+
+def test_on_done_is_signed_delivered_once_with_a_results_csv(aws: Aws, callbacks: Receiver) -> None:
+    hook = Receiver()
+    try:
+        batch_id = finish_batch(aws, callbacks, hook.url + "/done")
+        messages = [DoneMessage.model_validate_json(b) for b in aws.drain(aws.done_queue_url)]
+        for message in messages + messages:
+            delivery(aws).deliver(message)
+        assert len(hook.got) == 1
+        got = hook.got[0]
+        payload = json.loads(got.body)
+        assert payload["type"] == "batch.completed" and payload["data"]["batch_id"] == batch_id
+        assert payload["data"]["completed_count"] == 5
+        results = aws.s3.get_object(Bucket=aws.bucket, Key=f"results/{batch_id}/results.csv")["Body"].read()
+        rows = list(csv.reader(io.StringIO(results.decode(), newline="")))
+        assert rows[0] == ["sku", "prompt", "style", "status", "run_id", "outputs", "error_code", "error_message"]
+        assert [r[0] for r in rows[1:]] == ["A1", "A2", "A4", "A5", "A6"]
+        assert rows[1][1] == "'=SUM(1)"
+        assert rows[2][2] == "bold, loud"
+        assert all(r[3] == "completed" and r[4].startswith("run_") for r in rows[1:])
+        errors = aws.s3.get_object(Bucket=aws.bucket, Key=f"results/{batch_id}/row-errors.csv")["Body"].read()
+        assert errors.decode().splitlines()[1].startswith("4,column_count,")
+    finally:
+        hook.close()
+
+
+def test_on_done_signature_verifies_with_the_standard_webhooks_library(aws: Aws, callbacks: Receiver) -> None:
+    hook = Receiver()
+    try:
+        finish_batch(aws, callbacks, hook.url + "/done")
+        message = DoneMessage.model_validate_json(aws.drain(aws.done_queue_url)[0])
+        delivery(aws, [time.time()]).deliver(message)
+        got = hook.got[0]
+        assert Webhook(WEBHOOK_SECRET).verify(got.body, got.headers)["type"] == "batch.completed"
+    finally:
+        hook.close()
+
+
+def test_a_failing_endpoint_is_retried_later_with_the_same_webhook_id(aws: Aws, callbacks: Receiver) -> None:
+    hook = Receiver(status=503)
+    try:
+        batch_id = finish_batch(aws, callbacks, hook.url + "/done", fail_rate=1.0)
+        message = DoneMessage.model_validate_json(aws.drain(aws.done_queue_url)[0])
+        clock = [1_800_000_000.0]
+        first = delivery(aws, clock).deliver(message)
+        assert (first.status, first.attempts) == ("retrying", 1)
+        (retry_body,) = receive_within(aws)
+        retry = DoneMessage.model_validate_json(retry_body)
+        assert retry.attempt == 1
+        assert delivery(aws, clock).deliver(retry).status == "waiting"  # too early: waits again
+        assert [DoneMessage.model_validate_json(b) for b in receive_within(aws)] == [retry]
+        hook.status = 200
+        clock[0] += 2
+        assert delivery(aws, clock).deliver(retry).status == "delivered"
+        assert len({r.headers["webhook-id"] for r in hook.got}) == 1 and len(hook.got) == 2
+        assert json.loads(hook.got[-1].body)["data"]["status"] == "partial"
+        batch = aws.ledger.get_batch(batch_id)
+        assert batch is not None and batch.notification.status == "delivered"
+        assert batch.notification.attempts == 2
+    finally:
+        hook.close()
