@@ -46,16 +46,17 @@ def get_batch(batch_id: str) -> dict[str, Any]:
     return batch_queries().get(batch_id)
 
 
-@app.exception_handler(ApiError)
-def api_error(error: ApiError) -> Response[Any]:
+def error_response(error: ApiError) -> Response[Any]:
     return Response(status_code=error.status, content_type="application/json", body=error.body())
+
+
+app.exception_handler(ApiError)(error_response)
 
 
 @app.not_found
 def no_route(_: Exception) -> Response[Any]:
-    return api_error(
-        ApiError(404, "not_found", f"no route {app.current_event.http_method} {app.current_event.path}")
-    )
+    event = app.current_event
+    return error_response(ApiError(404, "not_found", f"no route {event.http_method} {event.path}"))
 
 
 def _fields(exc: ValidationError) -> dict[str, str]:
@@ -65,5 +66,6 @@ def _fields(exc: ValidationError) -> dict[str, str]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    response: dict[str, Any] = app.resolve(event, context)
+    return response
