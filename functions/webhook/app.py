@@ -8,6 +8,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
+
 from rowcall.api import ApiError, page_limit
 from rowcall.compose import batch_queries, callback_recorder
 from rowcall.models import RunObject

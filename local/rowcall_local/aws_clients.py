@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_ssm import SSMClient
 
-LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+ACCESS_KEY_ID = "testing"
+SECRET_ACCESS_KEY = "testing"
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class AwsEndpoint:
     region: str = "us-east-1"
 
     def _client(self, service: str) -> Any:
-        session = boto3.session.Session(region_name=self.region, **LOCAL_CREDENTIALS)
+        session = boto3.session.Session(ACCESS_KEY_ID, SECRET_ACCESS_KEY, region_name=self.region)
         return session.client(service, endpoint_url=self.url)  # type: ignore[call-overload]
 
     def cloudformation(self) -> CloudFormationClient:
@@ -52,8 +53,8 @@ class AwsEndpoint:
         """What a process needs in its environment to talk to this endpoint with boto3."""
         return {
             "AWS_ENDPOINT_URL": self.url,
-            "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
         }

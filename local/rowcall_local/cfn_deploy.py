@@ -74,4 +74,39 @@ def deploy_stack(
     )
     if skipped:
         log.info("moto's CloudFormation skipped (served locally or not needed): %s", ", ".join(skipped))
+    apply_bucket_properties(aws, template, physical)
     return physical
+
+
+def _is_literal(value: Any) -> bool:
+    if isinstance(value, dict):
+        return not any(k == "Ref" or k.startswith("Fn::") for k in value) and all(
+            map(_is_literal, value.values())
+        )
+    if isinstance(value, list):
+        return all(map(_is_literal, value))
+    return True
+
+
+def apply_bucket_properties(
+    aws: AwsEndpoint, template: Mapping[str, Any], physical: Mapping[str, str]
+) -> None:
+    """Apply the bucket properties moto's CloudFormation ignores (it applies only encryption and
+    tags) where the API takes them as written. Versioning matters most: object versions are part
+    of what a stored object is. Lifecycle rules (no effect within a local run) are left out.
+    """
+    s3 = aws.s3()
+    for logical_id, resource in template["Resources"].items():
+        if resource.get("Type") != "AWS::S3::Bucket" or logical_id not in physical:
+            continue
+        props = resource.get("Properties") or {}
+        bucket = physical[logical_id]
+        versioning = props.get("VersioningConfiguration")
+        if versioning and _is_literal(versioning):
+            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": versioning["Status"]})
+        public_access = props.get("PublicAccessBlockConfiguration")
+        if public_access and _is_literal(public_access):
+            s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=public_access)
+        ownership = props.get("OwnershipControls")
+        if ownership and _is_literal(ownership):
+            s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=ownership)

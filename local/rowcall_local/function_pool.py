@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rowcall_local.child_process import SPAWN
+from rowcall_local.child_process import SPAWN, start_child
 from rowcall_local.function_runtime import InstanceSpec, serve
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,15 @@ _KILL_GRACE_S = 1.0  # past the function's own timeout, before its instance is k
 
 class PoolStopped(Exception):
     """The pool is stopping; nothing more is invoked."""
+
+
+class InstanceLost(Exception):
+    """An instance died or overran its timeout (and was killed)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ class _Instance:
         self._process = SPAWN.Process(
             target=serve, args=(child_conn, spec), name=f"fn-{spec.function_id}", daemon=True
         )
-        self._process.start()
+        start_child(self._process)
         child_conn.close()
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -72,32 +82,44 @@ class _Instance:
         _, init_error = self._conn.recv()
         if init_error is not None:
             error = InvocationError.from_payload(init_error)
-            log.error("%s: init failed (retried on each invoke): %s: %s",
-                      self.spec.function_id, error.type, error.message)
+            log.error(
+                "%s: init failed (retried on each invoke): %s: %s",
+                self.spec.function_id,
+                error.type,
+                error.message,
+            )
 
     def invoke(self, request_id: str, event: Any) -> tuple[str, Any]:
         """Send one event; returns ("ok", payload) or ("error", Lambda error payload).
 
-        Raises ChildProcessError when the instance died or timed out; it must be replaced then.
+        Raises InstanceLost when the instance died or timed out; it must be replaced then.
         """
         try:
             self._conn.send((request_id, event))
-            if not self._conn.poll(self.spec.timeout_s + _KILL_GRACE_S):
-                self.kill()
-                raise ChildProcessError(f"Task timed out after {self.spec.timeout_s}.00 seconds")
-            status, payload = self._conn.recv()
+            answered = self._conn.poll(self.spec.timeout_s + _KILL_GRACE_S)
+            if answered:
+                status, payload = self._conn.recv()
+                return status, payload
         except (EOFError, OSError) as exc:
             self.kill()
-            raise ChildProcessError(f"Runtime exited (exit code {self._process.exitcode})") from exc
-        return status, payload
+            raise InstanceLost(
+                "Runtime.ExitError", f"Runtime exited (exit code {self._process.exitcode})"
+            ) from exc
+        self.kill()
+        raise InstanceLost("Sandbox.Timedout", f"Task timed out after {self.spec.timeout_s}.00 seconds")
 
-    def stop(self, timeout_s: float) -> None:
-        try:
+    def ask_to_stop(self) -> None:
+        """The child exits after its current invocation, if any."""
+        with contextlib.suppress(OSError):
             self._conn.send(None)
-        except OSError:
-            pass
+
+    def join_or_kill(self, timeout_s: float) -> None:
         self._process.join(timeout_s)
         self.kill()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process.is_alive() else None
 
     def kill(self) -> None:
         if self._process.is_alive():
@@ -132,9 +154,9 @@ class FunctionPool:
         instance = self._take_idle()
         try:
             status, payload = instance.invoke(request_id, event)
-        except ChildProcessError as exc:
+        except InstanceLost as lost:
             self._replace(instance)
-            error = InvocationError(type="Runtime.ExitError", message=str(exc), traceback="")
+            error = InvocationError(type=lost.error_type, message=lost.message, traceback="")
             return Invocation(self.spec.function_id, request_id, error=error)
         self._idle.put(instance)
         if status == "ok":
@@ -169,18 +191,25 @@ class FunctionPool:
 
         threading.Thread(target=ready, name=f"replace-{self.spec.function_id}", daemon=True).start()
 
+    def live_pids(self) -> set[int]:
+        """Process ids of the instances alive now (replacements included once started)."""
+        with self._lock:
+            return {pid for pid in (i.pid for i in self._all) if pid is not None}
+
     def request_stop(self) -> None:
         """From now on `invoke` raises PoolStopped instead of waiting for an instance."""
         self._stopped.set()
 
-    def stop(self, timeout_s: float = 3.0) -> None:
+    def stop(self, deadline: float) -> None:
+        """Stop every instance by `deadline` (time.monotonic()); busy ones are killed then."""
         self.request_stop()
         with self._lock:
             instances = list(self._all)
             self._all.clear()
-        deadline = time.monotonic() + timeout_s
         for instance in instances:
-            instance.stop(max(0.0, deadline - time.monotonic()))
+            instance.ask_to_stop()
+        for instance in instances:
+            instance.join_or_kill(max(0.0, deadline - time.monotonic()))
 
 
 class FunctionRuntime:
@@ -198,12 +227,19 @@ class FunctionRuntime:
     def invoke(self, function_id: str, event: Any) -> Invocation:
         result = self.pools[function_id].invoke(event)
         if result.error is not None:
-            log.error("%s %s failed: %s: %s\n%s", function_id, result.request_id,
-                      result.error.type, result.error.message, result.error.traceback.rstrip())
+            log.error(
+                "%s %s failed: %s: %s\n%s",
+                function_id,
+                result.request_id,
+                result.error.type,
+                result.error.message,
+                result.error.traceback.rstrip(),
+            )
         return result
 
     def stop(self, timeout_s: float = 3.0) -> None:
+        deadline = time.monotonic() + timeout_s
         for pool in self.pools.values():
             pool.request_stop()
         for pool in self.pools.values():
-            pool.stop(timeout_s)
+            pool.stop(deadline)

@@ -22,7 +22,14 @@ from rowcall_local.template_wiring import HttpRoute
 
 log = logging.getLogger(__name__)
 
-_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www-form-urlencoded", "+json", "+xml")
+_TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/x-www-form-urlencoded",
+    "+json",
+    "+xml",
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,13 @@ class HttpApi:
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), self._api_token)
 
     def handle(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, source_ip: str, protocol: str
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        source_ip: str,
+        protocol: str,
     ) -> ApiResponse:
         url = urlsplit(target)
         joined: dict[str, str] = {}
@@ -124,8 +137,9 @@ class HttpApi:
         compiled, path_parameters = matched
         if compiled.route.needs_auth and not self._authorized(joined):
             return _error(401, "unauthorized", "missing or invalid bearer token")
-        event = self._event(method, url.path, url.query, joined, body, path_parameters, compiled.route,
-                            source_ip, protocol)
+        event = self._event(
+            method, url.path, url.query, joined, body, path_parameters, compiled.route, source_ip, protocol
+        )
         try:
             result = self._invoke(compiled.route.function_id, event)
         except PoolStopped:
@@ -139,8 +153,16 @@ class HttpApi:
             return _json_response(500, {"message": "Internal Server Error"})
 
     def _event(
-        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
-        path_parameters: dict[str, str], route: HttpRoute, source_ip: str, protocol: str,
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        path_parameters: dict[str, str],
+        route: HttpRoute,
+        source_ip: str,
+        protocol: str,
     ) -> dict[str, Any]:
         now = time.time()
         request_id = base64.b32encode(uuid.uuid4().bytes).decode()[:16]
@@ -154,8 +176,11 @@ class HttpApi:
             "domainName": headers.get("host", "127.0.0.1"),
             "domainPrefix": self._api_id,
             "http": {
-                "method": method, "path": path, "protocol": protocol,
-                "sourceIp": source_ip, "userAgent": headers.get("user-agent", ""),
+                "method": method,
+                "path": path,
+                "protocol": protocol,
+                "sourceIp": source_ip,
+                "userAgent": headers.get("user-agent", ""),
             },
             "requestId": request_id,
             "routeKey": route.route_key,
@@ -164,10 +189,16 @@ class HttpApi:
             "timeEpoch": int(now * 1000),
         }
         if route.needs_auth:
-            context["authorizer"] = {"iam": {
-                "accessKey": "local", "accountId": self._account_id, "callerId": "local",
-                "principalOrgId": None, "userArn": f"arn:aws:iam::{self._account_id}:user/local", "userId": "local",
-            }}
+            context["authorizer"] = {
+                "iam": {
+                    "accessKey": "local",
+                    "accountId": self._account_id,
+                    "callerId": "local",
+                    "principalOrgId": None,
+                    "userArn": f"arn:aws:iam::{self._account_id}:user/local",
+                    "userId": "local",
+                }
+            }
         event: dict[str, Any] = {
             "version": "2.0",
             "routeKey": route.route_key,
@@ -214,7 +245,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         body = self._read_body()
         response = self.server.api.handle(
-            self.command, self.path, list(self.headers.items()), body, self.client_address[0],
+            self.command,
+            self.path,
+            list(self.headers.items()),
+            body,
+            self.client_address[0],
             self.request_version,
         )
         self.send_response(response.status)
@@ -228,7 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve  # noqa: N815
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
 

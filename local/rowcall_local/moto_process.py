@@ -2,47 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from rowcall_local.child_process import SPAWN, detach_from_terminal_signals, redirect_output
+from rowcall_local import moto_fidelity
+from rowcall_local.child_process import SPAWN, detach_from_terminal_signals, redirect_output, start_child
 
 log = logging.getLogger(__name__)
-
-
-def _speed_up_sqs() -> None:
-    """moto's SQS recounts every queued message through a slow clock; give it a fast one.
-
-    Measured (facts.md): 2,000-deep batch sends drop from ~320 ms to ~17 ms.
-    """
-    import moto.sqs.models as sqs_models
-
-    slow = sqs_models.unix_time_millis
-
-    def unix_time_millis(dt: object = None) -> float:
-        if dt is None:
-            return time.time() * 1000.0
-        return float(slow(dt))
-
-    sqs_models.unix_time_millis = unix_time_millis
 
 
 def _serve(conn: Connection, log_path: str) -> None:
     detach_from_terminal_signals()
     redirect_output(Path(log_path))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    _speed_up_sqs()
+    moto_fidelity.apply_all()
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     conn.send(server.get_host_and_port()[1])
-    try:
-        conn.recv()  # a stop request, or EOF when the parent is gone
-    except EOFError:
-        pass
+    with contextlib.suppress(EOFError):  # EOF: the parent is gone
+        conn.recv()
     server.stop()
 
 
@@ -60,22 +42,23 @@ class MotoProcess:
 
     def start(self, timeout_s: float = 60.0) -> str:
         """Start the server; returns its endpoint URL."""
-        self._process.start()
+        start_child(self._process)
         self._child_conn.close()
-        if not self._conn.poll(timeout_s):
+        try:
+            if not self._conn.poll(timeout_s):
+                raise EOFError
+            port = int(self._conn.recv())
+        except EOFError:
             self.stop()
-            raise RuntimeError(f"moto did not start within {timeout_s}s; see {self._log_path}")
-        port = int(self._conn.recv())
+            raise RuntimeError(f"moto did not start within {timeout_s}s; see {self._log_path}") from None
         self.url = f"http://127.0.0.1:{port}"
         return self.url
 
     def stop(self, timeout_s: float = 5.0) -> None:
         if self._process.pid is None:
             return
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             self._conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
         self._process.join(timeout_s)
         if self._process.is_alive():
             log.warning("moto did not stop within %ss; killing it", timeout_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -47,9 +48,11 @@ class QueuePoller:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def join(self, timeout_s: float) -> None:
-        self._thread.join(timeout_s)
-        concurrent.futures.wait(list(self._busy), timeout=timeout_s)
+    def join(self, deadline: float) -> None:
+        """Wait until `deadline` (time.monotonic()) for the poll loop and busy handlers to end."""
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        concurrent.futures.wait(list(self._busy), timeout=max(0.0, deadline - time.monotonic()))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self) -> None:

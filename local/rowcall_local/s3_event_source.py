@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rowcall_local.function_pool import PoolStopped
 from rowcall_local.sqs_event_source import Invoker
@@ -32,14 +32,18 @@ def internal_queue_name(stack_name: str, trigger: S3Trigger) -> str:
 
 
 def connect_bucket(
-    s3: S3Client, sqs: SQSClient, stack_name: str, triggers: Sequence[S3Trigger], timeout_s: Callable[[S3Trigger], int]
+    s3: S3Client,
+    sqs: SQSClient,
+    stack_name: str,
+    triggers: Sequence[S3Trigger],
+    timeout_s: Callable[[S3Trigger], int],
 ) -> dict[S3Trigger, str]:
     """Create each trigger's internal queue and point its bucket's notifications at them.
 
     Returns trigger -> queue URL. One configuration per bucket, since a put replaces it whole.
     """
     queues: dict[S3Trigger, str] = {}
-    configs: dict[str, list[QueueConfigurationTypeDef]] = {}
+    configs: dict[str, list[dict[str, Any]]] = {}
     for trigger in triggers:
         url = sqs.create_queue(
             QueueName=internal_queue_name(stack_name, trigger),
@@ -48,24 +52,28 @@ def connect_bucket(
         )["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         queues[trigger] = url
-        config: QueueConfigurationTypeDef = {
+        config: dict[str, Any] = {
             "Id": f"{trigger.function_id}-{trigger.event_name}",
             "QueueArn": arn,
-            "Events": list(trigger.events),  # type: ignore[typeddict-item]
+            "Events": list(trigger.events),
         }
         if trigger.filter_rules:
-            config["Filter"] = {
-                "Key": {"FilterRules": [{"Name": n, "Value": v} for n, v in trigger.filter_rules]}  # type: ignore[typeddict-item]
-            }
+            rules = [{"Name": name, "Value": value} for name, value in trigger.filter_rules]
+            config["Filter"] = {"Key": {"FilterRules": rules}}
         configs.setdefault(trigger.bucket, []).append(config)
     for bucket, queue_configs in configs.items():
         s3.put_bucket_notification_configuration(
-            Bucket=bucket, NotificationConfiguration={"QueueConfigurations": queue_configs}
+            Bucket=bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": cast("list[QueueConfigurationTypeDef]", queue_configs)
+            },
         )
     return queues
 
 
-def _failure_record(function: FunctionWiring, event: Any, attempts: int, error: dict[str, Any]) -> dict[str, Any]:
+def _failure_record(
+    function: FunctionWiring, event: Any, attempts: int, error: dict[str, Any]
+) -> dict[str, Any]:
     """Lambda's on-failure destination record for an async invocation."""
     return {
         "version": "1.0",

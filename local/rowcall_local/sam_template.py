@@ -13,7 +13,7 @@ from samtranslator.public.exceptions import InvalidDocumentException
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
-from rowcall_local.aws_clients import LOCAL_CREDENTIALS
+from rowcall_local.aws_clients import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
 FUNCTION = "AWS::Serverless::Function"
 LAYER = "AWS::Serverless::LayerVersion"
@@ -96,7 +96,10 @@ class SamTemplate:
 
     def layer_dirs(self, function_id: str) -> list[Path]:
         """Local content folders of the function's layers (Globals' first, as SAM merges them)."""
-        refs = [*(self.globals("Function").get("Layers") or []), *(self.properties(function_id).get("Layers") or [])]
+        refs = [
+            *(self.globals("Function").get("Layers") or []),
+            *(self.properties(function_id).get("Layers") or []),
+        ]
         artifacts = self.local_artifacts()
         dirs: list[Path] = []
         for ref in refs:
@@ -112,7 +115,7 @@ class SamTemplate:
             resource = sam["Resources"][logical_id]
             prop = _ARTIFACT_PROPERTY[resource["Type"]]
             resource.setdefault("Properties", {})[prop] = f"s3://{code_bucket}/{logical_id}"
-        session = boto3.session.Session(region_name=region, **LOCAL_CREDENTIALS)
+        session = boto3.session.Session(ACCESS_KEY_ID, SECRET_ACCESS_KEY, region_name=region)
         translator = Translator(managed_policy_map={}, sam_parser=Parser(), boto_session=session)
         try:
             cfn: Json = translator.translate(sam_template=sam, parameter_values={})

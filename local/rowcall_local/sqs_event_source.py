@@ -11,6 +11,7 @@ from rowcall_local.function_pool import Invocation, PoolStopped
 from rowcall_local.template_wiring import SqsTrigger
 
 if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import MessageAttributeValueOutputTypeDef, MessageTypeDef
 
@@ -36,7 +37,9 @@ def sqs_record(message: MessageTypeDef, queue_arn: str, region: str) -> dict[str
         "receiptHandle": message["ReceiptHandle"],
         "body": message.get("Body", ""),
         "attributes": dict(message.get("Attributes", {})),
-        "messageAttributes": {k: _attribute_value(v) for k, v in message.get("MessageAttributes", {}).items()},
+        "messageAttributes": {
+            k: _attribute_value(v) for k, v in message.get("MessageAttributes", {}).items()
+        },
         "md5OfBody": message.get("MD5OfBody"),
         "eventSource": "aws:sqs",
         "eventSourceARN": queue_arn,
@@ -66,6 +69,14 @@ def failed_message_ids(payload: Any, message_ids: Sequence[str]) -> set[str]:
     return failed
 
 
+def take_over_from_moto(lambda_client: LambdaClient, triggers: Sequence[SqsTrigger]) -> None:
+    """Disable moto's own event source mappings: on every send, moto would otherwise receive the
+    messages itself, "invoke" the function it cannot run, and delete them.
+    """
+    for trigger in triggers:
+        lambda_client.update_event_source_mapping(UUID=trigger.mapping_uuid, Enabled=False)
+
+
 class SqsEventSource:
     """Handles one received batch for one event source mapping."""
 
@@ -84,9 +95,7 @@ class SqsEventSource:
         if not result.ok:
             return  # the whole batch becomes visible again after the visibility timeout
         ids = [m["MessageId"] for m in messages]
-        failed = (
-            failed_message_ids(result.payload, ids) if self.trigger.report_batch_item_failures else set()
-        )
+        failed = failed_message_ids(result.payload, ids) if self.trigger.report_batch_item_failures else set()
         done = [m for m in messages if m["MessageId"] not in failed]
         for start in range(0, len(done), 10):
             chunk = done[start : start + 10]

@@ -60,6 +60,7 @@ class S3Trigger:
 
 @dataclass(frozen=True)
 class SqsTrigger:
+    mapping_uuid: str
     function_id: str
     queue_url: str
     queue_arn: str
@@ -116,6 +117,7 @@ class _Reader:
     def __init__(self, sam: SamTemplate, cfn: Json, physical: dict[str, str], aws: AwsEndpoint) -> None:
         self.sam, self.cfn, self.physical, self.aws = sam, cfn, physical, aws
         self.sqs = aws.sqs()
+        self.lambda_ = aws.lambda_()
 
     def queue_url_for_arn(self, arn: str) -> str:
         parts = arn.split(":")
@@ -130,7 +132,7 @@ class _Reader:
         return None
 
     def function(self, function_id: str) -> FunctionWiring:
-        config = self.aws.lambda_().get_function_configuration(FunctionName=self.physical[function_id])
+        config = self.lambda_.get_function_configuration(FunctionName=self.physical[function_id])
         invoke_config: Json = self.sam.function_property(function_id, "EventInvokeConfig") or {}
         on_failure: Json = (invoke_config.get("DestinationConfig") or {}).get("OnFailure") or {}
         events: dict[str, Json] = self.sam.properties(function_id).get("Events") or {}
@@ -156,13 +158,23 @@ class _Reader:
         for _, props in _events(self.sam, function_id, "HttpApi"):
             api_id = _ref_target(props.get("ApiId"))
             api_auth: Json = (
-                (self.sam.properties(api_id).get("Auth") or {}) if api_id else self.sam.globals("HttpApi").get("Auth") or {}
+                (self.sam.properties(api_id).get("Auth") or {})
+                if api_id
+                else self.sam.globals("HttpApi").get("Auth") or {}
             )
-            authorizer = (props.get("Auth") or {}).get("Authorizer") or api_auth.get("DefaultAuthorizer") or "NONE"
+            authorizer = (
+                (props.get("Auth") or {}).get("Authorizer") or api_auth.get("DefaultAuthorizer") or "NONE"
+            )
             path = props.get("Path")
             method = str(props.get("Method") or "ANY").upper()
-            routes.append(HttpRoute(function_id, "ANY" if method == "X-AMAZON-APIGATEWAY-ANY-METHOD" else method,
-                                    str(path) if path else "$default", str(authorizer)))
+            routes.append(
+                HttpRoute(
+                    function_id,
+                    "ANY" if method == "X-AMAZON-APIGATEWAY-ANY-METHOD" else method,
+                    str(path) if path else "$default",
+                    str(authorizer),
+                )
+            )
         return routes
 
     def s3_triggers(self, function_id: str) -> list[S3Trigger]:
@@ -173,33 +185,43 @@ class _Reader:
                 raise TemplateError(f"{function_id}.{name}: S3 event Bucket must be !Ref of a bucket here")
             events = props.get("Events")
             rules = ((props.get("Filter") or {}).get("S3Key") or {}).get("Rules") or []
-            triggers.append(S3Trigger(
-                function_id=function_id,
-                event_name=name,
-                bucket=self.physical[bucket_id],
-                events=tuple(events if isinstance(events, list) else [events]),
-                filter_rules=tuple((str(r["Name"]), str(r["Value"])) for r in rules),
-            ))
+            triggers.append(
+                S3Trigger(
+                    function_id=function_id,
+                    event_name=name,
+                    bucket=self.physical[bucket_id],
+                    events=tuple(str(e) for e in (events if isinstance(events, list) else [events])),
+                    filter_rules=tuple((str(r["Name"]), str(r["Value"])) for r in rules),
+                )
+            )
         return triggers
 
     def sqs_triggers(self, functions: dict[str, FunctionWiring]) -> list[SqsTrigger]:
         by_arn = {f.arn: f.logical_id for f in functions.values()}
         triggers = []
-        paginator = self.aws.lambda_().get_paginator("list_event_source_mappings")
+        paginator = self.lambda_.get_paginator("list_event_source_mappings")
         for page in paginator.paginate():
             for mapping in page["EventSourceMappings"]:
                 function_id = by_arn.get(mapping.get("FunctionArn", ""))
                 arn = mapping.get("EventSourceArn", "")
-                if function_id is None or not arn.startswith("arn:aws:sqs:") or mapping.get("State") == "Disabled":
+                if (
+                    function_id is None
+                    or not arn.startswith("arn:aws:sqs:")
+                    or mapping.get("State") == "Disabled"
+                ):
                     continue
-                triggers.append(SqsTrigger(
-                    function_id=function_id,
-                    queue_url=self.queue_url_for_arn(arn),
-                    queue_arn=arn,
-                    batch_size=int(mapping.get("BatchSize", 10)),
-                    report_batch_item_failures="ReportBatchItemFailures" in mapping.get("FunctionResponseTypes", []),
-                    maximum_concurrency=mapping.get("ScalingConfig", {}).get("MaximumConcurrency"),
-                ))
+                triggers.append(
+                    SqsTrigger(
+                        mapping_uuid=mapping["UUID"],
+                        function_id=function_id,
+                        queue_url=self.queue_url_for_arn(arn),
+                        queue_arn=arn,
+                        batch_size=int(mapping.get("BatchSize", 10)),
+                        report_batch_item_failures="ReportBatchItemFailures"
+                        in mapping.get("FunctionResponseTypes", []),
+                        maximum_concurrency=mapping.get("ScalingConfig", {}).get("MaximumConcurrency"),
+                    )
+                )
         return triggers
 
 

@@ -13,18 +13,27 @@ from .conftest import Aws
 
 def upload(aws: Aws, key: str, body: bytes, **metadata: str) -> ObjectCreated:
     put = aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=body, Metadata=metadata)
-    return ObjectCreated(bucket=aws.bucket, key=key, version_id=put["VersionId"], sequencer="00A1", size=len(body))
+    return ObjectCreated(
+        bucket=aws.bucket, key=key, version_id=put["VersionId"], sequencer="00A1", size=len(body)
+    )
 
 
-def ingestor(aws: Aws, *, chunk_rows: int = 10, max_rows: int = 1000, max_bytes: int = 10**6,
-             queue: ChunkQueue | None = None) -> Ingestor:
+def ingestor(
+    aws: Aws,
+    *,
+    chunk_rows: int = 10,
+    max_rows: int = 1000,
+    max_bytes: int = 10**6,
+    queue: ChunkQueue | None = None,
+) -> Ingestor:
     return Ingestor(
         s3=aws.s3,
         ledger=aws.ledger,
         chunk_queue=queue or aws.chunk_queue,
         finisher=aws.finisher,
-        limits=IngestLimits(max_rows=max_rows, max_bytes=max_bytes, chunk_rows=chunk_rows,
-                            default_technique_id="tech-default"),
+        limits=IngestLimits(
+            max_rows=max_rows, max_bytes=max_bytes, chunk_rows=chunk_rows, default_technique_id="tech-default"
+        ),
     )
 
 
@@ -46,7 +55,11 @@ def test_ingest_plans_chunks_records_row_errors_and_sends_each_chunk_once(aws: A
     batch = ingestor(aws).ingest(created)
     assert batch is not None
     assert (batch.status, batch.total_count, batch.rows_skipped, batch.chunk_count) == (
-        BatchStatus.RUNNING, 25, 2, 3)
+        BatchStatus.RUNNING,
+        25,
+        2,
+        3,
+    )
     messages = chunk_messages(aws)
     assert sorted(m.chunk.rows for m in messages) == [5, 10, 10]
     assert sorted(m.chunk.index for m in messages) == [0, 1, 2]

@@ -18,13 +18,19 @@ def running_batch(aws: Aws, rows_per_chunk: list[int], batch_id: str = "b_test")
     ledger = aws.ledger
     ledger.open_batch(
         BatchState(
-            batch_id=batch_id, name="t", source=SourceObject(bucket=aws.bucket, key="uploads/t.csv"),
-            spec=BatchSpec(technique_id="t", name="t"), status=BatchStatus.VALIDATING,
-            created_at="2026-01-01T00:00:00.000Z", updated_at="2026-01-01T00:00:00.000Z",
+            batch_id=batch_id,
+            name="t",
+            source=SourceObject(bucket=aws.bucket, key="uploads/t.csv"),
+            spec=BatchSpec(technique_id="t", name="t"),
+            status=BatchStatus.VALIDATING,
+            created_at="2026-01-01T00:00:00.000Z",
+            updated_at="2026-01-01T00:00:00.000Z",
         )
     )
-    chunks = [ChunkPlan(index=i, start=1, end=2, first_record=1, first_line=2, rows=n)
-              for i, n in enumerate(rows_per_chunk)]
+    chunks = [
+        ChunkPlan(index=i, start=1, end=2, first_record=1, first_line=2, rows=n)
+        for i, n in enumerate(rows_per_chunk)
+    ]
     assert ledger.record_plan(batch_id, header=["a"], chunks=chunks, rows_skipped=0)
     return batch_id
 
@@ -72,7 +78,11 @@ def test_the_last_two_callbacks_racing_finish_the_batch_once(aws: Aws) -> None:
     batch = aws.ledger.get_batch(batch_id)
     assert batch is not None
     assert (batch.status, batch.completed_count, batch.failed_count, batch.finish_seq) == (
-        BatchStatus.PARTIAL, 1, 1, 1)
+        BatchStatus.PARTIAL,
+        1,
+        1,
+        1,
+    )
     messages = done_messages(aws)
     # The first finish sends it; later calls re-send it while unclaimed, all for the same finish.
     assert {(m.batch_id, m.finish_seq) for m in messages} == {(batch_id, 1)}

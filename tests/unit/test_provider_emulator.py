@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
 
 API_KEY = "test-provider-key"

@@ -49,7 +49,10 @@ def start_provider(**faults: object) -> ProviderEmulator:
 def ingest(aws: Aws, body: bytes, **meta: str) -> str:
     put = aws.s3.put_object(Bucket=aws.bucket, Key="uploads/rows.csv", Body=body, Metadata=meta)
     batch = Ingestor(
-        s3=aws.s3, ledger=aws.ledger, chunk_queue=aws.chunk_queue, finisher=aws.finisher,
+        s3=aws.s3,
+        ledger=aws.ledger,
+        chunk_queue=aws.chunk_queue,
+        finisher=aws.finisher,
         limits=IngestLimits(max_rows=1000, max_bytes=10**6, chunk_rows=4, default_technique_id="tech"),
     ).ingest(ObjectCreated(bucket=aws.bucket, key="uploads/rows.csv", version_id=put["VersionId"]))
     assert batch is not None
@@ -58,9 +61,13 @@ def ingest(aws: Aws, body: bytes, **meta: str) -> str:
 
 def starter(aws: Aws, provider: ProviderEmulator, callbacks: Receiver) -> RunStarter:
     return RunStarter(
-        s3=aws.s3, ledger=aws.ledger, finisher=aws.finisher,
+        s3=aws.s3,
+        ledger=aws.ledger,
+        finisher=aws.finisher,
         provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
-        signer=SIGNER, callback_base_url=callbacks.url, concurrency=4,
+        signer=SIGNER,
+        callback_base_url=callbacks.url,
+        concurrency=4,
     )
 
 
@@ -82,7 +89,7 @@ def replay(aws: Aws, received: list, order: random.Random | None = None) -> None
         recorder.record(batch_id, row_id, RunObject.model_validate_json(call.body))
 
 
-ROWS = b"sku,prompt,style\nA1,=SUM(1),plain\nA2,a dog,\"bold, loud\"\nA3,x\nA4,a fox,\nA5,an owl,\nA6,a bee,\n"
+ROWS = b'sku,prompt,style\nA1,=SUM(1),plain\nA2,a dog,"bold, loud"\nA3,x\nA4,a fox,\nA5,an owl,\nA6,a bee,\n'
 
 
 def test_every_row_starts_once_and_a_redelivered_chunk_starts_nothing(aws: Aws, callbacks: Receiver) -> None:
@@ -101,7 +108,11 @@ def test_every_row_starts_once_and_a_redelivered_chunk_starts_nothing(aws: Aws, 
         batch = aws.ledger.get_batch(batch_id)
         assert batch is not None
         assert (batch.status, batch.completed_count, batch.failed_count, batch.rows_skipped) == (
-            BatchStatus.COMPLETED, 5, 0, 1)
+            BatchStatus.COMPLETED,
+            5,
+            0,
+            1,
+        )
         assert {DoneMessage.model_validate_json(b).finish_seq for b in aws.drain(aws.done_queue_url)} == {1}
     finally:
         provider.stop()
@@ -128,7 +139,10 @@ def test_an_unknown_technique_fails_the_batch_on_its_first_rows(aws: Aws, callba
         for message in chunk_messages(aws):
             starter(aws, provider, callbacks).start_chunk(message, lambda: 300.0)
         batch = aws.ledger.get_batch(batch_id)
-        assert batch is not None and (batch.status, batch.reason) == (BatchStatus.FAILED, "technique_not_found")
+        assert batch is not None and (batch.status, batch.reason) == (
+            BatchStatus.FAILED,
+            "technique_not_found",
+        )
         assert provider.stats()["creates"] <= 4  # one chunk's first concurrent rows, not all 40
         assert len(aws.drain(aws.done_queue_url)) == 1
     finally:
@@ -163,9 +177,15 @@ def finish_batch(aws: Aws, callbacks: Receiver, on_done_url: str, fail_rate: flo
 def delivery(aws: Aws, clock: list[float] | None = None) -> OnDoneDelivery:
     now = clock or [1_800_000_000.0]
     return OnDoneDelivery(
-        s3=aws.s3, sns=aws.sns, ledger=aws.ledger, done_queue=aws.done_queue,
-        http=httpx.Client(timeout=5), signer=WebhookSigner(WEBHOOK_SECRET), topic_arn=aws.topic_arn,
-        clock=lambda: now[0], retry_schedule_s=(1, 1),
+        s3=aws.s3,
+        sns=aws.sns,
+        ledger=aws.ledger,
+        done_queue=aws.done_queue,
+        http=httpx.Client(timeout=5),
+        signer=WebhookSigner(WEBHOOK_SECRET),
+        topic_arn=aws.topic_arn,
+        clock=lambda: now[0],
+        retry_schedule_s=(1, 1),
     )
 
 
@@ -194,7 +214,16 @@ def test_on_done_is_signed_delivered_once_with_a_results_csv(aws: Aws, callbacks
         assert payload["data"]["completed_count"] == 5
         results = aws.s3.get_object(Bucket=aws.bucket, Key=f"results/{batch_id}/results.csv")["Body"].read()
         rows = list(csv.reader(io.StringIO(results.decode(), newline="")))
-        assert rows[0] == ["sku", "prompt", "style", "status", "run_id", "outputs", "error_code", "error_message"]
+        assert rows[0] == [
+            "sku",
+            "prompt",
+            "style",
+            "status",
+            "run_id",
+            "outputs",
+            "error_code",
+            "error_message",
+        ]
         assert [r[0] for r in rows[1:]] == ["A1", "A2", "A4", "A5", "A6"]
         assert rows[1][1] == "'=SUM(1)"
         assert rows[2][2] == "bold, loud"

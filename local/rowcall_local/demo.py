@@ -1,0 +1,197 @@
+"""`rowcall demo`: one CSV through the local stack, watched from the outside as a user would."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.json import JSON
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from rowcall_local.stack import LocalStack, StackOptions
+
+TERMINAL = frozenset({"completed", "partial", "failed", "canceled"})
+POLL_S = 0.3
+FIND_BATCH_S = 60.0
+ON_DONE_WAIT_S = 30.0
+SIGNATURE_TOLERANCE_S = 300
+
+
+class DemoFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Delivery:
+    headers: dict[str, str]
+    body: bytes
+
+
+class OnDoneReceiver:
+    """An on-done webhook consumer on loopback that records every POST."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self._arrived = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                receiver.deliveries.append(Delivery({k.lower(): v for k, v in self.headers.items()}, body))
+                receiver._arrived.set()
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="on-done-receiver", daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/on-done"
+
+    def wait(self, timeout_s: float) -> Delivery | None:
+        self._arrived.wait(timeout_s)
+        return self.deliveries[0] if self.deliveries else None
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def signature_valid(secret: str, headers: Mapping[str, str], body: bytes, now: float | None = None) -> bool:
+    """Standard Webhooks v1: base64 HMAC-SHA256 of `id.timestamp.body` under the whsec_ key."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    msg_id, timestamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
+    if not msg_id or not timestamp.isdigit():
+        return False
+    if abs((now or time.time()) - int(timestamp)) > SIGNATURE_TOLERANCE_S:
+        return False
+    expected = base64.b64encode(
+        hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    )
+    return any(
+        hmac.compare_digest(expected.decode(), sig.split(",", 1)[1])
+        for sig in headers.get("webhook-signature", "").split()
+        if sig.startswith("v1,")
+    )
+
+
+def _find_batch(api: httpx.Client, key: str) -> dict[str, Any]:
+    deadline = time.monotonic() + FIND_BATCH_S
+    while time.monotonic() < deadline:
+        response = api.get("/batches", params={"limit": 100})
+        if response.status_code != 200:
+            raise DemoFailed(f"GET /batches answered {response.status_code}: {response.text[:300]}")
+        for item in response.json().get("items", []):
+            if (item.get("source") or {}).get("key") == key:
+                return dict(item)
+        time.sleep(POLL_S)
+    raise DemoFailed(f"no batch appeared for s3 key {key} within {FIND_BATCH_S:.0f}s")
+
+
+def _watch(api: httpx.Client, console: Console, batch_id: str, timeout_s: float) -> dict[str, Any]:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    deadline = time.monotonic() + timeout_s
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("validating", total=None)
+        while True:
+            response = api.get(f"/batches/{batch_id}")
+            if response.status_code != 200:
+                raise DemoFailed(
+                    f"GET /batches/{batch_id} answered {response.status_code}: {response.text[:300]}"
+                )
+            batch: dict[str, Any] = response.json()
+            done = int(batch.get("completed_count") or 0) + int(batch.get("failed_count") or 0)
+            progress.update(
+                task, description=str(batch.get("status")), total=batch.get("total_count"), completed=done
+            )
+            if batch.get("status") in TERMINAL:
+                return batch
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"batch {batch_id} still {batch.get('status')} after {timeout_s:.0f}s")
+            time.sleep(POLL_S)
+
+
+def _show_results(stack: LocalStack, console: Console, batch: Mapping[str, Any], rows: int = 5) -> None:
+    bucket = stack.info["bucket"]
+    key = (batch.get("results") or {}).get("csv_key") or f"results/{batch['batch_id']}/results.csv"
+    console.print(f"results: [bold]s3://{bucket}/{key}[/bold]", soft_wrap=True)
+    body = stack.aws.s3().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8-sig")
+    lines = body.splitlines()
+    console.print(f"first {min(rows, max(len(lines) - 1, 0))} rows:")
+    for line in lines[: rows + 1]:
+        console.print(Text(line), no_wrap=True, overflow="ellipsis")
+
+
+def _run(stack: LocalStack, csv_path: Path, console: Console, timeout_s: float) -> int:
+    receiver = OnDoneReceiver()
+    try:
+        key = f"uploads/{csv_path.name}"
+        stack.aws.s3().put_object(
+            Bucket=stack.info["bucket"],
+            Key=key,
+            Body=csv_path.read_bytes(),
+            ContentType="text/csv",
+            Metadata={"on-done-url": receiver.url, "batch-name": csv_path.stem},
+        )
+        console.print(f"uploaded [bold]{csv_path}[/bold] to s3://{stack.info['bucket']}/{key}")
+        headers = {"Authorization": f"Bearer {stack.info['api_token']}"}
+        with httpx.Client(base_url=stack.info["api_url"], headers=headers, timeout=30) as api:
+            batch = _find_batch(api, key)
+            batch = _watch(api, console, str(batch["batch_id"]), timeout_s)
+        console.print(
+            f"batch [bold]{batch['batch_id']}[/bold]: {batch['status']}"
+            + (f" ({batch['reason']})" if batch.get("reason") else "")
+        )
+        delivery = receiver.wait(ON_DONE_WAIT_S)
+        if delivery is None:
+            raise DemoFailed(f"no on-done POST arrived within {ON_DONE_WAIT_S:.0f}s of the batch finishing")
+        if not signature_valid(stack.info["webhook_secret"], delivery.headers, delivery.body):
+            raise DemoFailed("the on-done POST's Standard Webhooks signature does not verify")
+        console.print("on-done (signature verified):")
+        console.print(JSON(delivery.body.decode()))
+        if batch.get("status") in ("completed", "partial"):
+            _show_results(stack, console, batch)
+        return 0 if batch.get("status") in ("completed", "partial") else 1
+    finally:
+        receiver.close()
+
+
+def run_demo(csv_path: Path, options: StackOptions, timeout_s: float = 300.0) -> int:
+    console = Console()
+    if not csv_path.is_file():
+        console.print(f"[red]rowcall demo: no such CSV: {csv_path}[/red]")
+        return 2
+    stack = LocalStack(options)
+    stack.logs_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        filename=stack.logs_dir / "runtime.log",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        with console.status("starting the local stack..."):
+            stack.start()
+        console.print(f"local stack ready (logs in {stack.logs_dir})")
+        return _run(stack, csv_path, console, timeout_s)
+    except DemoFailed as exc:
+        console.print(f"[red]rowcall demo failed: {exc}[/red] (logs in {stack.logs_dir})")
+        return 1
+    finally:
+        with console.status("stopping the local stack..."):
+            stack.stop()

@@ -1,0 +1,107 @@
+"""Patches that make moto's server behave like the AWS services it stands in for, where it matters.
+
+Applied only inside the moto server process; Lambda code never sees them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+
+def make_dynamodb_requests_atomic() -> None:
+    """DynamoDB applies each request atomically; moto's threaded server does not.
+
+    Seen here: concurrent TransactWriteItems failed with `dictionary changed size during
+    iteration` (HTTP 500), and a conditional write could interleave with another request, which
+    would let two racing callbacks both win. One lock around each DynamoDB request restores the
+    guarantee the ledger is built on.
+    """
+    from moto.dynamodb.responses import DynamoHandler
+
+    lock = threading.Lock()
+    call_action = DynamoHandler.call_action
+
+    def atomic_call_action(self: Any) -> Any:
+        with lock:
+            return call_action(self)
+
+    DynamoHandler.call_action = atomic_call_action  # type: ignore[method-assign]
+
+
+def make_transactions_cost_their_items() -> None:
+    """moto snapshots every touched table whole before a TransactWriteItems, for rollback.
+
+    That makes each callback's transaction cost O(table size): seen here, a 1,000-row batch ran
+    at 6 rows/s. DynamoDB's cost depends on the items written, so snapshot just those items and
+    put them back if the transaction is cancelled. Runs under the DynamoDB request lock.
+    """
+    import copy
+
+    import moto.dynamodb.models as models
+    from moto.dynamodb.models.table import Table
+
+    original = models.DynamoDBBackend.transact_write_items
+
+    class _TablesByReference:
+        """`copy` as the transaction code sees it: tables are not copied, anything else is."""
+
+        @staticmethod
+        def deepcopy(value: Any, memo: Any = None) -> Any:
+            return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        snapshots: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
+        for entry in transact_items:
+            op_type, op = next(iter(entry.items()))
+            table = self.get_table(op["TableName"])
+            if op_type == "Put":
+                key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+                if table.range_key_attr is not None:
+                    key[table.range_key_attr] = op["Item"][table.range_key_attr]
+            else:
+                key = op["Key"]
+            current = self.get_item(op["TableName"], key)
+            snapshots.append(
+                (op["TableName"], key, copy.deepcopy(current.to_json()["Attributes"]) if current else None)
+            )
+        setattr(models, "copy", _TablesByReference)  # noqa: B010 - swapped back below
+        try:
+            original(self, transact_items)
+        except Exception:
+            for table_name, key, attributes in reversed(snapshots):
+                if attributes is None:
+                    if self.get_item(table_name, key) is not None:
+                        self.delete_item(table_name, key)
+                else:
+                    self.put_item(table_name, attributes)
+            raise
+        finally:
+            setattr(models, "copy", copy)  # noqa: B010
+
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+def speed_up_sqs_clock() -> None:
+    """moto's SQS recounts every queued message through a slow clock; give it a fast one.
+
+    Measured (facts.md): 2,000-deep batch sends drop from ~320 ms to ~17 ms.
+    """
+    import moto.sqs.models as sqs_models
+
+    slow = sqs_models.unix_time_millis  # type: ignore[attr-defined]
+
+    def unix_time_millis(dt: datetime | None = None) -> float:
+        if dt is None:
+            return time.time() * 1000.0
+        return float(slow(dt))
+
+    sqs_models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
+
+
+def apply_all() -> None:
+    make_dynamodb_requests_atomic()
+    make_transactions_cost_their_items()
+    speed_up_sqs_clock()

@@ -1,0 +1,345 @@
+"""The whole local stack in one object: moto, provider emulator, deployed template, functions,
+event sources and HTTP API. `rowcall up`, `rowcall demo` and tests all start it through here.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rowcall_local.aws_clients import AwsEndpoint
+from rowcall_local.cfn_deploy import deploy_stack, upload_placeholder_artifacts
+from rowcall_local.function_pool import FunctionPool, FunctionRuntime
+from rowcall_local.function_runtime import InstanceSpec
+from rowcall_local.http_api import HttpApi, HttpApiServer
+from rowcall_local.moto_process import MotoProcess
+from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
+from rowcall_local.queue_poller import QueuePoller
+from rowcall_local.s3_event_source import S3EventSource, connect_bucket
+from rowcall_local.sam_template import SamTemplate
+from rowcall_local.sqs_event_source import SqsEventSource, take_over_from_moto
+from rowcall_local.template_wiring import FunctionWiring, StackWiring, read_wiring
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT_ID = "123456789012"  # moto's default account
+
+# Execution environments per function, by what drives it. Sized for a 2-core machine: HTTP
+# requests are short and many; an SQS mapping the template scales out (ScalingConfig) gets two,
+# any other queue or S3 consumer one. MaximumConcurrency still caps it.
+INSTANCES_BY_SOURCE = {"HttpApi": 3, "SQS+ScalingConfig": 2, "SQS": 1, "S3": 1}
+
+# Template parameters the local stack sets (only those the template declares are passed).
+PROVIDER_URL_PARAMETER = "ProviderBaseUrl"
+CALLBACK_URL_PARAMETER = "CallbackBaseUrl"
+MAX_ROWS_PARAMETER = "MaxRows"
+MAX_BYTES_PARAMETER = "MaxBytes"
+PROVIDER_KEY_PARAMETER = "ProviderApiKeyParameter"
+CALLBACK_SECRET_PARAMETER = "CallbackSecretParameter"
+WEBHOOK_SECRET_PARAMETER = "WebhookSecretParameter"
+
+STACK_JSON_KEYS = (
+    "aws_endpoint_url",
+    "region",
+    "bucket",
+    "table",
+    "topic_arn",
+    "api_url",
+    "api_token",
+    "provider_url",
+    "webhook_secret",
+)
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    template: Path = PROJECT_ROOT / "template.yaml"
+    state_dir: Path = Path(".rowcall")
+    stack_name: str = "rowcall-local"
+    region: str = "us-east-1"
+    provider_faults: ProviderFaults | None = field(default_factory=ProviderFaults)
+    """None: no provider emulator (a template that calls no provider)."""
+    max_rows: int | None = None
+    max_bytes: int | None = None
+    max_in_flight: int | None = None
+    """Recorded, not enforced yet."""
+    reconcile_after_s: float | None = None
+    """Recorded, not enforced yet."""
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    """Further template parameter overrides."""
+    instances: Mapping[str, int] = field(default_factory=dict)
+    """Execution environments per function logical id, overriding INSTANCES_BY_SOURCE."""
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    provider_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    callback_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    webhook_secret: str = field(
+        default_factory=lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    )
+    api_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+
+def instance_count(function: FunctionWiring, wiring: StackWiring) -> int:
+    sources = set(function.event_types)
+    caps = []
+    for trigger in wiring.sqs_triggers:
+        if trigger.function_id == function.logical_id and trigger.maximum_concurrency:
+            sources.add("SQS+ScalingConfig")
+            caps.append(trigger.maximum_concurrency)
+    count = max((INSTANCES_BY_SOURCE.get(s, 1) for s in sources), default=1)
+    return min([count, *caps])
+
+
+def put_secret_parameters(
+    aws: AwsEndpoint, sam: SamTemplate, parameters: Mapping[str, str], stack_secrets: StackSecrets
+) -> dict[str, str]:
+    """Store the secrets as SSM SecureStrings under the names the template's parameters give.
+
+    Returns parameter name -> SSM name for those the template declares.
+    """
+    ssm = aws.ssm()
+    values = {
+        PROVIDER_KEY_PARAMETER: stack_secrets.provider_api_key,
+        CALLBACK_SECRET_PARAMETER: stack_secrets.callback_secret,
+        WEBHOOK_SECRET_PARAMETER: stack_secrets.webhook_secret,
+    }
+    stored = {}
+    for parameter, value in values.items():
+        name = parameters.get(parameter) or sam.parameter_default(parameter)
+        if name:
+            ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
+            stored[parameter] = name
+    return stored
+
+
+def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class LocalStack:
+    """Start with `start()` (or `with LocalStack(options) as stack:`); `info` is stack.json's content."""
+
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.state_dir = self.options.state_dir.resolve()
+        self.logs_dir = self.state_dir / "logs"
+        self.stack_json = self.state_dir / "stack.json"
+        self.secrets = StackSecrets()
+        self.info: dict[str, str] = {}
+        self.wiring: StackWiring | None = None
+        self.aws = AwsEndpoint("", self.options.region)
+        self.provider: ProviderEmulator | None = None
+        self.runtime: FunctionRuntime | None = None
+        self._moto: MotoProcess | None = None
+        self._http: HttpApiServer | None = None
+        self._pollers: list[QueuePoller] = []
+        self._s3_sources: list[S3EventSource] = []
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> dict[str, str]:
+        started = time.monotonic()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("local stack ready in %.1fs", time.monotonic() - started)
+        return self.info
+
+    def _start(self) -> None:
+        opts = self.options
+        self._moto = MotoProcess(self.logs_dir / "moto.log")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            moto_url = pool.submit(self._moto.start)
+            sam = SamTemplate.load(opts.template)
+            code_bucket = f"{opts.stack_name}-artifacts"
+            cfn = sam.translate(code_bucket, opts.region)
+            self.aws = AwsEndpoint(moto_url.result(), opts.region)
+        self._http = HttpApiServer()
+        if opts.provider_faults is not None:
+            self.provider = ProviderEmulator(self.secrets.provider_api_key, opts.provider_faults)
+            self.provider.start()
+        upload_placeholder_artifacts(self.aws, code_bucket, sam.local_artifacts())
+        parameters = self._parameters(sam)
+        physical = deploy_stack(self.aws, opts.stack_name, cfn, parameters)
+        put_secret_parameters(self.aws, sam, parameters, self.secrets)
+        wiring = self.wiring = read_wiring(sam, cfn, physical, self.aws, opts.stack_name)
+        self.runtime = FunctionRuntime(
+            {
+                f.logical_id: FunctionPool(
+                    self._instance_spec(f), opts.instances.get(f.logical_id) or instance_count(f, wiring)
+                )
+                for f in wiring.functions.values()
+            }
+        )
+        self.runtime.start()
+        self._start_event_sources(wiring, self.runtime)
+        self.info = self._describe(wiring)
+        write_json_atomically(self.stack_json, self.info)
+        if opts.max_in_flight is not None or opts.reconcile_after_s is not None:
+            log.info(
+                "recorded, not enforced yet: max_in_flight=%s reconcile_after_s=%s",
+                opts.max_in_flight,
+                opts.reconcile_after_s,
+            )
+
+    def _parameters(self, sam: SamTemplate) -> dict[str, str]:
+        assert self._http is not None
+        wanted: dict[str, str | int | None] = {
+            PROVIDER_URL_PARAMETER: self.provider.url if self.provider else None,
+            CALLBACK_URL_PARAMETER: self._http.url,
+            MAX_ROWS_PARAMETER: self.options.max_rows,
+            MAX_BYTES_PARAMETER: self.options.max_bytes,
+            **self.options.parameters,
+        }
+        return {k: str(v) for k, v in wanted.items() if v is not None and sam.declares_parameter(k)}
+
+    def _instance_spec(self, function: FunctionWiring) -> InstanceSpec:
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROWCALL_", "_"))}
+        environment = {
+            **inherited,
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+            "AWS_LAMBDA_FUNCTION_NAME": function.name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
+            "LAMBDA_TASK_ROOT": str(function.code_dir),
+            "_HANDLER": function.handler,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            **self.aws.environment(),
+            **function.environment,
+        }
+        return InstanceSpec(
+            function_id=function.logical_id,
+            function_name=function.name,
+            function_arn=function.arn,
+            handler=function.handler,
+            code_dir=str(function.code_dir),
+            layer_dirs=tuple(str(d) for d in function.layer_dirs),
+            environment=environment,
+            memory_mb=function.memory_mb,
+            timeout_s=function.timeout_s,
+            log_path=str(self.logs_dir / f"{function.logical_id}.log"),
+        )
+
+    def _start_event_sources(self, wiring: StackWiring, runtime: FunctionRuntime) -> None:
+        assert self._http is not None
+        self._add_sqs_sources(wiring, runtime)
+        if wiring.s3_triggers:
+            self._add_s3_sources(wiring, runtime)
+        for poller in self._pollers:
+            poller.start()
+        api_id = wiring.only_physical_id("AWS::ApiGatewayV2::Api") or "local"
+        self._http.serve(HttpApi(wiring.routes, runtime.invoke, self.secrets.api_token, api_id, ACCOUNT_ID))
+
+    def _add_sqs_sources(self, wiring: StackWiring, runtime: FunctionRuntime) -> None:
+        take_over_from_moto(self.aws.lambda_(), wiring.sqs_triggers)
+        for trigger in wiring.sqs_triggers:
+            sqs = self.aws.sqs()
+            source = SqsEventSource(trigger, sqs, runtime.invoke, self.options.region)
+            self._pollers.append(
+                QueuePoller(
+                    f"sqs-{trigger.function_id}",
+                    sqs,
+                    trigger.queue_url,
+                    trigger.batch_size,
+                    runtime.pools[trigger.function_id].size,
+                    source.handle,
+                )
+            )
+
+    def _add_s3_sources(self, wiring: StackWiring, runtime: FunctionRuntime) -> None:
+        sqs = self.aws.sqs()
+        queues = connect_bucket(
+            self.aws.s3(),
+            sqs,
+            wiring.stack_name,
+            wiring.s3_triggers,
+            lambda t: wiring.functions[t.function_id].timeout_s,
+        )
+        for trigger, queue_url in queues.items():
+            source = S3EventSource(
+                trigger, wiring.functions[trigger.function_id], sqs, queue_url, runtime.invoke
+            )
+            self._s3_sources.append(source)
+            self._pollers.append(
+                QueuePoller(
+                    f"s3-{trigger.function_id}",
+                    sqs,
+                    queue_url,
+                    10,
+                    runtime.pools[trigger.function_id].size,
+                    source.handle,
+                )
+            )
+
+    def _describe(self, wiring: StackWiring) -> dict[str, str]:
+        assert self._http is not None
+        bucket = (
+            wiring.s3_triggers[0].bucket if wiring.s3_triggers else wiring.only_physical_id("AWS::S3::Bucket")
+        )
+        info = {
+            "aws_endpoint_url": self.aws.url,
+            "region": self.options.region,
+            "bucket": bucket or "",
+            "table": wiring.only_physical_id("AWS::DynamoDB::Table") or "",
+            "topic_arn": wiring.only_physical_id("AWS::SNS::Topic") or "",
+            "api_url": self._http.url,
+            "api_token": self.secrets.api_token,
+            "provider_url": self.provider.url if self.provider else "",
+            "webhook_secret": self.secrets.webhook_secret,
+        }
+        assert tuple(info) == STACK_JSON_KEYS
+        return info
+
+    def stop(self) -> None:
+        """Stop everything in bounded time (~10 s at worst); safe to call more than once."""
+        if self.info:
+            self.stack_json.unlink(missing_ok=True)
+            self.info = {}
+        for source in self._s3_sources:
+            source.request_stop()
+        for poller in self._pollers:
+            poller.request_stop()
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        if self.runtime is not None:
+            self.runtime.stop()
+            self.runtime = None
+        deadline = time.monotonic() + 3.0
+        for poller in self._pollers:
+            poller.join(deadline)
+        self._pollers.clear()
+        self._s3_sources.clear()
+        if self.provider is not None:
+            self.provider.stop()
+            self.provider = None
+        if self._moto is not None:
+            self._moto.stop()
+            self._moto = None

@@ -1,0 +1,122 @@
+"""The real local stack, started the way users and outside suites start it: `rowcall up`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"completed", "partial", "failed", "canceled"}
+
+
+@dataclass
+class LocalStack:
+    info: dict[str, Any]
+    state_dir: Path
+
+    @property
+    def s3(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.info["aws_endpoint_url"],
+            region_name=self.info["region"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    @property
+    def api(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.info["api_url"],
+            timeout=30,
+            headers={"Authorization": f"Bearer {self.info['api_token']}"},
+        )
+
+    def provider_stats(self) -> dict[str, int]:
+        stats: dict[str, int] = httpx.get(self.info["provider_url"] + "/_stats", timeout=10).json()
+        return stats
+
+    def batch_for(self, key: str, timeout_s: float = 60) -> dict[str, Any]:
+        with self.api as api:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                for item in api.get("/batches", params={"limit": 100}).json()["items"]:
+                    if item["source"]["key"] == key:
+                        return dict(item)
+                time.sleep(0.1)
+        raise AssertionError(f"no batch for {key} within {timeout_s}s; see {self.state_dir}/logs")
+
+    def wait_terminal(self, batch_id: str, timeout_s: float = 180) -> dict[str, Any]:
+        with self.api as api:
+            deadline = time.monotonic() + timeout_s
+            batch: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                batch = api.get(f"/batches/{batch_id}").json()
+                if batch["status"] in TERMINAL:
+                    return batch
+                time.sleep(0.1)
+        raise AssertionError(f"batch not finished within {timeout_s}s: {batch}")
+
+    def wait_notified(self, batch_id: str, timeout_s: float = 60) -> dict[str, Any]:
+        with self.api as api:
+            deadline = time.monotonic() + timeout_s
+            batch: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                batch = api.get(f"/batches/{batch_id}").json()
+                if batch["notification"]["status"] in ("delivered", "failed"):
+                    return batch
+                time.sleep(0.1)
+        raise AssertionError(f"on-done not settled within {timeout_s}s: {batch['notification']}")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    state = tmp_path_factory.mktemp("rowcall-state")
+    log = (state / "up.log").open("w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROWCALL_", "AWS_"))}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rowcall_local.cli",
+            "up",
+            "--state-dir",
+            str(state),
+            "--provider-delay-ms",
+            "5:60",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    stack_json = state / "stack.json"
+    deadline = time.monotonic() + 180
+    while not stack_json.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("stack did not start: " + (state / "up.log").read_text()[-3000:])
+        time.sleep(0.1)
+    try:
+        yield LocalStack(json.loads(stack_json.read_text()), state)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+        log.close()
