@@ -9,8 +9,9 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from rowcall.compose import run_starter
+from rowcall.compose import redelivery_schedule, run_starter
 from rowcall.models import ChunkMessage
+from rowcall.runs import ChunkIncomplete
 
 logger = Logger()
 tracer = Tracer()
@@ -26,7 +27,15 @@ def _seconds_left() -> float:
 @tracer.capture_method
 def start_chunk(record: SQSRecord) -> None:
     message = ChunkMessage.model_validate_json(record.body)
-    report = run_starter().start_chunk(message, _seconds_left)
+    try:
+        report = run_starter().start_chunk(message, _seconds_left)
+    except ChunkIncomplete:
+        receive_count = int(record.attributes.approximate_receive_count)
+        delay = redelivery_schedule().retry_later(
+            record.event_source_arn, record.receipt_handle, receive_count
+        )
+        logger.warning("chunk deferred", extra={"chunk": message.chunk.index, "retry_in_s": delay})
+        raise
     metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=report.started)
     metrics.add_metric(name="RowsRefused", unit=MetricUnit.Count, value=report.refused)
 

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
-import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,75 +14,18 @@ from rich.json import JSON
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from rowcall.signing import WebhookSigner
 from rowcall_local.stack import LocalStack, StackOptions
+from rowcall_local.webhook_receiver import WebhookReceiver
 
 TERMINAL = frozenset({"completed", "partial", "failed", "canceled"})
 POLL_S = 0.3
 FIND_BATCH_S = 60.0
 ON_DONE_WAIT_S = 30.0
-SIGNATURE_TOLERANCE_S = 300
 
 
 class DemoFailed(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class Delivery:
-    headers: dict[str, str]
-    body: bytes
-
-
-class OnDoneReceiver:
-    """An on-done webhook consumer on loopback that records every POST."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[Delivery] = []
-        self._arrived = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                receiver.deliveries.append(Delivery({k.lower(): v for k, v in self.headers.items()}, body))
-                receiver._arrived.set()
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="on-done-receiver", daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/on-done"
-
-    def wait(self, timeout_s: float) -> Delivery | None:
-        self._arrived.wait(timeout_s)
-        return self.deliveries[0] if self.deliveries else None
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def signature_valid(secret: str, headers: Mapping[str, str], body: bytes, now: float | None = None) -> bool:
-    """Standard Webhooks v1: base64 HMAC-SHA256 of `id.timestamp.body` under the whsec_ key."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    msg_id, timestamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
-    if not msg_id or not timestamp.isdigit():
-        return False
-    if abs((now or time.time()) - int(timestamp)) > SIGNATURE_TOLERANCE_S:
-        return False
-    expected = base64.b64encode(
-        hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    )
-    return any(
-        hmac.compare_digest(expected.decode(), sig.split(",", 1)[1])
-        for sig in headers.get("webhook-signature", "").split()
-        if sig.startswith("v1,")
-    )
 
 
 def _find_batch(api: httpx.Client, key: str) -> dict[str, Any]:
@@ -139,7 +76,7 @@ def _show_results(stack: LocalStack, console: Console, batch: Mapping[str, Any],
 
 
 def _run(stack: LocalStack, csv_path: Path, console: Console, timeout_s: float) -> int:
-    receiver = OnDoneReceiver()
+    receiver = WebhookReceiver()
     try:
         key = f"uploads/{csv_path.name}"
         stack.aws.s3().put_object(
@@ -147,7 +84,7 @@ def _run(stack: LocalStack, csv_path: Path, console: Console, timeout_s: float) 
             Key=key,
             Body=csv_path.read_bytes(),
             ContentType="text/csv",
-            Metadata={"on-done-url": receiver.url, "batch-name": csv_path.stem},
+            Metadata={"on-done-url": receiver.url + "/on-done", "batch-name": csv_path.stem},
         )
         console.print(f"uploaded [bold]{csv_path}[/bold] to s3://{stack.info['bucket']}/{key}")
         headers = {"Authorization": f"Bearer {stack.info['api_token']}"}
@@ -158,10 +95,13 @@ def _run(stack: LocalStack, csv_path: Path, console: Console, timeout_s: float) 
             f"batch [bold]{batch['batch_id']}[/bold]: {batch['status']}"
             + (f" ({batch['reason']})" if batch.get("reason") else "")
         )
-        delivery = receiver.wait(ON_DONE_WAIT_S)
-        if delivery is None:
-            raise DemoFailed(f"no on-done POST arrived within {ON_DONE_WAIT_S:.0f}s of the batch finishing")
-        if not signature_valid(stack.info["webhook_secret"], delivery.headers, delivery.body):
+        try:
+            delivery = receiver.wait_for(bool, timeout_s=ON_DONE_WAIT_S)[0]
+        except AssertionError:
+            raise DemoFailed(
+                f"no on-done POST arrived within {ON_DONE_WAIT_S:.0f}s of the batch finishing"
+            ) from None
+        if not WebhookSigner(stack.info["webhook_secret"]).verify(delivery.headers, delivery.body):
             raise DemoFailed("the on-done POST's Standard Webhooks signature does not verify")
         console.print("on-done (signature verified):")
         console.print(JSON(delivery.body.decode()))

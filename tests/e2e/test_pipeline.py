@@ -12,7 +12,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.unit.receiver import Receiver
+from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import LocalStack
 

@@ -136,3 +136,18 @@ def test_a_rejected_file_fails_the_batch_and_starts_nothing(
     assert batch.reason_message
     assert chunk_messages(aws) == []
     assert [json.loads(b)["batch_id"] for b in aws.drain(aws.done_queue_url)] == [batch.batch_id]
+
+
+def test_a_deferred_chunk_is_hidden_for_its_backoff_only(aws: Aws) -> None:
+    from rowcall.queues import RedeliverySchedule
+
+    aws.sqs.set_queue_attributes(QueueUrl=aws.chunk_queue_url, Attributes={"VisibilityTimeout": "0"})
+    aws.sqs.send_message(QueueUrl=aws.chunk_queue_url, MessageBody="{}")
+    got = aws.sqs.receive_message(QueueUrl=aws.chunk_queue_url, AttributeNames=["All"])["Messages"][0]
+    arn = aws.sqs.get_queue_attributes(QueueUrl=aws.chunk_queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    schedule = RedeliverySchedule(aws.sqs)
+    assert schedule.retry_later(arn, got["ReceiptHandle"], receive_count=1) == 30
+    assert aws.sqs.receive_message(QueueUrl=aws.chunk_queue_url).get("Messages", []) == []
+    assert [schedule.delay_for(n) for n in (2, 3, 6, 20)] == [60, 120, 900, 900]

@@ -15,10 +15,8 @@ from urllib.parse import quote_plus
 
 import httpx
 import pytest
-from standardwebhooks import Webhook
 
 from rowcall_local.cli import build_parser, stack_options
-from rowcall_local.demo import signature_valid
 from rowcall_local.function_pool import FunctionPool, FunctionRuntime
 from rowcall_local.function_runtime import InstanceSpec
 from rowcall_local.provider_emulator import ProviderFaults
@@ -383,22 +381,6 @@ def test_s3_upload_reaches_the_s3_triggered_function(stack: LocalStack, record_d
     assert [r["key"] for r in got].count(report) == 1
     assert not any("out" in r["key"] for r in got)
     assert all(0 < r["remaining_ms"] <= 10_000 for r in got)
-
-
-def test_demo_signature_check_agrees_with_standardwebhooks(stack: LocalStack) -> None:
-    from datetime import UTC, datetime
-
-    secret = stack.info["webhook_secret"]
-    body = b'{"type": "batch.completed"}'
-    now = datetime.now(tz=UTC)
-    signature = Webhook(secret).sign("msg_1", now, body.decode())
-    headers = {
-        "webhook-id": "msg_1",
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": signature,
-    }
-    assert signature_valid(secret, headers, body)
-    assert not signature_valid(secret, {**headers, "webhook-id": "msg_2"}, body)
 
 
 def test_cli_flags_read_the_environment_and_the_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,9 +23,9 @@ from rowcall.provider import RetryPolicy
 from rowcall.runs import ChunkIncomplete, ProviderConnection, RunStarter
 from rowcall.signing import WebhookSigner
 from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
+from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import Aws
-from .receiver import Receiver
 
 API_KEY = "test-provider-key"
 SIGNER = CallbackSigner("callback-secret")

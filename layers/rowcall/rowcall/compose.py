@@ -16,7 +16,7 @@ from rowcall.identity import CallbackSigner
 from rowcall.ingest import IngestLimits, Ingestor
 from rowcall.ledger import Ledger
 from rowcall.ondone import OnDoneDelivery
-from rowcall.queues import ChunkQueue, DoneQueue
+from rowcall.queues import ChunkQueue, DoneQueue, RedeliverySchedule
 from rowcall.runs import ProviderConnection, RunStarter
 from rowcall.settings import IngestSettings, NotifierSettings, WebhookSettings, WorkerSettings
 from rowcall.signing import WebhookSigner
@@ -126,3 +126,8 @@ def on_done_delivery() -> OnDoneDelivery:
         signer=WebhookSigner(secret(settings.webhook_secret_param)),
         topic_arn=settings.topic_arn,
     )
+
+
+@cache
+def redelivery_schedule() -> RedeliverySchedule:
+    return RedeliverySchedule(_sqs())

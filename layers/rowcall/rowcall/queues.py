@@ -48,3 +48,28 @@ class DoneQueue:
             MessageBody=message.model_dump_json(),
             DelaySeconds=max(0, min(delay_seconds, MAX_DELAY_SECONDS)),
         )
+
+
+class RedeliverySchedule:
+    """Brings a message that will be retried back sooner than the queue's visibility timeout.
+
+    The chunk queue's timeout is sized for the worker's longest run (6x its timeout), far too
+    long to wait after a provider outage; a deferred chunk comes back after 30 s, doubling.
+    """
+
+    def __init__(self, sqs: SQSClient, *, base_s: int = 30, max_s: int = MAX_DELAY_SECONDS) -> None:
+        self._sqs = sqs
+        self._base = base_s
+        self._max = max_s
+
+    def delay_for(self, receive_count: int) -> int:
+        return int(min(self._max, self._base * 2 ** max(0, receive_count - 1)))
+
+    def retry_later(self, queue_arn: str, receipt_handle: str, receive_count: int) -> int:
+        _, _, _, _, account, name = queue_arn.split(":", 5)
+        url = self._sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+        delay = self.delay_for(receive_count)
+        self._sqs.change_message_visibility(
+            QueueUrl=url, ReceiptHandle=receipt_handle, VisibilityTimeout=delay
+        )
+        return delay

@@ -1,4 +1,4 @@
-"""A webhook consumer on loopback that records every POST (callbacks, on-done deliveries)."""
+"""A webhook consumer on loopback that records every POST: on-done deliveries, run callbacks."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class Received:
     body: bytes
 
 
-class Receiver:
+class WebhookReceiver:
     def __init__(self, status: int = 200) -> None:
         self.got: list[Received] = []
         self.status = status
@@ -34,6 +34,7 @@ class Receiver:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
