@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,45 +59,35 @@ class LocalStack:
                 time.sleep(0.1)
         raise AssertionError(f"no batch for {key} within {timeout_s}s; see {self.state_dir}/logs")
 
-    def wait_terminal(self, batch_id: str, timeout_s: float = 180) -> dict[str, Any]:
+    def wait_batch(
+        self, batch_id: str, done: Callable[[dict[str, Any]], bool], timeout_s: float
+    ) -> dict[str, Any]:
         with self.api as api:
             deadline = time.monotonic() + timeout_s
             batch: dict[str, Any] = {}
             while time.monotonic() < deadline:
                 batch = api.get(f"/batches/{batch_id}").json()
-                if batch["status"] in TERMINAL:
+                if done(batch):
                     return batch
                 time.sleep(0.1)
-        raise AssertionError(f"batch not finished within {timeout_s}s: {batch}")
+        raise AssertionError(f"batch {batch_id} not there within {timeout_s}s: {batch}")
+
+    def wait_terminal(self, batch_id: str, timeout_s: float = 180) -> dict[str, Any]:
+        return self.wait_batch(batch_id, lambda b: b["status"] in TERMINAL, timeout_s)
 
     def wait_notified(self, batch_id: str, timeout_s: float = 60) -> dict[str, Any]:
-        with self.api as api:
-            deadline = time.monotonic() + timeout_s
-            batch: dict[str, Any] = {}
-            while time.monotonic() < deadline:
-                batch = api.get(f"/batches/{batch_id}").json()
-                if batch["notification"]["status"] in ("delivered", "failed"):
-                    return batch
-                time.sleep(0.1)
-        raise AssertionError(f"on-done not settled within {timeout_s}s: {batch['notification']}")
+        return self.wait_batch(
+            batch_id, lambda b: b["notification"]["status"] in ("delivered", "failed"), timeout_s
+        )
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    state = tmp_path_factory.mktemp("rowcall-state")
+@contextlib.contextmanager
+def running_stack(state: Path, *flags: str) -> Iterator[LocalStack]:
+    """`rowcall up` in a child process, exactly as a user runs it, until the block ends."""
     log = (state / "up.log").open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROWCALL_", "AWS_"))}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rowcall_local.cli",
-            "up",
-            "--state-dir",
-            str(state),
-            "--provider-delay-ms",
-            "5:60",
-        ],
+        [sys.executable, "-m", "rowcall_local.cli", "up", "--state-dir", str(state), *flags],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -120,3 +111,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with running_stack(tmp_path_factory.mktemp("rowcall-state"), "--provider-delay-ms", "5:60") as started:
+        yield started
