@@ -1,0 +1,109 @@
+"""One batch through the local stack: time, rows/s, and what it asked of the provider and of AWS per row.
+
+    .venv/bin/python bench/throughput.py [ROWS]        (make bench)
+
+Figures are measured in this one run and printed as ratios or counts. AWS requests are counted
+with moto's request recorder, which slows moto down a little, so rows/s here is a floor.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import csv
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rowcall_local.provider_emulator import ProviderFaults
+from rowcall_local.stack import LocalStack, StackOptions
+from rowcall_local.webhook_receiver import WebhookReceiver
+
+TERMINAL = {"completed", "partial", "failed", "canceled"}
+
+
+def make_csv(rows: int) -> bytes:
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["sku", "prompt", "reference"])
+    for n in range(1, rows + 1):
+        writer.writerow([f"SKU-{n:06d}", f"studio photo of product {n}, soft light", f"https://img.example/{n}.png"])
+    return out.getvalue().encode()
+
+
+def aws_requests(recording: str) -> collections.Counter[str]:
+    """One line per request: count them by service and action."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in recording.splitlines():
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        headers = request.get("headers") or {}
+        target = headers.get("X-Amz-Target") or headers.get("x-amz-target")
+        if target:
+            counts[target.split(".")[-1] if "DynamoDB" in target else target] += 1
+            continue
+        body = request.get("body") or ""
+        try:
+            text = base64.b64decode(body).decode(errors="replace") if body else ""
+        except ValueError:
+            text = str(body)
+        action = next((p.split("=", 1)[1] for p in text.split("&") if p.startswith("Action=")), None)
+        counts[action or f"S3 {request.get('method')}"] += 1
+    return counts
+
+
+def main(rows: int) -> None:
+    state = Path(tempfile.mkdtemp(prefix="rowcall-bench-"))
+    options = StackOptions(state_dir=state, provider_faults=ProviderFaults(delay_ms=(20, 200)))
+    hook = WebhookReceiver()
+    with LocalStack(options) as stack:
+        info = stack.info
+        moto = info["aws_endpoint_url"]
+        api = httpx.Client(base_url=info["api_url"], headers={"Authorization": f"Bearer {info['api_token']}"})
+        httpx.post(f"{moto}/moto-api/recorder/start-recording")
+        key = f"uploads/bench-{rows}.csv"
+        started = time.monotonic()
+        stack.aws.s3().put_object(
+            Bucket=info["bucket"], Key=key, Body=make_csv(rows),
+            Metadata={"key-column": "sku", "input-types": "reference=imageUrl", "on-done-url": hook.url + "/done"},
+        )
+        batch: dict[str, Any] = {}
+        while not batch:
+            items = api.get("/batches", params={"limit": 100}).json()["items"]
+            batch = next((b for b in items if b["source"]["key"] == key), {})
+            time.sleep(0.05)
+        while batch["status"] not in TERMINAL:
+            time.sleep(0.05)
+            batch = api.get(f"/batches/{batch['batch_id']}").json()
+        finished = time.monotonic()
+        hook.wait_for(lambda got: len(got) >= 1, timeout_s=120)
+        notified = time.monotonic()
+        while api.get(f"/batches/{batch['batch_id']}").json()["notification"]["status"] != "delivered":
+            time.sleep(0.05)
+        httpx.post(f"{moto}/moto-api/recorder/stop-recording")
+        recording = httpx.get(f"{moto}/moto-api/recorder/download-recording", timeout=60).text
+        provider = httpx.get(info["provider_url"] + "/_stats").json()
+    hook.close()
+
+    counts = aws_requests(recording)
+    seconds = finished - started
+    print(f"rows: {rows}  status: {batch['status']}  completed: {batch['completed_count']}  "
+          f"failed: {batch['failed_count']}  on-done deliveries: {len(hook.got)}")
+    print(f"upload -> last row finished: {seconds:.1f} s  = {rows / seconds:.0f} rows/s")
+    print(f"last row finished -> on-done received: {notified - finished:.2f} s (includes the 50 ms API poll)")
+    print(f"provider requests per row: creates {provider['creates'] / rows:.2f}, gets {provider['gets'] / rows:.2f}, "
+          f"callbacks {provider['callbacks_sent'] / rows:.2f}")
+    print("AWS requests per row (moto recorder):")
+    for action, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        print(f"  {action:28s} {n / rows:7.3f}   ({n})")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
