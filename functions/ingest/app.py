@@ -23,6 +23,8 @@ def lambda_handler(event: S3Event, context: LambdaContext) -> dict[str, list[str
     batches: list[str] = []
     for record in event.records:
         s3_object = record.s3.get_object
+        if s3_object.key.endswith("/"):
+            continue  # a console "folder", not a file
         created = ObjectCreated(
             bucket=record.s3.bucket.name,
             key=unquote_plus(s3_object.key),
