@@ -33,7 +33,9 @@ def make_csv(rows: int) -> bytes:
     writer = csv.writer(out)
     writer.writerow(["sku", "prompt", "reference"])
     for n in range(1, rows + 1):
-        writer.writerow([f"SKU-{n:06d}", f"studio photo of product {n}, soft light", f"https://img.example/{n}.png"])
+        writer.writerow(
+            [f"SKU-{n:06d}", f"studio photo of product {n}, soft light", f"https://img.example/{n}.png"]
+        )
     return out.getvalue().encode()
 
 
@@ -71,8 +73,14 @@ def main(rows: int) -> None:
         key = f"uploads/bench-{rows}.csv"
         started = time.monotonic()
         stack.aws.s3().put_object(
-            Bucket=info["bucket"], Key=key, Body=make_csv(rows),
-            Metadata={"key-column": "sku", "input-types": "reference=imageUrl", "on-done-url": hook.url + "/done"},
+            Bucket=info["bucket"],
+            Key=key,
+            Body=make_csv(rows),
+            Metadata={
+                "key-column": "sku",
+                "input-types": "reference=imageUrl",
+                "on-done-url": hook.url + "/done",
+            },
         )
         batch: dict[str, Any] = {}
         while not batch:
@@ -94,12 +102,14 @@ def main(rows: int) -> None:
 
     counts = aws_requests(recording)
     seconds = finished - started
-    print(f"rows: {rows}  status: {batch['status']}  completed: {batch['completed_count']}  "
-          f"failed: {batch['failed_count']}  on-done deliveries: {len(hook.got)}")
+    print(
+        f"rows: {rows}  status: {batch['status']}  completed: {batch['completed_count']}  "
+        f"failed: {batch['failed_count']}  on-done deliveries: {len(hook.got)}"
+    )
     print(f"upload -> last row finished: {seconds:.1f} s  = {rows / seconds:.0f} rows/s")
     print(f"last row finished -> on-done received: {notified - finished:.2f} s (includes the 50 ms API poll)")
-    print(f"provider requests per row: creates {provider['creates'] / rows:.2f}, gets {provider['gets'] / rows:.2f}, "
-          f"callbacks {provider['callbacks_sent'] / rows:.2f}")
+    per_row = {k: provider[k] / rows for k in ("creates", "gets", "callbacks_sent")}
+    print("provider requests per row: " + ", ".join(f"{k} {v:.2f}" for k, v in per_row.items()))
     print("AWS requests per row (moto recorder):")
     for action, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         print(f"  {action:28s} {n / rows:7.3f}   ({n})")

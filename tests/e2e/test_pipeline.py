@@ -165,3 +165,9 @@ def test_logs_hold_no_secrets(stack: LocalStack) -> None:
     for name in ("webhook_secret", "api_token"):
         assert stack.info[name] not in logs
     assert Path(stack.state_dir / "stack.json").exists()
+
+
+def test_an_unknown_route_answers_in_the_api_error_shape(stack: LocalStack) -> None:
+    with stack.api as api:
+        response = api.get("/no/such/route")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
