@@ -98,6 +98,38 @@ class Ingestor:
 
     def ingest(self, created: ObjectCreated) -> BatchState | None:
         """Make (or resume) the batch of one uploaded object; None when the object is gone."""
+        opened = self._open(created)
+        if opened is None:
+            return None
+        batch, size, spec_error = opened
+        if batch.status is BatchStatus.VALIDATING:
+            try:
+                if spec_error is not None:
+                    raise FileRejected("invalid_metadata", str(spec_error))
+                if size > self._limits.max_bytes:
+                    raise FileRejected(
+                        "file_too_large", f"{size} bytes is over the limit of {self._limits.max_bytes}"
+                    )
+                scan = self._scan(batch)
+            except FileRejected as rejected:
+                return self._reject(batch, rejected)
+            if not self._ledger.record_plan(
+                batch.batch_id, header=scan.header, chunks=scan.chunks, rows_skipped=scan.rows_skipped
+            ):
+                return self._ledger.get_batch(batch.batch_id)  # another delivery got there first
+            self._enqueue(batch.batch_id, scan.chunks, already_sent=0)
+        elif batch.status is BatchStatus.INGESTING:
+            plan = self._ledger.chunk_plan(batch.batch_id)
+            self._enqueue(batch.batch_id, plan, already_sent=batch.chunks_enqueued)
+        else:
+            return batch
+        if self._ledger.mark_running(batch.batch_id):
+            logger.info("batch running", extra={"batch_id": batch.batch_id})
+        self._finisher.finish_if_done(batch.batch_id)
+        return self._ledger.get_batch(batch.batch_id)
+
+    def _open(self, created: ObjectCreated) -> tuple[BatchState, int, InvalidMetadata | None] | None:
+        """The batch of this object version: new, or as an earlier delivery left it."""
         try:
             head = head_source(
                 self._s3, SourceObject(bucket=created.bucket, key=created.key, version=created.version_id)
@@ -111,7 +143,6 @@ class Ingestor:
         source = SourceObject(
             bucket=created.bucket, key=created.key, version=None if version == "null" else version
         )
-        batch_id = batch_id_for(created.bucket, created.key, source.version, created.sequencer)
         metadata = head.get("Metadata", {})
         spec_error: InvalidMetadata | None = None
         try:
@@ -121,13 +152,12 @@ class Ingestor:
         except InvalidMetadata as exc:
             spec_error = exc
             spec = BatchSpec(
-                technique_id=self._limits.default_technique_id,
-                name=metadata.get("batch-name") or created.key,
+                technique_id=self._limits.default_technique_id, name=metadata.get("batch-name") or created.key
             )
         now = iso(utcnow())
         batch, created_now = self._ledger.open_batch(
             BatchState(
-                batch_id=batch_id,
+                batch_id=batch_id_for(created.bucket, created.key, source.version, created.sequencer),
                 name=spec.name,
                 source=source,
                 spec=spec,
@@ -137,32 +167,10 @@ class Ingestor:
             )
         )
         if not created_now:
-            logger.info("batch exists already", extra={"batch_id": batch_id, "status": batch.status.value})
-        if batch.status is BatchStatus.VALIDATING:
-            if spec_error is not None:
-                return self._reject(batch, FileRejected("invalid_metadata", str(spec_error)))
-            size = head.get("ContentLength", created.size or 0)
-            try:
-                if size > self._limits.max_bytes:
-                    raise FileRejected(
-                        "file_too_large", f"{size} bytes is over the limit of {self._limits.max_bytes}"
-                    )
-                scan = self._scan(batch)
-            except FileRejected as rejected:
-                return self._reject(batch, rejected)
-            if not self._ledger.record_plan(
-                batch_id, header=scan.header, chunks=scan.chunks, rows_skipped=scan.rows_skipped
-            ):
-                return self._ledger.get_batch(batch_id)  # another delivery got there first
-            self._enqueue(batch_id, scan.chunks, already_sent=0)
-        elif batch.status is BatchStatus.INGESTING:
-            self._enqueue(batch_id, self._ledger.chunk_plan(batch_id), already_sent=batch.chunks_enqueued)
-        else:
-            return batch
-        if self._ledger.mark_running(batch_id):
-            logger.info("batch running", extra={"batch_id": batch_id})
-        self._finisher.finish_if_done(batch_id)
-        return self._ledger.get_batch(batch_id)
+            logger.info(
+                "batch exists already", extra={"batch_id": batch.batch_id, "status": batch.status.value}
+            )
+        return batch, head.get("ContentLength", created.size or 0), spec_error
 
     # -- pass 1 ----------------------------------------------------------------------------------
     def _scan(self, batch: BatchState) -> _Scan:
