@@ -24,10 +24,12 @@ app = APIGatewayHttpResolver()
 def run_callback(batch_id: str, row_id: str) -> dict[str, Any]:
     recorder = callback_recorder()
     if not recorder.authentic(batch_id, row_id, app.current_event.get_query_string_value("token")):
+        metrics.add_metric(name="CallbacksRejected", unit=MetricUnit.Count, value=1)
         raise ApiError(401, "invalid_token", "callback token is missing or does not match this row")
     try:
         run = RunObject.model_validate_json(app.current_event.decoded_body or "")
     except ValidationError as exc:
+        metrics.add_metric(name="CallbacksRejected", unit=MetricUnit.Count, value=1)
         raise ApiError(400, "invalid_body", "callback body is not a run object", _fields(exc)) from None
     result = recorder.record(batch_id, row_id, run)
     metrics.add_metric(
@@ -38,12 +40,14 @@ def run_callback(batch_id: str, row_id: str) -> dict[str, Any]:
 
 @app.get("/batches")
 def list_batches() -> dict[str, Any]:
+    metrics.add_metric(name="ApiReads", unit=MetricUnit.Count, value=1)
     limit = page_limit(app.current_event.get_query_string_value("limit"))
     return batch_queries().list(limit, app.current_event.get_query_string_value("cursor") or None)
 
 
 @app.get("/batches/<batch_id>")
 def get_batch(batch_id: str) -> dict[str, Any]:
+    metrics.add_metric(name="ApiReads", unit=MetricUnit.Count, value=1)
     return batch_queries().get(batch_id)
 
 

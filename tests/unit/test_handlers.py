@@ -46,13 +46,23 @@ def event(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def webhook(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+def environment(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """What the template gives the functions, pointed at in-process moto."""
     ssm = boto3.client("ssm", region_name="us-east-1")
     ssm.put_parameter(Name="/rowcall/callback-secret", Value="s3cret", Type="SecureString")
+    ssm.put_parameter(Name="/rowcall/provider-api-key", Value="key", Type="SecureString")
     for key, value in {
         "TABLE_NAME": aws.table,
         "DONE_QUEUE_URL": aws.done_queue_url,
+        "CHUNK_QUEUE_URL": aws.chunk_queue_url,
         "CALLBACK_SECRET_PARAM": "/rowcall/callback-secret",
+        "PROVIDER_API_KEY_PARAM": "/rowcall/provider-api-key",
+        "PROVIDER_URL": "http://127.0.0.1:9",
+        "CALLBACK_BASE_URL": "http://127.0.0.1:9",
+        "DEFAULT_TECHNIQUE_ID": "tech",
+        "MAX_ROWS": "1000",
+        "MAX_BYTES": "1000000",
+        "CHUNK_ROWS": "10",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_NAMESPACE": "rowcall",
         "POWERTOOLS_SERVICE_NAME": "rowcall",
@@ -60,8 +70,15 @@ def webhook(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
         monkeypatch.setenv(key, value)
     from rowcall import compose
 
-    for factory in (compose.callback_recorder, compose.batch_queries):
+    for factory in (compose.callback_recorder, compose.batch_queries, compose.ingestor, compose.run_starter):
         factory.cache_clear()
+    yield
+    for factory in (compose.callback_recorder, compose.batch_queries, compose.ingestor, compose.run_starter):
+        factory.cache_clear()
+
+
+@pytest.fixture
+def webhook(environment: None) -> Iterator[ModuleType]:
     yield load_handler("webhook")
     sys.modules.pop("handler_webhook", None)
 
@@ -106,3 +123,30 @@ def test_list_limit_out_of_range_is_400(webhook: ModuleType) -> None:
     response = webhook.lambda_handler(listing, Context())
     assert response["statusCode"] == 400
     assert json.loads(response["body"])["error"]["fields"] == {"limit": "1000"}
+
+
+def test_ingest_decodes_the_event_key_and_skips_folder_markers(environment: None, aws: Aws) -> None:
+    s3_event = event("ingest-s3-put.json")
+    record = s3_event["Records"][0]
+    put = aws.s3.put_object(
+        Bucket=aws.bucket, Key="uploads/spring catalog.csv", Body=b"sku,prompt\nA,a cat\n"
+    )
+    record["s3"]["bucket"]["name"] = aws.bucket
+    record["s3"]["object"]["versionId"] = put["VersionId"]
+    folder = json.loads(json.dumps(record))
+    folder["s3"]["object"]["key"] = "uploads/new+folder/"
+    s3_event["Records"].append(folder)
+    result = load_handler("ingest").lambda_handler(s3_event, Context())
+    (batch_id,) = result["batch_ids"]
+    batch = aws.ledger.get_batch(batch_id)
+    assert batch is not None and batch.source.key == "uploads/spring catalog.csv" and batch.total_count == 1
+
+
+def test_a_malformed_chunk_message_fails_alone(environment: None, aws: Aws) -> None:
+    sqs_event = event("worker-sqs-chunk.json")
+    good = sqs_event["Records"][0]
+    bad = good | {"messageId": "bad-1", "body": '{"batch_id": 42}'}
+    sqs_event["Records"].append(bad)
+    result = load_handler("worker").lambda_handler(sqs_event, Context())
+    # The good record names a batch this table does not have: nothing to start, not a failure.
+    assert result == {"batchItemFailures": [{"itemIdentifier": "bad-1"}]}
