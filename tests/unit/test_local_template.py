@@ -118,8 +118,10 @@ def test_code_layers_timeouts_and_async_retries(deployed: Deployed) -> None:
     assert ingest.code_dir == PROJECT_ROOT / "functions" / "ingest"
     assert ingest.layer_dirs == (PROJECT_ROOT / "layers" / "rowcall",)
     assert ingest.timeout_s == deployed.sam.properties("IngestFunction")["Timeout"]
-    assert ingest.max_retry_attempts == 2
-    assert ingest.on_failure_queue_url == deployed.wiring.physical_ids["ChunkDeadLetterQueue"]
+    invoke_config = deployed.sam.properties("IngestFunction")["EventInvokeConfig"]
+    assert ingest.max_retry_attempts == invoke_config["MaximumRetryAttempts"]
+    destination = invoke_config["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0]
+    assert ingest.on_failure_queue_url == deployed.wiring.physical_ids[destination]
     sizes = {k: instance_count(f, deployed.wiring) for k, f in functions.items()}
     assert sizes == {"IngestFunction": 1, "WorkerFunction": 2, "WebhookFunction": 3, "NotifierFunction": 1}
 
