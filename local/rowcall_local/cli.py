@@ -154,6 +154,8 @@ def _up(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # httpx logs request URLs at INFO; run callbacks carry their token in the URL.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     stop = _until_signalled()
     stack = LocalStack(stack_options(args))
     try:

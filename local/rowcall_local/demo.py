@@ -124,6 +124,8 @@ def run_demo(csv_path: Path, options: StackOptions, timeout_s: float = 300.0) ->
         filename=stack.logs_dir / "runtime.log",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs request URLs at INFO; run callbacks carry their token in the URL.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         with console.status("starting the local stack..."):
             stack.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -160,10 +161,11 @@ def test_a_rejected_file_fails_its_batch_with_a_reason(stack: LocalStack) -> Non
 
 
 def test_logs_hold_no_secrets(stack: LocalStack) -> None:
-    logs = "".join(p.read_text(errors="replace") for p in (stack.state_dir / "logs").glob("*.log"))
-    assert logs, "functions wrote no logs"
+    logs = "".join(p.read_text(errors="replace") for p in stack.state_dir.rglob("*.log"))
+    assert "WebhookFunction" in {p.stem for p in stack.state_dir.rglob("*.log")}, "functions wrote no logs"
     for name in ("webhook_secret", "api_token"):
         assert stack.info[name] not in logs
+    assert re.search(r"token=[A-Za-z0-9_-]{20}", logs) is None, "a callback token was logged"
     assert Path(stack.state_dir / "stack.json").exists()
 
 

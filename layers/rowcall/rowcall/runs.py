@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 logger = Logger(child=True)
+# httpx logs every request URL at INFO, and callback URLs carry their row's token.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # Stop starting rows this long before the invocation's deadline; the rest go with the retry.
 DEADLINE_MARGIN_S = 20.0
