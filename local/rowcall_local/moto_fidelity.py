@@ -84,6 +84,38 @@ def make_transactions_cost_their_items() -> None:
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
+def complete_s3_events() -> None:
+    """S3 events carry the object's versionId and a sequencer on AWS; moto's carry neither.
+
+    Without them a batch cannot be tied to the exact object version uploaded (two quick uploads
+    of one key would look like one). Also fills the identity fields AWS sends, so the event has
+    the shape Powertools' S3Model expects.
+    """
+    import itertools
+
+    import moto.s3.notifications as notifications
+
+    build = notifications._get_s3_event
+    # Sequencers grow per event, as AWS's do per key; the nanosecond clock keeps them unique.
+    counter = itertools.count()
+
+    def event_with_identity(event_name: str, bucket: Any, key: Any, notification_id: str) -> dict[str, Any]:
+        event: dict[str, Any] = build(event_name, bucket, key, notification_id)
+        for record in event["Records"]:
+            s3_object = record["s3"]["object"]
+            version = getattr(key, "version_id", None)
+            if version and version != "null":
+                s3_object["versionId"] = version
+            s3_object["sequencer"] = f"{time.time_ns():016X}{next(counter) % 0x10000:04X}"
+            record.setdefault("userIdentity", {"principalId": "AWS:LOCAL"})
+            record.setdefault("requestParameters", {"sourceIPAddress": "127.0.0.1"})
+            record.setdefault("responseElements", {"x-amz-request-id": "LOCAL", "x-amz-id-2": "LOCAL"})
+            record["s3"]["bucket"].setdefault("ownerIdentity", {"principalId": "LOCAL"})
+        return event
+
+    notifications._get_s3_event = event_with_identity
+
+
 def speed_up_sqs_clock() -> None:
     """moto's SQS recounts every queued message through a slow clock; give it a fast one.
 
@@ -104,4 +136,5 @@ def speed_up_sqs_clock() -> None:
 def apply_all() -> None:
     make_dynamodb_requests_atomic()
     make_transactions_cost_their_items()
+    complete_s3_events()
     speed_up_sqs_clock()

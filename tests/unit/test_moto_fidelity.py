@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,28 +19,36 @@ from .conftest import template_resource
 
 
 @pytest.fixture(scope="module")
-def dynamodb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = MotoProcess(Path(tmp_path_factory.mktemp("moto")) / "moto.log")
-    url = server.start()
     try:
-        client = boto3.client(
-            "dynamodb",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        props = template_resource("Table")
-        client.create_table(
-            TableName="t",
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=props["AttributeDefinitions"],
-            KeySchema=props["KeySchema"],
-            GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"],
-        )
-        yield client
+        yield server.start()
     finally:
         server.stop()
+
+
+def client(url: str, service: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture(scope="module")
+def dynamodb(moto_url: str) -> Any:
+    dynamodb = client(moto_url, "dynamodb")
+    props = template_resource("Table")
+    dynamodb.create_table(
+        TableName="t",
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=props["AttributeDefinitions"],
+        KeySchema=props["KeySchema"],
+        GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"],
+    )
+    return dynamodb
 
 
 def claim_and_count(pk: str, row: str) -> dict[str, Any]:
@@ -104,3 +114,29 @@ def test_racing_transactions_on_the_same_rows_count_each_row_once(dynamodb: Any)
         t.join(60)
     assert errors == []
     assert count(dynamodb, "p2") == len(rows)
+
+
+def test_s3_events_name_the_version_uploaded_and_a_growing_sequencer(moto_url: str) -> None:
+    s3, sqs = client(moto_url, "s3"), client(moto_url, "sqs")
+    s3.create_bucket(Bucket="events")
+    s3.put_bucket_versioning(Bucket="events", VersioningConfiguration={"Status": "Enabled"})
+    queue = sqs.create_queue(QueueName="events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket="events",
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]
+        },
+    )
+    versions = [
+        s3.put_object(Bucket="events", Key="uploads/a b.csv", Body=b"x")["VersionId"] for _ in range(2)
+    ]
+    records = []
+    deadline = time.monotonic() + 10
+    while len(records) < 2 and time.monotonic() < deadline:
+        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
+            records += json.loads(message["Body"]).get("Records", [])  # the s3:TestEvent has none
+    objects = [r["s3"]["object"] for r in records]
+    assert [o["versionId"] for o in objects] == versions
+    assert objects[0]["sequencer"] < objects[1]["sequencer"]
+    assert all("userIdentity" in r and "ownerIdentity" in r["s3"]["bucket"] for r in records)
