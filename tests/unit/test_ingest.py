@@ -151,3 +151,30 @@ def test_a_deferred_chunk_is_hidden_for_its_backoff_only(aws: Aws) -> None:
     assert schedule.retry_later(arn, got["ReceiptHandle"], receive_count=1) == 30
     assert aws.sqs.receive_message(QueueUrl=aws.chunk_queue_url).get("Messages", []) == []
     assert [schedule.delay_for(n) for n in (2, 3, 6, 20)] == [60, 120, 900, 900]
+
+
+def test_an_on_done_lost_by_a_dying_ingest_is_sent_by_its_retry(aws: Aws) -> None:
+    from datetime import timedelta
+
+    from rowcall.finishing import BatchFinisher
+    from rowcall.ledger import REOFFER_AFTER_S, Ledger
+    from rowcall.models import utcnow
+    from rowcall.queues import DoneQueue
+
+    class Unreachable(DoneQueue):
+        def send(self, message: DoneMessage, delay_seconds: int = 0) -> None:
+            raise ConnectionError("SQS unreachable")
+
+    created = upload(aws, "uploads/h.csv", b"sku,prompt\n")
+    dying = ingestor(aws)
+    dying._finisher = BatchFinisher(aws.ledger, Unreachable(aws.sqs, aws.done_queue_url))
+    with pytest.raises(ConnectionError):
+        dying.ingest(created)  # finished the empty batch, died handing over its on-done
+    later = Ledger(aws.dynamodb, aws.table, clock=lambda: utcnow() + timedelta(seconds=REOFFER_AFTER_S + 1))
+    retry = ingestor(aws)
+    retry._finisher = BatchFinisher(later, aws.done_queue)
+    batch = retry.ingest(created)
+    assert batch is not None and batch.status is BatchStatus.COMPLETED
+    assert [DoneMessage.model_validate_json(b).batch_id for b in aws.drain(aws.done_queue_url)] == [
+        batch.batch_id
+    ]

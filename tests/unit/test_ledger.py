@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
+from rowcall.ledger import REOFFER_AFTER_S, Ledger
 from rowcall.models import (
     BatchSpec,
     BatchState,
@@ -9,6 +12,7 @@ from rowcall.models import (
     RowOutcome,
     RowStatus,
     SourceObject,
+    utcnow,
 )
 
 from .conftest import Aws
@@ -83,9 +87,7 @@ def test_the_last_two_callbacks_racing_finish_the_batch_once(aws: Aws) -> None:
         1,
         1,
     )
-    messages = done_messages(aws)
-    # The first finish sends it; later calls re-send it while unclaimed, all for the same finish.
-    assert {(m.batch_id, m.finish_seq) for m in messages} == {(batch_id, 1)}
+    assert [(m.batch_id, m.finish_seq) for m in done_messages(aws)] == [(batch_id, 1)]
 
 
 def test_rows_finishing_before_the_batch_is_sealed_finish_it_when_ingest_seals(aws: Aws) -> None:
@@ -107,3 +109,84 @@ def test_a_claimed_notification_cannot_be_claimed_twice(aws: Aws) -> None:
     assert aws.ledger.claim_notification(message, lease_seconds=60, now_epoch=1001) is None
     # A delivery that died is taken over once its lease has run out.
     assert aws.ledger.claim_notification(message, lease_seconds=60, now_epoch=1100) is not None
+
+
+def test_a_second_planning_pass_does_not_reset_counts_already_made(aws: Aws) -> None:
+    batch_id = running_batch(aws, [2])
+    assert aws.ledger.row_finished(batch_id, 0, 1, DONE)
+    # A duplicate S3 event that was still scanning reaches the same plan afterwards.
+    chunks = [ChunkPlan(index=0, start=1, end=2, first_record=1, first_line=2, rows=2)]
+    assert not aws.ledger.record_plan(batch_id, header=["a"], chunks=chunks, rows_skipped=0)
+    counter = aws.ledger.chunk_counter(batch_id, 0)
+    assert counter is not None and counter.completed == 1
+
+
+def test_a_refusal_is_recorded_with_its_row_in_one_write(aws: Aws) -> None:
+    batch_id = running_batch(aws, [1])
+    refused = RowOutcome(status=RowStatus.FAILED, error_code="invalid_input", error_message="bad prompt")
+    assert aws.ledger.row_finished(batch_id, 0, 1, refused, line=2, key="K1", attempt=1)
+    (row,) = aws.ledger.rows_of_chunk(batch_id, 0)
+    assert (row.status, row.line, row.key, row.error_code, row.run_id) == (
+        RowStatus.FAILED,
+        2,
+        "K1",
+        "invalid_input",
+        None,
+    )
+
+
+def test_an_on_done_whose_sender_died_is_offered_again_once_it_is_stale(aws: Aws) -> None:
+    batch_id = running_batch(aws, [1])
+    aws.ledger.row_finished(batch_id, 0, 1, DONE)
+    counter = aws.ledger.chunk_counter(batch_id, 0)
+    assert counter is not None and aws.ledger.settle_chunk(batch_id, counter)
+    assert aws.ledger.finish_if_done(batch_id) is not None  # its sender "dies" before sending
+    assert aws.ledger.finish_if_done(batch_id) is None  # fresh: the sender may still be at it
+    later = Ledger(aws.dynamodb, aws.table, clock=lambda: utcnow() + timedelta(seconds=REOFFER_AFTER_S + 1))
+    assert later.finish_if_done(batch_id) == DoneMessage(batch_id=batch_id, finish_seq=1)
+
+
+def test_a_retry_arriving_in_the_second_its_lease_ends_is_claimed(aws: Aws) -> None:
+    batch_id = running_batch(aws, [1])
+    aws.ledger.row_finished(batch_id, 0, 1, DONE)
+    aws.finisher.after_row_finished(batch_id, 0)
+    first = DoneMessage(batch_id=batch_id, finish_seq=1)
+    assert aws.ledger.claim_notification(first, lease_seconds=60, now_epoch=1000.2) is not None
+    aws.ledger.settle_notification(batch_id, 1, status="retrying", attempts=1, retry_at_epoch=1005.2)
+    retry = DoneMessage(batch_id=batch_id, finish_seq=1, attempt=1)
+    assert aws.ledger.claim_notification(retry, lease_seconds=60, now_epoch=1004.9) is None
+    assert aws.ledger.claim_notification(retry, lease_seconds=60, now_epoch=1005.3) is not None
+
+
+def test_a_transaction_cancelled_by_a_conflict_is_retried() -> None:
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client(
+        "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    stubber = Stubber(client)
+    conflict = {"CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}]}
+    stubber.add_client_error(
+        "transact_write_items",
+        service_error_code="TransactionCanceledException",
+        response_meta={},
+        modeled_fields=conflict,
+    )
+    stubber.add_response("transact_write_items", {})
+    with stubber:
+        assert Ledger(client, "t").row_finished("b", 0, 1, DONE)
+    stubber.assert_no_pending_responses()
+
+
+def test_a_cursor_for_another_index_is_refused() -> None:
+    import base64
+    import json
+
+    import pytest
+
+    from rowcall.ledger import decode_cursor
+
+    forged = base64.urlsafe_b64encode(json.dumps({"pk": "BATCH#x", "sk": "META"}).encode()).decode()
+    with pytest.raises(ValueError):
+        decode_cursor(forged)

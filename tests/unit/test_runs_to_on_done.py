@@ -20,6 +20,7 @@ from rowcall.ingest import IngestLimits, Ingestor, ObjectCreated
 from rowcall.models import BatchStatus, ChunkMessage, DoneMessage, RunObject
 from rowcall.ondone import OnDoneDelivery
 from rowcall.provider import RetryPolicy
+from rowcall.queues import DoneQueue
 from rowcall.runs import ChunkIncomplete, ProviderConnection, RunStarter
 from rowcall.signing import WebhookSigner
 from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
@@ -267,5 +268,38 @@ def test_a_failing_endpoint_is_retried_later_with_the_same_webhook_id(aws: Aws, 
         batch = aws.ledger.get_batch(batch_id)
         assert batch is not None and batch.notification.status == "delivered"
         assert batch.notification.attempts == 2
+    finally:
+        hook.close()
+
+
+class DoneQueueThatFailsOnce(DoneQueue):
+    def __init__(self, inner: DoneQueue) -> None:
+        self._inner, self.failed = inner, False
+
+    def send(self, message: DoneMessage, delay_seconds: int = 0) -> None:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("SQS unreachable")
+        self._inner.send(message, delay_seconds)
+
+
+def test_a_retry_whose_message_was_never_sent_is_sent_by_the_redelivered_original(
+    aws: Aws, callbacks: Receiver
+) -> None:
+    hook = Receiver(status=503)
+    try:
+        finish_batch(aws, callbacks, hook.url + "/done")
+        original = DoneMessage.model_validate_json(aws.drain(aws.done_queue_url)[0])
+        clock = [1_800_000_000.0]
+        flaky = delivery(aws, clock)
+        flaky._done = DoneQueueThatFailsOnce(aws.done_queue)
+        with pytest.raises(ConnectionError):
+            flaky.deliver(original)  # attempt 1 failed and was recorded; its retry was not sent
+        assert delivery(aws, clock).deliver(original).status == "waiting"
+        (resent,) = [DoneMessage.model_validate_json(b) for b in receive_within(aws)]
+        assert resent.attempt == 1
+        hook.status = 200
+        clock[0] += 2
+        assert delivery(aws, clock).deliver(resent).status == "delivered"
     finally:
         hook.close()

@@ -122,7 +122,10 @@ class Ingestor:
             plan = self._ledger.chunk_plan(batch.batch_id)
             self._enqueue(batch.batch_id, plan, already_sent=batch.chunks_enqueued)
         else:
-            return batch
+            # Seen before. The delivery that moved it on may have died before finishing it (an
+            # empty batch) or before handing over its on-done: both are picked up here, once.
+            self._finisher.finish_if_done(batch.batch_id)
+            return self._ledger.get_batch(batch.batch_id)
         if self._ledger.mark_running(batch.batch_id):
             logger.info("batch running", extra={"batch_id": batch.batch_id})
         self._finisher.finish_if_done(batch.batch_id)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator, Sequence
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -36,6 +40,10 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
 LIST_PARTITION = "BATCHES"
+TRANSACT_ATTEMPTS = 5
+# A finished batch whose on-done is still unclaimed this long after is presumed to have lost its
+# sender; the next event touching the batch sends it again (the claim drops duplicates).
+REOFFER_AFTER_S = 60
 _OPEN = [s.value for s in OPEN_BATCH_STATUSES]
 
 
@@ -63,6 +71,15 @@ def _conditional_failure(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
+def _transaction_conflicted(exc: ClientError) -> bool:
+    if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+        return False
+    reasons = exc.response.get("CancellationReasons", [])
+    return any(r.get("Code") == "TransactionConflict" for r in reasons) and not any(
+        r.get("Code") == "ConditionalCheckFailed" for r in reasons
+    )
+
+
 def _transaction_condition_failed(exc: ClientError) -> bool:
     if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
         return False
@@ -82,15 +99,21 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
         raw = json.loads(base64.urlsafe_b64decode(cursor.encode()))
     except Exception as exc:
         raise ValueError("cursor is not valid") from exc
-    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+    if (
+        not isinstance(raw, dict)
+        or set(raw) != {"pk", "sk", "gsi1pk", "gsi1sk"}
+        or raw["gsi1pk"] != LIST_PARTITION
+        or not all(isinstance(v, str) for v in raw.values())
+    ):
         raise ValueError("cursor is not valid")
     return {k: attr(v) for k, v in raw.items()}
 
 
 class Ledger:
-    def __init__(self, dynamodb: DynamoDBClient, table: str) -> None:
+    def __init__(self, dynamodb: DynamoDBClient, table: str, clock: Callable[[], datetime] = utcnow) -> None:
         self._db = dynamodb
         self._table = table
+        self._clock = clock
 
     # -- batch lifecycle ---------------------------------------------------------------------
     def open_batch(self, batch: BatchState) -> tuple[BatchState, bool]:
@@ -139,21 +162,10 @@ class Ledger:
         Counters and plan are written before the transition; a pass cut off before it is redone
         whole, and rewriting them then is harmless because no chunk has been sent yet.
         """
-        self._put_many(
-            [
-                {
-                    "pk": batch_pk(batch_id),
-                    "sk": chunk_sk(c.index),
-                    "index": c.index,
-                    "rows": c.rows,
-                    "completed": 0,
-                    "failed": 0,
-                }
-                for c in chunks
-            ]
-        )
+        for c in chunks:
+            self._create_counter(batch_id, c)
         self._put_plan(batch_id, chunks)
-        now = iso(utcnow())
+        now = iso(self._clock())
         return self._transition(
             batch_id,
             "SET #status = :ingesting, header = :header, total_count = :total, chunk_count = :chunks, "
@@ -170,6 +182,28 @@ class Ledger:
             },
         )
 
+    def _create_counter(self, batch_id: str, chunk: ChunkPlan) -> None:
+        """Only ever created: a second delivery of the S3 event, still planning while rows of
+        the first are finishing, must not zero counts that callbacks have already added."""
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=item(
+                    {
+                        "pk": batch_pk(batch_id),
+                        "sk": chunk_sk(chunk.index),
+                        "index": chunk.index,
+                        "rows": chunk.rows,
+                        "completed": 0,
+                        "failed": 0,
+                    }
+                ),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+
     def chunk_plan(self, batch_id: str) -> list[ChunkPlan]:
         plan: list[ChunkPlan] = []
         for stored in self._query(batch_pk(batch_id), "PLAN#"):
@@ -181,12 +215,12 @@ class Ledger:
             batch_id,
             "SET chunks_enqueued = :n, updated_at = :now",
             "chunks_enqueued < :n",
-            {":n": chunks_enqueued, ":now": iso(utcnow())},
+            {":n": chunks_enqueued, ":now": iso(self._clock())},
         )
 
     def mark_running(self, batch_id: str) -> bool:
         """ingesting -> running, once every chunk is on the queue."""
-        now = iso(utcnow())
+        now = iso(self._clock())
         return self._transition(
             batch_id,
             "SET #status = :running, running_at = :now, updated_at = :now",
@@ -196,7 +230,7 @@ class Ledger:
 
     def fail_batch(self, batch_id: str, reason: str, message: str) -> DoneMessage | None:
         """A batch that cannot run ends `failed` once; the caller sends the returned on-done."""
-        now = iso(utcnow())
+        now = iso(self._clock())
         done = self._transition(
             batch_id,
             "SET #status = :failed, reason = :reason, reason_message = :message, finished_at = :now, "
@@ -232,7 +266,7 @@ class Ledger:
     ) -> bool:
         """pending -> running. A callback may have finished the row already: then only the
         row's description is filled in and its terminal state stays."""
-        now = iso(utcnow())
+        now = iso(self._clock())
         names = {"#status": "status", "#key": "key", "#line": "line", "#record": "record"}
         values = {
             ":line": line,
@@ -272,13 +306,23 @@ class Ledger:
         )
         return False
 
-    def row_finished(self, batch_id: str, chunk: int, record: int, outcome: RowOutcome) -> bool:
+    def row_finished(
+        self,
+        batch_id: str,
+        chunk: int,
+        record: int,
+        outcome: RowOutcome,
+        *,
+        line: int | None = None,
+        key: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
         """pending|running -> completed|failed, counted in its chunk in the same transaction.
 
         False when the row was finished already (a duplicate or late callback) or the outcome is
         for a run this row is not waiting for: nothing changes then.
         """
-        now = iso(utcnow())
+        now = iso(self._clock())
         counter = "completed" if outcome.status is RowStatus.COMPLETED else "failed"
         row_values: dict[str, Any] = {
             ":status": outcome.status.value,
@@ -298,10 +342,18 @@ class Ledger:
             "#record = :record",
             "batch_id = :batch",
         ]
-        for name in ("error_code", "error_message"):
-            value = getattr(outcome, name)
+        described = {
+            "error_code": outcome.error_code,
+            "error_message": outcome.error_message,
+            "line": line,
+            "key": key,
+            "attempt": attempt,
+        }
+        names = {"#status": "status", "#record": "record"}
+        for name, value in described.items():
             if value is not None:
-                sets.append(f"{name} = :{name}")
+                names[f"#{name}"] = name
+                sets.append(f"#{name} = :{name}")
                 row_values[f":{name}"] = value
         condition = "(attribute_not_exists(#status) OR #status IN (:pending, :running))"
         if outcome.run_id:
@@ -315,7 +367,7 @@ class Ledger:
                     "Key": item({"pk": rows_pk(batch_id, chunk), "sk": row_sk(record)}),
                     "UpdateExpression": "SET " + ", ".join(sets),
                     "ConditionExpression": condition,
-                    "ExpressionAttributeNames": {"#status": "status", "#record": "record"},
+                    "ExpressionAttributeNames": names,
                     "ExpressionAttributeValues": item(row_values),
                 }
             },
@@ -331,7 +383,7 @@ class Ledger:
             },
         ]
         try:
-            self._db.transact_write_items(TransactItems=transaction)
+            self._transact(transaction)
         except ClientError as exc:
             if _transaction_condition_failed(exc):
                 return False
@@ -348,8 +400,8 @@ class Ledger:
             return False
         chunk = counter.index
         try:
-            self._db.transact_write_items(
-                TransactItems=[
+            self._transact(
+                [
                     {
                         "Update": {
                             "TableName": self._table,
@@ -386,20 +438,20 @@ class Ledger:
     def finish_if_done(self, batch_id: str) -> DoneMessage | None:
         """running -> completed|partial when every chunk is settled; exactly one caller wins.
 
-        Also returns the on-done of a batch that finished but whose notification has not been
-        picked up yet, so a caller that crashed before sending it is covered by the next one.
+        Also returns the on-done of a batch that finished a while ago but whose notification was
+        never picked up, so a caller that died before sending it is covered by a later event.
         """
         batch = self.get_batch(batch_id)
         if batch is None:
             return None
         if batch.status.is_terminal:
-            return self._on_done_of(batch) if batch.notification.status == "pending" else None
+            return self._on_done_of(batch) if self._on_done_stranded(batch) else None
         if batch.status not in OPEN_BATCH_STATUSES or batch.chunk_count is None:
             return None
         if batch.chunks_settled < batch.chunk_count:
             return None
         status = BatchStatus.PARTIAL if batch.failed_count else BatchStatus.COMPLETED
-        now = iso(utcnow())
+        now = iso(self._clock())
         finished = self._transition(
             batch_id,
             "SET #status = :status, finished_at = :now, updated_at = :now, notification = :notification "
@@ -429,15 +481,15 @@ class Ledger:
                 UpdateExpression="SET notification.#status = :sending, notification.lease_until = :until",
                 ConditionExpression="finish_seq = :seq AND notification.attempts = :attempt AND "
                 "(notification.#status = :pending OR "
-                "(notification.#status IN (:sending, :retrying) AND notification.lease_until < :now))",
+                "(notification.#status IN (:sending, :retrying) AND notification.lease_until <= :now))",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=item(
                     {
                         ":sending": "sending",
                         ":pending": "pending",
                         ":retrying": "retrying",
-                        ":until": int(now_epoch) + lease_seconds,
-                        ":now": int(now_epoch),
+                        ":until": math.ceil(now_epoch) + lease_seconds,
+                        ":now": math.ceil(now_epoch),
                         ":seq": message.finish_seq,
                         ":attempt": message.attempt,
                     }
@@ -477,14 +529,14 @@ class Ledger:
         retry_at_epoch: float | None = None,
     ) -> None:
         """Delivered, failed for good, or waiting for its next attempt (lease ends at that time)."""
-        now = iso(utcnow())
+        now = iso(self._clock())
         values: dict[str, Any] = {":status": status, ":attempts": attempts, ":seq": finish_seq, ":now": now}
         sets = "notification.#status = :status, notification.attempts = :attempts, updated_at = :now"
         if status == "delivered":
             sets += ", notification.delivered_at = :now"
         if retry_at_epoch is not None:
             sets += ", notification.lease_until = :until"
-            values[":until"] = int(retry_at_epoch)
+            values[":until"] = math.ceil(retry_at_epoch)
         self._db.update_item(
             TableName=self._table,
             Key=item({"pk": batch_pk(batch_id), "sk": "META"}),
@@ -536,6 +588,12 @@ class Ledger:
         batch = self.get_batch(batch_id)
         return self._on_done_of(batch) if batch else None
 
+    def _on_done_stranded(self, batch: BatchState) -> bool:
+        if batch.notification.status != "pending" or batch.finished_at is None:
+            return False
+        finished = datetime.fromisoformat(batch.finished_at.replace("Z", "+00:00"))
+        return self._clock() - finished > timedelta(seconds=REOFFER_AFTER_S)
+
     @staticmethod
     def _on_done_of(batch: BatchState) -> DoneMessage:
         return DoneMessage(batch_id=batch.batch_id, finish_seq=batch.finish_seq)
@@ -555,6 +613,18 @@ class Ledger:
                 return False
             raise
         return True
+
+    def _transact(self, items: Sequence[TransactWriteItemTypeDef]) -> None:
+        """DynamoDB cancels a transaction that races another on one item (TransactionConflict)
+        and botocore does not retry that; the counters and the batch item are such items."""
+        for attempt in range(TRANSACT_ATTEMPTS):
+            try:
+                self._db.transact_write_items(TransactItems=list(items))
+                return
+            except ClientError as exc:
+                if not _transaction_conflicted(exc) or attempt + 1 == TRANSACT_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0, 0.05 * 2**attempt))
 
     def _put_plan(self, batch_id: str, chunks: Sequence[ChunkPlan]) -> None:
         # The plan is kept apart from the batch item so the batch item stays small and cheap to

@@ -8,6 +8,7 @@ crash skips it. Webhook attempts keep one `webhook-id` per finish, which is how 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,20 +101,24 @@ class OnDoneDelivery:
         return self._post_webhook(batch, message, url, body)
 
     def _not_claimed(self, message: DoneMessage, now: float) -> DeliveryResult:
-        """A retry scheduled past SQS's 15-minute delay cap waits in hops until its time comes."""
+        """Keeps a scheduled retry alive when this message cannot deliver it yet.
+
+        A retry scheduled past SQS's 15-minute delay cap waits in hops until its time comes; and
+        when the retry message of a failed attempt was never sent (the sender died after
+        recording the attempt), the redelivered earlier message sends it again.
+        """
         batch = self._ledger.get_batch(message.batch_id)
-        notification = batch.notification if batch else None
-        if (
-            batch is not None
-            and notification is not None
-            and batch.finish_seq == message.finish_seq
-            and notification.status == "retrying"
-            and notification.attempts == message.attempt
-            and (notification.lease_until or 0) > now
+        if batch is None or batch.finish_seq != message.finish_seq:
+            return DeliveryResult("not_claimed")
+        notification = batch.notification
+        if notification.status != "retrying" or notification.attempts not in (
+            message.attempt,
+            message.attempt + 1,
         ):
-            self._done.send(message, delay_seconds=int((notification.lease_until or 0) - now) + 1)
-            return DeliveryResult("waiting", notification.attempts)
-        return DeliveryResult("not_claimed")
+            return DeliveryResult("not_claimed")
+        wait = max(0, math.ceil((notification.lease_until or 0) - now))
+        self._done.send(message.model_copy(update={"attempt": notification.attempts}), delay_seconds=wait)
+        return DeliveryResult("waiting", notification.attempts)
 
     def _body(self, batch: BatchState) -> bytes:
         payload: dict[str, Any] = {

@@ -109,6 +109,9 @@ class RunStarter:
         if batch is None or batch.status not in OPEN_BATCH_STATUSES or batch.header is None:
             report.not_open = batch.status.value if batch else "unknown_batch"
             logger.info("chunk not started: batch is not open", extra={"status": report.not_open})
+            if batch is not None and batch.status.is_terminal:
+                # The invocation that ended it may have died before handing over its on-done.
+                self._finisher.finish_if_done(batch.batch_id)
             return report
         known = self._ledger.known_rows(batch.batch_id, message.chunk.index)
         jobs = []
@@ -216,14 +219,14 @@ class RunStarter:
                 )
             return
         report.refused += 1
-        self._ledger.row_started(
-            batch.batch_id, job.chunk, job.record, run_id=None, attempt=1, line=job.line, key=job.key
-        )
         outcome = RowOutcome(
             status=RowStatus.FAILED, error_code=refusal.code, error_message=refusal.message or None
         )
-        if self._ledger.row_finished(batch.batch_id, job.chunk, job.record, outcome):
-            self._finisher.after_row_finished(batch.batch_id, job.chunk)
+        # One write: a row marked started first could be stranded `running` by a crash here.
+        self._ledger.row_finished(
+            batch.batch_id, job.chunk, job.record, outcome, line=job.line, key=job.key, attempt=1
+        )
+        self._finisher.after_row_finished(batch.batch_id, job.chunk)
 
     def _callback_url(self, batch_id: str, row_id: str) -> str:
         token = self._signer.token(batch_id, row_id)
