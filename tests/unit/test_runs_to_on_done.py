@@ -303,3 +303,32 @@ def test_a_retry_whose_message_was_never_sent_is_sent_by_the_redelivered_origina
         assert delivery(aws, clock).deliver(resent).status == "delivered"
     finally:
         hook.close()
+
+
+def test_a_refused_row_fails_with_the_providers_code_and_the_batch_still_finishes(
+    aws: Aws, callbacks: Receiver
+) -> None:
+    from .test_provider_client import ScriptedProvider, error
+
+    scripted = ScriptedProvider()
+    scripted.script = [(422, {}, error("invalid_input"))]
+    try:
+        batch_id = ingest(aws, b"prompt\nonly row\n")
+        (message,) = chunk_messages(aws)
+        work = RunStarter(
+            s3=aws.s3,
+            ledger=aws.ledger,
+            finisher=aws.finisher,
+            provider=ProviderConnection(base_url=scripted.url, api_key=API_KEY, retry=FAST_RETRY),
+            signer=SIGNER,
+            callback_base_url=callbacks.url,
+            concurrency=4,
+        )
+        assert work.start_chunk(message, lambda: 300.0).refused == 1
+    finally:
+        scripted.close()
+    batch = aws.ledger.get_batch(batch_id)
+    assert batch is not None and (batch.status, batch.failed_count) == (BatchStatus.PARTIAL, 1)
+    (row,) = aws.ledger.rows_of_chunk(batch_id, 0)
+    assert (row.status.value, row.error_code, row.line, row.key) == ("failed", "invalid_input", 2, "1")
+    assert len(aws.drain(aws.done_queue_url)) == 1

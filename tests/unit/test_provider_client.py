@@ -1,0 +1,148 @@
+"""The provider client against a scripted provider on loopback: what each answer means for a row."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from rowcall.models import CreateRunRequest, RunInput
+from rowcall.provider import (
+    ProviderClient,
+    ProviderUnavailable,
+    RetryPolicy,
+    RunAlreadyCreated,
+    RunCreated,
+    RunRefused,
+)
+
+RUN = {"run_id": "run_1", "status": "queued", "outputs": []}
+
+
+class ScriptedProvider:
+    """Answers create requests from a script of (status, headers, body), one per request."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, dict[str, str], object]] = []
+        self.requests: list[dict[str, object]] = []
+        provider = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                provider.requests.append(
+                    {"path": self.path, "auth": self.headers.get("authorization"), "body": json.loads(body)}
+                )
+                status, headers, payload = provider.script.pop(0)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+@pytest.fixture
+def provider() -> Iterator[ScriptedProvider]:
+    scripted = ScriptedProvider()
+    yield scripted
+    scripted.close()
+
+
+REQUEST = CreateRunRequest(
+    inputs=[RunInput(id="prompt", type="text", value="a cat")],
+    callback_url="https://api.example/callbacks/b/0-1?token=t",
+    idempotency_key="b.0-1.1",
+)
+
+
+def create(provider: ScriptedProvider, sleeps: list[float] | None = None) -> object:
+    async def run() -> object:
+        async def sleep(seconds: float) -> None:
+            if sleeps is not None:
+                sleeps.append(seconds)
+
+        async with httpx.AsyncClient() as http:
+            client = ProviderClient(
+                http,
+                base_url=provider.url,
+                api_key="k",
+                retry=RetryPolicy(attempts=3, base_delay_s=0.01),
+                sleep=sleep,
+            )
+            return await client.create_run("tech-1", REQUEST)
+
+    return asyncio.run(run())
+
+
+def error(code: str) -> dict[str, object]:
+    return {"error": {"code": code, "message": f"{code} happened"}}
+
+
+def test_a_created_run_and_the_request_that_made_it(provider: ScriptedProvider) -> None:
+    provider.script = [(201, {}, RUN)]
+    outcome = create(provider)
+    assert isinstance(outcome, RunCreated) and outcome.run.run_id == "run_1"
+    (request,) = provider.requests
+    assert request["path"] == "/techniques/tech-1/runs" and request["auth"] == "Bearer k"
+    assert request["body"] == REQUEST.model_dump(mode="json")
+
+
+def test_429_waits_as_long_as_retry_after_says_then_succeeds(provider: ScriptedProvider) -> None:
+    provider.script = [
+        (429, {"Retry-After": "2"}, error("rate_limited")),
+        (503, {}, error("unavailable")),
+        (201, {}, RUN),
+    ]
+    sleeps: list[float] = []
+    assert isinstance(create(provider, sleeps), RunCreated)
+    assert len(sleeps) == 2 and 2.0 <= sleeps[0] <= 2.01 and sleeps[1] <= 0.02
+
+
+def test_transient_failures_that_outlast_the_retries_leave_the_row_for_later(
+    provider: ScriptedProvider,
+) -> None:
+    provider.script = [(503, {}, error("unavailable"))] * 3
+    with pytest.raises(ProviderUnavailable):
+        create(provider, [])
+
+
+def test_409_idempotency_duplicate_means_already_started(provider: ScriptedProvider) -> None:
+    provider.script = [(409, {}, error("idempotency_duplicate"))]
+    assert isinstance(create(provider), RunAlreadyCreated)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "batch_reason"),
+    [
+        (422, "validation_error", None),
+        (400, "invalid_input", None),
+        (402, "insufficient_credits", None),
+        (401, "unauthorized", "provider_unauthorized"),
+        (404, "not_found", "technique_not_found"),
+    ],
+)
+def test_a_permanent_refusal_carries_the_providers_code(
+    provider: ScriptedProvider, status: int, code: str, batch_reason: str | None
+) -> None:
+    provider.script = [(status, {}, error(code))]
+    outcome = create(provider)
+    assert isinstance(outcome, RunRefused)
+    assert (outcome.code, outcome.batch_reason) == (code, batch_reason)
+    assert len(provider.requests) == 1
