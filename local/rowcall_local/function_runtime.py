@@ -81,6 +81,9 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
     """Child process entry: init, report ready, then one invocation at a time until told to stop."""
     detach_from_terminal_signals()
     redirect_output(Path(spec.log_path))
+    # Exactly the environment the runtime was given: spawn inherits the parent's whole
+    # environment, and a developer's AWS_PROFILE or AWS_ENDPOINT_URL_S3 must not reach a handler.
+    os.environ.clear()
     os.environ.update(spec.environment)
     os.chdir(spec.code_dir)
     sys.path[:0] = [spec.code_dir, *spec.layer_dirs]

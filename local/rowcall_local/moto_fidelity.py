@@ -92,6 +92,7 @@ def complete_s3_events() -> None:
     the shape Powertools' S3Model expects.
     """
     import itertools
+    from urllib.parse import quote_plus
 
     import moto.s3.notifications as notifications
 
@@ -103,6 +104,7 @@ def complete_s3_events() -> None:
         event: dict[str, Any] = build(event_name, bucket, key, notification_id)
         for record in event["Records"]:
             s3_object = record["s3"]["object"]
+            s3_object["key"] = quote_plus(key.name, safe="/")  # AWS leaves "/" as it is
             version = getattr(key, "version_id", None)
             if version and version != "null":
                 s3_object["versionId"] = version

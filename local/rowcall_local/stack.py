@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import fcntl
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from rowcall_local.aws_clients import AwsEndpoint
 from rowcall_local.cfn_deploy import deploy_stack, upload_placeholder_artifacts
@@ -48,6 +49,11 @@ MAX_BYTES_PARAMETER = "MaxBytes"
 PROVIDER_KEY_PARAMETER = "ProviderApiKeyParameter"
 CALLBACK_SECRET_PARAMETER = "CallbackSecretParameter"
 WEBHOOK_SECRET_PARAMETER = "WebhookSecretParameter"
+
+# What a Lambda execution environment has besides its function's variables, taken from ours.
+INHERITED_ENVIRONMENT = frozenset(
+    {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"}
+)
 
 STACK_JSON_KEYS = (
     "aws_endpoint_url",
@@ -149,6 +155,7 @@ class LocalStack:
         self._http: HttpApiServer | None = None
         self._pollers: list[QueuePoller] = []
         self._s3_sources: list[S3EventSource] = []
+        self._lock: IO[str] | None = None
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -162,6 +169,7 @@ class LocalStack:
     def start(self) -> dict[str, str]:
         started = time.monotonic()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._claim_state_dir()
         try:
             self._start()
         except BaseException:
@@ -169,6 +177,18 @@ class LocalStack:
             raise
         log.info("local stack ready in %.1fs", time.monotonic() - started)
         return self.info
+
+    def _claim_state_dir(self) -> None:
+        """One stack per state dir; a stack.json left by a killed stack names dead ports, and
+        whoever waits for the file must not mistake it for this stack's."""
+        self._lock = (self.state_dir / ".lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise RuntimeError(f"another rowcall stack is running with state dir {self.state_dir}") from None
+        self.stack_json.unlink(missing_ok=True)
 
     def _start(self) -> None:
         opts = self.options
@@ -219,7 +239,7 @@ class LocalStack:
         return {k: str(v) for k, v in wanted.items() if v is not None and sam.declares_parameter(k)}
 
     def _instance_spec(self, function: FunctionWiring) -> InstanceSpec:
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROWCALL_", "_"))}
+        inherited = {k: v for k, v in os.environ.items() if k in INHERITED_ENVIRONMENT}
         environment = {
             **inherited,
             "NO_PROXY": "127.0.0.1,localhost",
@@ -343,3 +363,6 @@ class LocalStack:
         if self._moto is not None:
             self._moto.stop()
             self._moto = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None

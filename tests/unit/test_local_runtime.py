@@ -7,6 +7,7 @@ conditions polled against a deadline.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -162,6 +163,8 @@ def lambda_handler(event, context):
                 "body": base64.b64encode(b"\\x00\\x01\\xff").decode(), "isBase64Encoded": True}
     if item == "bare":
         return {"just": "json"}
+    if item == "env":
+        return {"statusCode": 200, "body": json.dumps(dict(os.environ))}
     return {"statusCode": 201, "headers": {"content-type": "application/json", "x-pid": str(os.getpid())},
             "cookies": ["echo=1; Path=/"], "body": json.dumps(event)}
 """
@@ -209,8 +212,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory, record_dir: Path) -> Iterato
         provider_faults=None,
         parameters={"RecordDir": str(record_dir)},
     )
-    with LocalStack(options) as started:
-        yield started
+    # Variables of the developer's shell that must not reach a handler.
+    leaks = {"LEAKY_VARIABLE": "x", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", "AWS_SESSION_TOKEN": "t"}
+    saved = {k: os.environ.get(k) for k in leaks}
+    os.environ.update(leaks)
+    try:
+        with LocalStack(options) as started:
+            yield started
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture
@@ -367,8 +381,8 @@ def test_s3_upload_reaches_the_s3_triggered_function(stack: LocalStack, record_d
     s3.put_object(Bucket=bucket, Key="out/ignored.csv", Body=b"a,b\n")
     s3.put_object(Bucket=bucket, Key="in/report 1.csv", Body=b"a,b\n1,2\n")
     s3.put_object(Bucket=bucket, Key="in/flaky.csv", Body=b"a\n")
-    # moto's event bodies carry quote_plus-encoded keys; they are passed through as they are.
-    report, flaky = quote_plus("in/report 1.csv"), quote_plus("in/flaky.csv")
+    # S3 event keys are URL-encoded with "/" left as it is; they are passed through as they are.
+    report, flaky = quote_plus("in/report 1.csv", safe="/"), quote_plus("in/flaky.csv", safe="/")
 
     def delivered() -> list[dict[str, Any]]:
         got = records(record_dir, "s3")
@@ -427,3 +441,30 @@ def test_an_invocation_past_its_timeout_is_killed_and_the_instance_replaced(tmp_
         assert answered.ok and 0 < answered.payload["remaining_ms"] <= 1000
     finally:
         runtime.stop()
+
+
+def test_a_handler_sees_its_template_environment_and_nothing_of_the_shell(
+    stack: LocalStack, api: httpx.Client
+) -> None:
+    environment = api.get("/items/env", headers=auth(stack)).json()
+    assert "LEAKY_VARIABLE" not in environment and "AWS_SESSION_TOKEN" not in environment
+    assert "AWS_ENDPOINT_URL_S3" not in environment
+    assert environment["AWS_ENDPOINT_URL"] == stack.info["aws_endpoint_url"]
+    assert "PATH" in environment
+
+
+def test_a_second_stack_cannot_share_a_state_dir_and_a_stale_stack_json_is_removed(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    with pytest.raises(RuntimeError, match="another rowcall stack"):
+        LocalStack(StackOptions(state_dir=stack.state_dir, provider_faults=None)).start()
+    assert stack.stack_json.exists(), "the refused stack removed the running one's stack.json"
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "stack.json").write_text('{"api_url": "http://127.0.0.1:1"}')
+    doomed = LocalStack(
+        StackOptions(state_dir=state, template=tmp_path / "missing.yaml", provider_faults=None)
+    )
+    with pytest.raises(Exception):  # noqa: B017 - any failure to start will do; the file must be gone
+        doomed.start()
+    assert not (state / "stack.json").exists()
