@@ -7,6 +7,7 @@ is read back from moto, so nothing here restates a name from the template by han
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,7 @@ class _Reader:
                     or mapping.get("State") == "Disabled"
                 ):
                     continue
+                self._check_sqs_mapping(functions[function_id], mapping, arn)
                 triggers.append(
                     SqsTrigger(
                         mapping_uuid=mapping["UUID"],
@@ -223,6 +225,35 @@ class _Reader:
                     )
                 )
         return triggers
+
+    def _check_sqs_mapping(self, function: FunctionWiring, mapping: Mapping[str, Any], arn: str) -> None:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url_for_arn(arn), AttributeNames=["VisibilityTimeout"]
+        )["Attributes"]
+        problems = _sqs_mapping_problems(function, mapping, int(attributes.get("VisibilityTimeout", 30)))
+        if problems:
+            raise TemplateError(f"{function.logical_id}: SQS event source: " + "; ".join(problems))
+
+
+MAX_SQS_BATCH_WITHOUT_WINDOW = 10
+
+
+def _sqs_mapping_problems(
+    function: FunctionWiring, mapping: Mapping[str, Any], visibility_timeout_s: int
+) -> list[str]:
+    """What AWS refuses at deploy time that cfn-lint lets through (facts.md): checked here so the
+    local stack does not run a template that would not deploy."""
+    problems = []
+    batch_size = int(mapping.get("BatchSize", 10))
+    window = int(mapping.get("MaximumBatchingWindowInSeconds", 0) or 0)
+    if batch_size > MAX_SQS_BATCH_WITHOUT_WINDOW and window < 1:
+        problems.append(f"BatchSize {batch_size} > 10 needs MaximumBatchingWindowInSeconds >= 1")
+    if visibility_timeout_s < function.timeout_s:
+        problems.append(
+            f"the queue's VisibilityTimeout ({visibility_timeout_s}s) is shorter than the function's "
+            f"Timeout ({function.timeout_s}s)"
+        )
+    return problems
 
 
 def read_wiring(

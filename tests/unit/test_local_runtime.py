@@ -70,6 +70,7 @@ Resources:
     Type: AWS::Serverless::Function
     Properties:
       CodeUri: recorder/
+      Timeout: 1  # AWS wants the queue's visibility timeout at least the function's
       Events:
         Messages:
           Type: SQS

@@ -154,3 +154,18 @@ def test_secrets_are_stored_where_the_template_names_them(deployed: Deployed) ->
     webhook_secret = value("WebhookSecretParameter")
     assert webhook_secret == secrets.webhook_secret
     assert len(base64.b64decode(webhook_secret.removeprefix("whsec_"))) == 32
+
+
+def test_sqs_settings_aws_would_refuse_are_refused_here_too() -> None:
+    from rowcall_local.template_wiring import _sqs_mapping_problems
+
+    worker = type("F", (), {"timeout_s": 300, "logical_id": "WorkerFunction"})()
+    assert _sqs_mapping_problems(worker, {"BatchSize": 10}, visibility_timeout_s=1800) == []  # type: ignore[arg-type]
+    problems = _sqs_mapping_problems(worker, {"BatchSize": 100}, visibility_timeout_s=200)  # type: ignore[arg-type]
+    assert len(problems) == 2
+    assert (
+        _sqs_mapping_problems(  # type: ignore[arg-type]
+            worker, {"BatchSize": 100, "MaximumBatchingWindowInSeconds": 1}, visibility_timeout_s=300
+        )
+        == []
+    )
