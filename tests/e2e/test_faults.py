@@ -117,6 +117,7 @@ def test_duplicates_retries_and_failures_still_give_exact_counts_and_one_on_done
         assert len(batches) == 1, "the duplicate S3 event made a second batch"
         stats = faulty.provider_stats()
         assert stats["unique_idempotency_keys"] == ROWS, "a row got two runs"
+        assert stats["duplicate_creates"] == 0, "a row's run was asked for twice"
         assert stats["gets"] == 0
         # The faults did happen: creates were refused and retried, callbacks came twice.
         assert stats["creates"] > ROWS

@@ -332,3 +332,24 @@ def test_a_refused_row_fails_with_the_providers_code_and_the_batch_still_finishe
     (row,) = aws.ledger.rows_of_chunk(batch_id, 0)
     assert (row.status.value, row.error_code, row.line, row.key) == ("failed", "invalid_input", 2, "1")
     assert len(aws.drain(aws.done_queue_url)) == 1
+
+
+def test_a_chunk_delivered_twice_at_once_asks_the_provider_once(aws: Aws, callbacks: Receiver) -> None:
+    from rowcall.runs import ChunkBusy
+
+    provider = start_provider()
+    try:
+        batch_id = ingest(aws, ROWS)
+        first = chunk_messages(aws)[0]
+        # Another delivery of the same chunk is still at work.
+        assert aws.ledger.claim_chunk(batch_id, 0, holder="other", until_epoch=time.time() + 60)
+        with pytest.raises(ChunkBusy):
+            starter(aws, provider, callbacks).start_chunk(first, lambda: 300.0)
+        assert provider.stats()["creates"] == 0
+        aws.ledger.release_chunk(batch_id, 0, holder="other")
+        assert starter(aws, provider, callbacks).start_chunk(first, lambda: 300.0).started == 4
+        # A holder that died frees the chunk when its time is up.
+        assert aws.ledger.claim_chunk(batch_id, 1, holder="dead", until_epoch=time.time() - 5)
+        assert aws.ledger.claim_chunk(batch_id, 1, holder="next", until_epoch=time.time() + 60)
+    finally:
+        provider.stop()

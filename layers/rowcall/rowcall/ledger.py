@@ -390,6 +390,44 @@ class Ledger:
             raise
         return True
 
+    def claim_chunk(self, batch_id: str, chunk: int, *, holder: str, until_epoch: float) -> bool:
+        """One worker at a time per chunk: a copy of the message delivered at the same moment
+        would otherwise ask the provider again for every row the first is still starting."""
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=item({"pk": batch_pk(batch_id), "sk": chunk_sk(chunk)}),
+                UpdateExpression="SET worker = :holder, worker_until = :until",
+                ConditionExpression="attribute_exists(#rows) AND "
+                "(attribute_not_exists(worker_until) OR worker_until < :now OR worker = :holder)",
+                ExpressionAttributeNames={"#rows": "rows"},
+                ExpressionAttributeValues=item(
+                    {
+                        ":holder": holder,
+                        ":until": math.ceil(until_epoch),
+                        ":now": int(self._clock().timestamp()),
+                    }
+                ),
+            )
+        except ClientError as exc:
+            if _conditional_failure(exc):
+                return False
+            raise
+        return True
+
+    def release_chunk(self, batch_id: str, chunk: int, *, holder: str) -> None:
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=item({"pk": batch_pk(batch_id), "sk": chunk_sk(chunk)}),
+                UpdateExpression="REMOVE worker, worker_until",
+                ConditionExpression="worker = :holder",
+                ExpressionAttributeValues=item({":holder": holder}),
+            )
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+
     # -- settling and finishing ----------------------------------------------------------------
     def settle_chunk(self, batch_id: str, counter: ChunkCounter) -> bool:
         """Fold a chunk whose rows have all finished into the batch's counts, once.

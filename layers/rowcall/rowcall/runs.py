@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -75,6 +77,10 @@ class ChunkIncomplete(Exception):
     """Some rows could not be started now; the chunk is retried and started rows are skipped."""
 
 
+class ChunkBusy(ChunkIncomplete):
+    """Another delivery of this chunk is at work; this one comes back later and skips its rows."""
+
+
 @dataclass(frozen=True)
 class ProviderConnection:
     base_url: str
@@ -113,16 +119,25 @@ class RunStarter:
                 # The invocation that ended it may have died before handing over its on-done.
                 self._finisher.finish_if_done(batch.batch_id)
             return report
-        known = self._ledger.known_rows(batch.batch_id, message.chunk.index)
-        jobs = []
-        for job in self._jobs(batch, message.chunk):
-            if job.record in known:
-                report.skipped_known += 1
-            else:
-                jobs.append(job)
-        if jobs:
-            asyncio.run(self._start_all(batch, jobs, report, time_left_s))
-        logger.info("chunk processed", extra={"chunk": message.chunk.index, **report.__dict__})
+        chunk = message.chunk.index
+        holder = uuid.uuid4().hex
+        # Held at most as long as this invocation can run; a holder that dies frees it then.
+        until = time.time() + time_left_s()
+        if not self._ledger.claim_chunk(batch.batch_id, chunk, holder=holder, until_epoch=until):
+            raise ChunkBusy(f"chunk {chunk} is being started by another delivery")
+        try:
+            known = self._ledger.known_rows(batch.batch_id, chunk)
+            jobs = []
+            for job in self._jobs(batch, message.chunk):
+                if job.record in known:
+                    report.skipped_known += 1
+                else:
+                    jobs.append(job)
+            if jobs:
+                asyncio.run(self._start_all(batch, jobs, report, time_left_s))
+        finally:
+            self._ledger.release_chunk(batch.batch_id, chunk, holder=holder)
+        logger.info("chunk processed", extra={"chunk": chunk, **report.__dict__})
         if report.deferred:
             raise ChunkIncomplete(
                 f"{report.deferred} rows of chunk {message.chunk.index} are left for a retry"
