@@ -69,6 +69,7 @@ def main(rows: int) -> None:
         info = stack.info
         moto = info["aws_endpoint_url"]
         api = httpx.Client(base_url=info["api_url"], headers={"Authorization": f"Bearer {info['api_token']}"})
+        httpx.post(f"{moto}/moto-api/recorder/reset-recording")
         httpx.post(f"{moto}/moto-api/recorder/start-recording")
         key = f"uploads/bench-{rows}.csv"
         started = time.monotonic()

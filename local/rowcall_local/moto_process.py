@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 def _serve(conn: Connection, log_path: str) -> None:
     detach_from_terminal_signals()
     redirect_output(Path(log_path))
+    # moto's request recorder writes to its working directory unless told otherwise.
+    os.environ.setdefault("MOTO_RECORDER_FILEPATH", str(Path(log_path).with_name("moto_recording.jsonl")))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     moto_fidelity.apply_all()
     from moto.server import ThreadedMotoServer
