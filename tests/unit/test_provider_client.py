@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
-import json
-import threading
 from collections.abc import Iterator
 
 import httpx
@@ -21,41 +18,9 @@ from rowcall.provider import (
     RunRefused,
 )
 
+from .scripted_provider import ScriptedProvider, error
+
 RUN = {"run_id": "run_1", "status": "queued", "outputs": []}
-
-
-class ScriptedProvider:
-    """Answers create requests from a script of (status, headers, body), one per request."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[int, dict[str, str], object]] = []
-        self.requests: list[dict[str, object]] = []
-        provider = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                provider.requests.append(
-                    {"path": self.path, "auth": self.headers.get("authorization"), "body": json.loads(body)}
-                )
-                status, headers, payload = provider.script.pop(0)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def close(self) -> None:
-        self._server.shutdown()
 
 
 @pytest.fixture
@@ -89,10 +54,6 @@ def create(provider: ScriptedProvider, sleeps: list[float] | None = None) -> obj
             return await client.create_run("tech-1", REQUEST)
 
     return asyncio.run(run())
-
-
-def error(code: str) -> dict[str, object]:
-    return {"error": {"code": code, "message": f"{code} happened"}}
 
 
 def test_a_created_run_and_the_request_that_made_it(provider: ScriptedProvider) -> None:

@@ -27,6 +27,7 @@ from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import Aws
+from .scripted_provider import ScriptedProvider, error
 
 API_KEY = "test-provider-key"
 SIGNER = CallbackSigner("callback-secret")
@@ -60,7 +61,8 @@ def ingest(aws: Aws, body: bytes, **meta: str) -> str:
     return batch.batch_id
 
 
-def starter(aws: Aws, provider: ProviderEmulator, callbacks: Receiver) -> RunStarter:
+def starter(aws: Aws, provider: ProviderEmulator | ScriptedProvider, callbacks: Receiver) -> RunStarter:
+    """Anything with a `url` that speaks the runs API can be the provider."""
     return RunStarter(
         s3=aws.s3,
         ledger=aws.ledger,
@@ -308,23 +310,12 @@ def test_a_retry_whose_message_was_never_sent_is_sent_by_the_redelivered_origina
 def test_a_refused_row_fails_with_the_providers_code_and_the_batch_still_finishes(
     aws: Aws, callbacks: Receiver
 ) -> None:
-    from .test_provider_client import ScriptedProvider, error
-
     scripted = ScriptedProvider()
     scripted.script = [(422, {}, error("invalid_input"))]
     try:
         batch_id = ingest(aws, b"prompt\nonly row\n")
         (message,) = chunk_messages(aws)
-        work = RunStarter(
-            s3=aws.s3,
-            ledger=aws.ledger,
-            finisher=aws.finisher,
-            provider=ProviderConnection(base_url=scripted.url, api_key=API_KEY, retry=FAST_RETRY),
-            signer=SIGNER,
-            callback_base_url=callbacks.url,
-            concurrency=4,
-        )
-        assert work.start_chunk(message, lambda: 300.0).refused == 1
+        assert starter(aws, scripted, callbacks).start_chunk(message, lambda: 300.0).refused == 1
     finally:
         scripted.close()
     batch = aws.ledger.get_batch(batch_id)
