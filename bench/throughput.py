@@ -17,15 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
+from rowcall_local.batch_api import BatchWatcher, is_notified, is_terminal
 from rowcall_local.provider_emulator import ProviderFaults
 from rowcall_local.stack import LocalStack, StackOptions
 from rowcall_local.webhook_receiver import WebhookReceiver
-
-TERMINAL = {"completed", "partial", "failed", "canceled"}
 
 
 def make_csv(rows: int) -> bytes:
@@ -83,19 +81,12 @@ def main(rows: int) -> None:
                 "on-done-url": hook.url + "/done",
             },
         )
-        batch: dict[str, Any] = {}
-        while not batch:
-            items = api.get("/batches", params={"limit": 100}).json()["items"]
-            batch = next((b for b in items if b["source"]["key"] == key), {})
-            time.sleep(0.05)
-        while batch["status"] not in TERMINAL:
-            time.sleep(0.05)
-            batch = api.get(f"/batches/{batch['batch_id']}").json()
+        watcher = BatchWatcher(api, poll_s=0.05)
+        batch = watcher.wait(watcher.find(key, 120)["batch_id"], is_terminal, 600)
         finished = time.monotonic()
         hook.wait_for(lambda got: len(got) >= 1, timeout_s=120)
         notified = time.monotonic()
-        while api.get(f"/batches/{batch['batch_id']}").json()["notification"]["status"] != "delivered":
-            time.sleep(0.05)
+        watcher.wait(batch["batch_id"], is_notified, 120)
         httpx.post(f"{moto}/moto-api/recorder/stop-recording")
         recording = httpx.get(f"{moto}/moto-api/recorder/download-recording", timeout=60).text
         provider = httpx.get(info["provider_url"] + "/_stats").json()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from rowcall.signing import WebhookSigner
+from rowcall_local.batch_api import BatchWatcher, is_terminal
 from rowcall_local.stack import LocalStack, StackOptions
 from rowcall_local.webhook_receiver import WebhookReceiver
 
-TERMINAL = frozenset({"completed", "partial", "failed", "canceled"})
 POLL_S = 0.3
 FIND_BATCH_S = 60.0
 ON_DONE_WAIT_S = 30.0
@@ -28,40 +27,18 @@ class DemoFailed(Exception):
     pass
 
 
-def _find_batch(api: httpx.Client, key: str) -> dict[str, Any]:
-    deadline = time.monotonic() + FIND_BATCH_S
-    while time.monotonic() < deadline:
-        response = api.get("/batches", params={"limit": 100})
-        if response.status_code != 200:
-            raise DemoFailed(f"GET /batches answered {response.status_code}: {response.text[:300]}")
-        for item in response.json().get("items", []):
-            if (item.get("source") or {}).get("key") == key:
-                return dict(item)
-        time.sleep(POLL_S)
-    raise DemoFailed(f"no batch appeared for s3 key {key} within {FIND_BATCH_S:.0f}s")
-
-
-def _watch(api: httpx.Client, console: Console, batch_id: str, timeout_s: float) -> dict[str, Any]:
+def _watch(watcher: BatchWatcher, console: Console, batch_id: str, timeout_s: float) -> dict[str, Any]:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    deadline = time.monotonic() + timeout_s
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("validating", total=None)
-        while True:
-            response = api.get(f"/batches/{batch_id}")
-            if response.status_code != 200:
-                raise DemoFailed(
-                    f"GET /batches/{batch_id} answered {response.status_code}: {response.text[:300]}"
-                )
-            batch: dict[str, Any] = response.json()
+
+        def show(batch: dict[str, Any]) -> None:
             done = int(batch.get("completed_count") or 0) + int(batch.get("failed_count") or 0)
             progress.update(
                 task, description=str(batch.get("status")), total=batch.get("total_count"), completed=done
             )
-            if batch.get("status") in TERMINAL:
-                return batch
-            if time.monotonic() > deadline:
-                raise DemoFailed(f"batch {batch_id} still {batch.get('status')} after {timeout_s:.0f}s")
-            time.sleep(POLL_S)
+
+        return watcher.wait(batch_id, is_terminal, timeout_s, on_poll=show)
 
 
 def _show_results(stack: LocalStack, console: Console, batch: Mapping[str, Any], rows: int = 5) -> None:
@@ -89,8 +66,12 @@ def _run(stack: LocalStack, csv_path: Path, console: Console, timeout_s: float) 
         console.print(f"uploaded [bold]{csv_path}[/bold] to s3://{stack.info['bucket']}/{key}")
         headers = {"Authorization": f"Bearer {stack.info['api_token']}"}
         with httpx.Client(base_url=stack.info["api_url"], headers=headers, timeout=30) as api:
-            batch = _find_batch(api, key)
-            batch = _watch(api, console, str(batch["batch_id"]), timeout_s)
+            watcher = BatchWatcher(api, POLL_S)
+            try:
+                batch = watcher.find(key, FIND_BATCH_S)
+                batch = _watch(watcher, console, str(batch["batch_id"]), timeout_s)
+            except (TimeoutError, RuntimeError) as exc:
+                raise DemoFailed(str(exc)) from None
         console.print(
             f"batch [bold]{batch['batch_id']}[/bold]: {batch['status']}"
             + (f" ({batch['reason']})" if batch.get("reason") else "")

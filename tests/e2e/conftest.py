@@ -18,8 +18,9 @@ import boto3
 import httpx
 import pytest
 
+from rowcall_local.batch_api import BatchWatcher, is_notified, is_terminal
+
 ROOT = Path(__file__).resolve().parents[2]
-TERMINAL = {"completed", "partial", "failed", "canceled"}
 
 
 @dataclass
@@ -51,34 +52,19 @@ class LocalStack:
 
     def batch_for(self, key: str, timeout_s: float = 60) -> dict[str, Any]:
         with self.api as api:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                for item in api.get("/batches", params={"limit": 100}).json()["items"]:
-                    if item["source"]["key"] == key:
-                        return dict(item)
-                time.sleep(0.1)
-        raise AssertionError(f"no batch for {key} within {timeout_s}s; see {self.state_dir}/logs")
+            return BatchWatcher(api, poll_s=0.1).find(key, timeout_s)
 
     def wait_batch(
         self, batch_id: str, done: Callable[[dict[str, Any]], bool], timeout_s: float
     ) -> dict[str, Any]:
         with self.api as api:
-            deadline = time.monotonic() + timeout_s
-            batch: dict[str, Any] = {}
-            while time.monotonic() < deadline:
-                batch = api.get(f"/batches/{batch_id}").json()
-                if done(batch):
-                    return batch
-                time.sleep(0.1)
-        raise AssertionError(f"batch {batch_id} not there within {timeout_s}s: {batch}")
+            return BatchWatcher(api, poll_s=0.1).wait(batch_id, done, timeout_s)
 
     def wait_terminal(self, batch_id: str, timeout_s: float = 180) -> dict[str, Any]:
-        return self.wait_batch(batch_id, lambda b: b["status"] in TERMINAL, timeout_s)
+        return self.wait_batch(batch_id, is_terminal, timeout_s)
 
     def wait_notified(self, batch_id: str, timeout_s: float = 60) -> dict[str, Any]:
-        return self.wait_batch(
-            batch_id, lambda b: b["notification"]["status"] in ("delivered", "failed"), timeout_s
-        )
+        return self.wait_batch(batch_id, is_notified, timeout_s)
 
 
 @contextlib.contextmanager

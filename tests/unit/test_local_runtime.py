@@ -7,7 +7,6 @@ conditions polled against a deadline.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -215,17 +214,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, record_dir: Path) -> Iterato
     )
     # Variables of the developer's shell that must not reach a handler.
     leaks = {"LEAKY_VARIABLE": "x", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", "AWS_SESSION_TOKEN": "t"}
-    saved = {k: os.environ.get(k) for k in leaks}
-    os.environ.update(leaks)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in leaks.items():
+            patch.setenv(name, value)
         with LocalStack(options) as started:
             yield started
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture
