@@ -50,6 +50,7 @@ def _dynamodb() -> DynamoDBClient:
     return boto3.client("dynamodb")
 
 
+@cache
 def _sns() -> SNSClient:
     return boto3.client("sns")
 

@@ -166,7 +166,7 @@ class Ledger:
             self._create_counter(batch_id, c)
         self._put_plan(batch_id, chunks)
         now = iso(self._clock())
-        return self._transition(
+        moved = self._transition(
             batch_id,
             "SET #status = :ingesting, header = :header, total_count = :total, chunk_count = :chunks, "
             "rows_skipped = :skipped, updated_at = :now",
@@ -181,6 +181,7 @@ class Ledger:
                 ":now": now,
             },
         )
+        return moved is not None
 
     def _create_counter(self, batch_id: str, chunk: ChunkPlan) -> None:
         """Only ever created: a second delivery of the S3 event, still planning while rows of
@@ -221,12 +222,13 @@ class Ledger:
     def mark_running(self, batch_id: str) -> bool:
         """ingesting -> running, once every chunk is on the queue."""
         now = iso(self._clock())
-        return self._transition(
+        moved = self._transition(
             batch_id,
             "SET #status = :running, running_at = :now, updated_at = :now",
             "#status = :ingesting",
             {":running": BatchStatus.RUNNING.value, ":ingesting": BatchStatus.INGESTING.value, ":now": now},
         )
+        return moved is not None
 
     def fail_batch(self, batch_id: str, reason: str, message: str) -> DoneMessage | None:
         """A batch that cannot run ends `failed` once; the caller sends the returned on-done."""
@@ -249,7 +251,7 @@ class Ledger:
                 ":paused": BatchStatus.PAUSED.value,
             },
         )
-        return self._pending_on_done(batch_id) if done else None
+        return self._on_done_of(done) if done else None
 
     def record_row_errors(self, batch_id: str, errors: Sequence[RowError]) -> None:
         """Row errors are keyed by line, so writing one again on a redone pass is harmless."""
@@ -505,7 +507,7 @@ class Ledger:
                 ":chunks": batch.chunk_count,
             },
         )
-        return self._pending_on_done(batch_id) if finished else None
+        return self._on_done_of(finished) if finished else None
 
     # -- on-done delivery ----------------------------------------------------------------------
     def claim_notification(
@@ -622,10 +624,6 @@ class Ledger:
         return batches, encode_cursor(got.get("LastEvaluatedKey"))
 
     # -- plumbing ----------------------------------------------------------------------------
-    def _pending_on_done(self, batch_id: str) -> DoneMessage | None:
-        batch = self.get_batch(batch_id)
-        return self._on_done_of(batch) if batch else None
-
     def _on_done_stranded(self, batch: BatchState) -> bool:
         if batch.notification.status != "pending" or batch.finished_at is None:
             return False
@@ -636,21 +634,25 @@ class Ledger:
     def _on_done_of(batch: BatchState) -> DoneMessage:
         return DoneMessage(batch_id=batch.batch_id, finish_seq=batch.finish_seq)
 
-    def _transition(self, batch_id: str, update: str, condition: str, values: dict[str, Any]) -> bool:
+    def _transition(
+        self, batch_id: str, update: str, condition: str, values: dict[str, Any]
+    ) -> BatchState | None:
+        """The batch as the write left it, or None when its condition did not hold."""
         try:
-            self._db.update_item(
+            got = self._db.update_item(
                 TableName=self._table,
                 Key=item({"pk": batch_pk(batch_id), "sk": "META"}),
                 UpdateExpression=update,
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status"} if "#status" in update + condition else {},
                 ExpressionAttributeValues=item(values),
+                ReturnValues="ALL_NEW",
             )
         except ClientError as exc:
             if _conditional_failure(exc):
-                return False
+                return None
             raise
-        return True
+        return BatchState.model_validate(plain(got["Attributes"]))
 
     def _transact(self, items: Sequence[TransactWriteItemTypeDef]) -> None:
         """DynamoDB cancels a transaction that races another on one item (TransactionConflict)

@@ -42,6 +42,10 @@ EVENT_TYPES = {
 }
 
 
+def event_type(batch: BatchState) -> str:
+    return EVENT_TYPES.get(batch.status, "batch.completed")
+
+
 def webhook_id(batch_id: str, finish_seq: int) -> str:
     return f"msg_{batch_id}_{finish_seq}"
 
@@ -122,19 +126,18 @@ class OnDoneDelivery:
 
     def _body(self, batch: BatchState) -> bytes:
         payload: dict[str, Any] = {
-            "type": EVENT_TYPES.get(batch.status, "batch.completed"),
+            "type": event_type(batch),
             "timestamp": batch.finished_at or batch.updated_at,
             "data": self._queries.view(batch),
         }
         return json.dumps(payload, separators=(",", ":")).encode()
 
     def _publish(self, batch: BatchState, message: DoneMessage, body: bytes) -> None:
-        event_type = EVENT_TYPES.get(batch.status, "batch.completed")
         self._sns.publish(
             TopicArn=self._topic,
             Message=body.decode(),
             MessageAttributes={
-                "type": {"DataType": "String", "StringValue": event_type},
+                "type": {"DataType": "String", "StringValue": event_type(batch)},
                 "batch_id": {"DataType": "String", "StringValue": batch.batch_id},
                 "webhook_id": {
                     "DataType": "String",
