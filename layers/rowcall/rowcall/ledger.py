@@ -638,15 +638,19 @@ class Ledger:
         self, batch_id: str, update: str, condition: str, values: dict[str, Any]
     ) -> BatchState | None:
         """The batch as the write left it, or None when its condition did not hold."""
+        # DynamoDB refuses an empty or unused ExpressionAttributeNames map.
+        names: dict[str, Any] = (
+            {"ExpressionAttributeNames": {"#status": "status"}} if "#status" in update + condition else {}
+        )
         try:
             got = self._db.update_item(
                 TableName=self._table,
                 Key=item({"pk": batch_pk(batch_id), "sk": "META"}),
                 UpdateExpression=update,
                 ConditionExpression=condition,
-                ExpressionAttributeNames={"#status": "status"} if "#status" in update + condition else {},
                 ExpressionAttributeValues=item(values),
                 ReturnValues="ALL_NEW",
+                **names,
             )
         except ClientError as exc:
             if _conditional_failure(exc):
