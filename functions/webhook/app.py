@@ -1,5 +1,6 @@
 """HTTP API: run callbacks (HMAC token in the URL) and the management API (IAM at the gateway)."""
 
+import base64
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -11,31 +12,53 @@ from pydantic import ValidationError
 
 from rowcall.api import ApiError, page_limit
 from rowcall.compose import batch_queries, callback_recorder
-from rowcall.models import RunObject
+from rowcall.flora_signature import SIGNATURE_HEADER
+from rowcall.models import RunWebhook
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 app = APIGatewayHttpResolver()
+# A FLORA envelope is well under 1 KB; anything far larger is refused before it is parsed.
+MAX_CALLBACK_BYTES = 64 * 1024
 
 
 @app.post("/callbacks/<batch_id>/<row_id>")
 @tracer.capture_method
 def run_callback(batch_id: str, row_id: str) -> dict[str, Any]:
+    event = app.current_event
     recorder = callback_recorder()
-    if not recorder.authentic(batch_id, row_id, app.current_event.get_query_string_value("token")):
-        metrics.add_metric(name="CallbacksRejected", unit=MetricUnit.Count, value=1)
-        raise ApiError(401, "invalid_token", "callback token is missing or does not match this row")
+    attempt = recorder.attempt_of(batch_id, row_id, event.get_query_string_value("token"))
+    if attempt is None:
+        raise _rejected(401, "invalid_token", "callback token is missing or does not match this row")
+    raw = _raw_body(event.body, bool(event.is_base64_encoded))
+    if len(raw) > MAX_CALLBACK_BYTES:
+        raise _rejected(413, "payload_too_large", f"a run webhook is at most {MAX_CALLBACK_BYTES} bytes")
+    if not recorder.signed_by_provider(event.get_header_value(SIGNATURE_HEADER, case_sensitive=False), raw):
+        raise _rejected(401, "invalid_signature", "Flora-Signature is missing, stale or does not match")
     try:
-        run = RunObject.model_validate_json(app.current_event.decoded_body or "")
+        webhook = RunWebhook.model_validate_json(raw)
     except ValidationError as exc:
-        metrics.add_metric(name="CallbacksRejected", unit=MetricUnit.Count, value=1)
-        raise ApiError(400, "invalid_body", "callback body is not a run object", _fields(exc)) from None
-    result = recorder.record(batch_id, row_id, run)
+        raise _rejected(400, "invalid_body", "callback body is not a run webhook", _fields(exc)) from None
+    result = recorder.record(batch_id, row_id, attempt, webhook)
     metrics.add_metric(
-        name="CallbacksRecorded" if result.recorded else "CallbacksIgnored", unit=MetricUnit.Count, value=1
+        name="CallbacksRecorded" if result.recorded or result.status == "fetching" else "CallbacksIgnored",
+        unit=MetricUnit.Count,
+        value=1,
     )
     return {"recorded": result.recorded, "status": result.status}
+
+
+def _rejected(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> ApiError:
+    metrics.add_metric(name="CallbacksRejected", unit=MetricUnit.Count, value=1)
+    return ApiError(status, code, message, fields)
+
+
+def _raw_body(body: str | None, base64_encoded: bool) -> bytes:
+    """The bytes FLORA signed: the signature covers the body exactly as sent."""
+    if body is None:
+        return b""
+    return base64.b64decode(body) if base64_encoded else body.encode()
 
 
 @app.get("/batches")

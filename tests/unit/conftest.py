@@ -14,8 +14,10 @@ import yaml
 from moto import mock_aws
 
 from rowcall.finishing import BatchFinisher
+from rowcall.ingest import IngestLimits, Ingestor, ObjectCreated
 from rowcall.ledger import Ledger
-from rowcall.queues import ChunkQueue, DoneQueue
+from rowcall.models import ChunkMessage
+from rowcall.queues import ChunkQueue, DoneQueue, FetchQueue
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -43,6 +45,7 @@ class Aws:
     table: str
     chunk_queue_url: str
     done_queue_url: str
+    fetch_queue_url: str
     topic_arn: str
 
     @property
@@ -58,6 +61,10 @@ class Aws:
         return ChunkQueue(self.sqs, self.chunk_queue_url)
 
     @property
+    def fetch_queue(self) -> FetchQueue:
+        return FetchQueue(self.sqs, self.fetch_queue_url)
+
+    @property
     def finisher(self) -> BatchFinisher:
         return BatchFinisher(self.ledger, self.done_queue)
 
@@ -71,6 +78,24 @@ class Aws:
             for m in messages:
                 bodies.append(m["Body"])
                 self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def ingest(aws: Aws, body: bytes, **meta: str) -> str:
+    """Upload `body` under uploads/ and ingest it (four rows a chunk); the new batch's id."""
+    put = aws.s3.put_object(Bucket=aws.bucket, Key="uploads/rows.csv", Body=body, Metadata=meta)
+    batch = Ingestor(
+        s3=aws.s3,
+        ledger=aws.ledger,
+        chunk_queue=aws.chunk_queue,
+        finisher=aws.finisher,
+        limits=IngestLimits(max_rows=1000, max_bytes=10**6, chunk_rows=4, default_technique_id="tech"),
+    ).ingest(ObjectCreated(bucket=aws.bucket, key="uploads/rows.csv", version_id=put["VersionId"]))
+    assert batch is not None
+    return batch.batch_id
+
+
+def chunk_messages(aws: Aws) -> list[ChunkMessage]:
+    return [ChunkMessage.model_validate_json(b) for b in aws.drain(aws.chunk_queue_url)]
 
 
 @pytest.fixture
@@ -101,5 +126,13 @@ def aws() -> Iterator[Aws]:
             table="rowcall-test",
             chunk_queue_url=sqs.create_queue(QueueName="chunks")["QueueUrl"],
             done_queue_url=sqs.create_queue(QueueName="done")["QueueUrl"],
+            fetch_queue_url=sqs.create_queue(
+                QueueName="fetch.fifo",
+                Attributes={
+                    k: str(v).lower() if isinstance(v, bool) else str(v)
+                    for k, v in template_resource("FetchQueue").items()
+                    if k in ("FifoQueue", "DeduplicationScope", "FifoThroughputLimit")
+                },
+            )["QueueUrl"],
             topic_arn=sns.create_topic(Name="on-done")["TopicArn"],
         )

@@ -8,20 +8,34 @@ import threading
 
 
 class ScriptedProvider:
-    """Answers create requests from a script of (status, headers, body), one per request."""
+    """Answers requests from a script of (status, headers, body), one per request, in order."""
 
     def __init__(self) -> None:
         self.script: list[tuple[int, dict[str, str], object]] = []
+        # Answers by request path, used before the script: for requests made concurrently.
+        self.by_path: dict[str, tuple[int, dict[str, str], object]] = {}
         self.requests: list[dict[str, object]] = []
         provider = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                self._answer(json.loads(body))
+
+            def do_GET(self) -> None:
+                self._answer(None)
+
+            def _answer(self, body: object) -> None:
                 provider.requests.append(
-                    {"path": self.path, "auth": self.headers.get("authorization"), "body": json.loads(body)}
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "auth": self.headers.get("authorization"),
+                        "body": body,
+                    }
                 )
-                status, headers, payload = provider.script.pop(0)
+                answer = provider.by_path.get(self.path.split("?")[0])
+                status, headers, payload = answer or provider.script.pop(0)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 for k, v in headers.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,13 @@ import boto3
 import pytest
 
 from rowcall.compose import secret
+from rowcall.flora_signature import signature_header
 
 from .conftest import Aws
 
 ROOT = Path(__file__).resolve().parents[2]
+PROVIDER_SECRET_PARAM = "/rowcall/provider-webhook-secret"
+PROVIDER_SECRET = "whsec_provider-signing-secret"
 
 
 @dataclass
@@ -51,11 +55,14 @@ def environment(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ssm = boto3.client("ssm", region_name="us-east-1")
     ssm.put_parameter(Name="/rowcall/callback-secret", Value="s3cret", Type="SecureString")
     ssm.put_parameter(Name="/rowcall/provider-api-key", Value="key", Type="SecureString")
+    ssm.put_parameter(Name=PROVIDER_SECRET_PARAM, Value=PROVIDER_SECRET, Type="SecureString")
     for key, value in {
         "TABLE_NAME": aws.table,
         "DONE_QUEUE_URL": aws.done_queue_url,
         "CHUNK_QUEUE_URL": aws.chunk_queue_url,
         "CALLBACK_SECRET_PARAM": "/rowcall/callback-secret",
+        "PROVIDER_WEBHOOK_SECRET_PARAM": PROVIDER_SECRET_PARAM,
+        "FETCH_QUEUE_URL": aws.fetch_queue_url,
         "PROVIDER_API_KEY_PARAM": "/rowcall/provider-api-key",
         "PROVIDER_URL": "http://127.0.0.1:9",
         "CALLBACK_BASE_URL": "http://127.0.0.1:9",
@@ -70,10 +77,17 @@ def environment(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setenv(key, value)
     from rowcall import compose
 
-    for factory in (compose.callback_recorder, compose.batch_queries, compose.ingestor, compose.run_starter):
+    factories = (
+        compose.callback_recorder,
+        compose.batch_queries,
+        compose.ingestor,
+        compose.run_starter,
+        compose.output_fetcher,
+    )
+    for factory in factories:
         factory.cache_clear()
     yield
-    for factory in (compose.callback_recorder, compose.batch_queries, compose.ingestor, compose.run_starter):
+    for factory in factories:
         factory.cache_clear()
 
 
@@ -96,17 +110,65 @@ def test_a_callback_with_a_forged_token_is_401_and_writes_nothing(webhook: Modul
     assert aws.dynamodb.scan(TableName=aws.table)["Count"] == 0
 
 
-def test_a_signed_callback_with_a_bad_body_is_400_with_fields(webhook: ModuleType) -> None:
+def signed_callback(body: str, *, secret_: str = PROVIDER_SECRET, age_s: int = 0) -> dict[str, Any]:
+    """The sample callback with a valid row token and a Flora-Signature over `body`."""
     from rowcall.identity import CallbackSigner
 
     callback = event("webhook-callback.json")
-    token = CallbackSigner(secret("/rowcall/callback-secret")).token("b_k3v7yqzq5d2ttvqmq3xw3gq2", "0-1")
+    token = CallbackSigner(secret("/rowcall/callback-secret")).token("b_k3v7yqzq5d2ttvqmq3xw3gq2", "0-1", 1)
     callback["queryStringParameters"]["token"] = token
     callback["rawQueryString"] = f"token={token}"
-    callback["body"] = '{"status": "completed"}'
-    response = webhook.lambda_handler(callback, Context())
+    callback["body"] = body
+    signed_at = int(time.time()) - age_s
+    callback["headers"]["flora-signature"] = signature_header([secret_], signed_at, body.encode())
+    return callback
+
+
+def test_a_signed_callback_with_a_bad_body_is_400_with_fields(webhook: ModuleType) -> None:
+    response = webhook.lambda_handler(signed_callback('{"type": "run.completed"}'), Context())
     assert response["statusCode"] == 400
-    assert "run_id" in json.loads(response["body"])["error"]["fields"]
+    assert "data" in json.loads(response["body"])["error"]["fields"]
+
+
+@pytest.mark.parametrize(("secret_", "age_s"), [("whsec_forged", 0), (PROVIDER_SECRET, 301)])
+def test_a_forged_or_stale_signature_is_401_and_queues_nothing(
+    webhook: ModuleType, aws: Aws, secret_: str, age_s: int
+) -> None:
+    body = event("webhook-callback.json")["body"]
+    response = webhook.lambda_handler(signed_callback(body, secret_=secret_, age_s=age_s), Context())
+    assert response["statusCode"] == 401
+    assert json.loads(response["body"])["error"]["code"] == "invalid_signature"
+    assert aws.drain(aws.fetch_queue_url) == [] and aws.dynamodb.scan(TableName=aws.table)["Count"] == 0
+
+
+def test_an_oversized_callback_is_413_before_it_is_parsed(webhook: ModuleType) -> None:
+    response = webhook.lambda_handler(signed_callback("x" * (65 * 1024)), Context())
+    assert response["statusCode"] == 413
+
+
+def test_a_completed_run_webhook_queues_one_fetch_and_answers_at_once(webhook: ModuleType, aws: Aws) -> None:
+    body = event("webhook-callback.json")["body"]
+    for _ in range(2):  # a retried delivery
+        response = webhook.lambda_handler(signed_callback(body), Context())
+        assert response["statusCode"] == 200
+        assert json.loads(response["body"]) == {"recorded": False, "status": "fetching"}
+    (queued,) = aws.drain(aws.fetch_queue_url)
+    assert json.loads(queued) == {
+        "batch_id": "b_k3v7yqzq5d2ttvqmq3xw3gq2",
+        "chunk": 0,
+        "record": 1,
+        "attempt": 1,
+        "run_id": "run_5f0c2d9e8b7a6c5d4e3f",
+    }
+
+
+def test_the_fetcher_reports_a_fetch_that_failed_and_keeps_the_rest(environment: None, aws: Aws) -> None:
+    sqs_event = event("fetcher-sqs-finished-run.json")
+    good = sqs_event["Records"][0]
+    sqs_event["Records"].append(good | {"messageId": "bad-1", "body": '{"batch_id": 42}'})
+    result = load_handler("fetcher").lambda_handler(sqs_event, Context())
+    # The good record names a batch this table does not have: dropped, not retried.
+    assert result == {"batchItemFailures": [{"itemIdentifier": "bad-1"}]}
 
 
 def test_list_limit_out_of_range_is_400(webhook: ModuleType) -> None:

@@ -48,10 +48,10 @@ def done_messages(aws: Aws) -> list[DoneMessage]:
 
 def test_a_duplicate_outcome_changes_nothing(aws: Aws) -> None:
     batch_id = running_batch(aws, [2])
-    assert aws.ledger.row_finished(batch_id, 0, 1, DONE)
-    assert not aws.ledger.row_finished(batch_id, 0, 1, DONE)
+    assert aws.ledger.row_finished(batch_id, 0, 1, DONE, attempt=1)
+    assert not aws.ledger.row_finished(batch_id, 0, 1, DONE, attempt=1)
     failed = RowOutcome(status=RowStatus.FAILED, run_id="run_1", error_code="x")
-    assert not aws.ledger.row_finished(batch_id, 0, 1, failed)
+    assert not aws.ledger.row_finished(batch_id, 0, 1, failed, attempt=1)
     counter = aws.ledger.chunk_counter(batch_id, 0)
     assert counter is not None and (counter.completed, counter.failed) == (1, 0)
 
@@ -60,12 +60,12 @@ def test_an_outcome_for_another_run_of_the_row_is_ignored(aws: Aws) -> None:
     batch_id = running_batch(aws, [1])
     aws.ledger.row_started(batch_id, 0, 1, run_id="run_mine", attempt=1, line=2, key="k")
     stranger = RowOutcome(status=RowStatus.COMPLETED, run_id="run_other")
-    assert not aws.ledger.row_finished(batch_id, 0, 1, stranger)
+    assert not aws.ledger.row_finished(batch_id, 0, 1, stranger, attempt=1)
 
 
 def test_a_callback_before_the_worker_recorded_the_run_keeps_the_terminal_state(aws: Aws) -> None:
     batch_id = running_batch(aws, [1])
-    assert aws.ledger.row_finished(batch_id, 0, 1, DONE)
+    assert aws.ledger.row_finished(batch_id, 0, 1, DONE, attempt=1)
     assert not aws.ledger.row_started(batch_id, 0, 1, run_id="run_1", attempt=1, line=2, key="k")
     (row,) = aws.ledger.rows_of_chunk(batch_id, 0)
     assert (row.status, row.line, row.key) == (RowStatus.COMPLETED, 2, "k")
@@ -75,8 +75,10 @@ def test_the_last_two_callbacks_racing_finish_the_batch_once(aws: Aws) -> None:
     batch_id = running_batch(aws, [1, 1])
     aws.ledger.mark_running(batch_id)
     # Both outcomes land before either caller looks at the counters: both see a finished batch.
-    assert aws.ledger.row_finished(batch_id, 0, 1, DONE)
-    assert aws.ledger.row_finished(batch_id, 1, 2, RowOutcome(status=RowStatus.FAILED, error_code="e"))
+    assert aws.ledger.row_finished(batch_id, 0, 1, DONE, attempt=1)
+    assert aws.ledger.row_finished(
+        batch_id, 1, 2, RowOutcome(status=RowStatus.FAILED, error_code="e"), attempt=1
+    )
     for chunk in (0, 1, 0, 1):
         aws.finisher.after_row_finished(batch_id, chunk)
     batch = aws.ledger.get_batch(batch_id)
@@ -92,7 +94,7 @@ def test_the_last_two_callbacks_racing_finish_the_batch_once(aws: Aws) -> None:
 
 def test_rows_finishing_before_the_batch_is_sealed_finish_it_when_ingest_seals(aws: Aws) -> None:
     batch_id = running_batch(aws, [1])
-    assert aws.ledger.row_finished(batch_id, 0, 1, DONE)
+    assert aws.ledger.row_finished(batch_id, 0, 1, DONE, attempt=1)
     aws.finisher.after_row_finished(batch_id, 0)  # still `ingesting`: finishing is allowed once settled
     aws.ledger.mark_running(batch_id)
     aws.finisher.finish_if_done(batch_id)
@@ -102,7 +104,7 @@ def test_rows_finishing_before_the_batch_is_sealed_finish_it_when_ingest_seals(a
 
 def test_a_claimed_notification_cannot_be_claimed_twice(aws: Aws) -> None:
     batch_id = running_batch(aws, [1])
-    aws.ledger.row_finished(batch_id, 0, 1, DONE)
+    aws.ledger.row_finished(batch_id, 0, 1, DONE, attempt=1)
     aws.finisher.after_row_finished(batch_id, 0)
     message = DoneMessage(batch_id=batch_id, finish_seq=1)
     assert aws.ledger.claim_notification(message, lease_seconds=60, now_epoch=1000) is not None
@@ -113,7 +115,7 @@ def test_a_claimed_notification_cannot_be_claimed_twice(aws: Aws) -> None:
 
 def test_a_second_planning_pass_does_not_reset_counts_already_made(aws: Aws) -> None:
     batch_id = running_batch(aws, [2])
-    assert aws.ledger.row_finished(batch_id, 0, 1, DONE)
+    assert aws.ledger.row_finished(batch_id, 0, 1, DONE, attempt=1)
     # A duplicate S3 event that was still scanning reaches the same plan afterwards.
     chunks = [ChunkPlan(index=0, start=1, end=2, first_record=1, first_line=2, rows=2)]
     assert not aws.ledger.record_plan(batch_id, header=["a"], chunks=chunks, rows_skipped=0)
@@ -137,7 +139,7 @@ def test_a_refusal_is_recorded_with_its_row_in_one_write(aws: Aws) -> None:
 
 def test_an_on_done_whose_sender_died_is_offered_again_once_it_is_stale(aws: Aws) -> None:
     batch_id = running_batch(aws, [1])
-    aws.ledger.row_finished(batch_id, 0, 1, DONE)
+    aws.ledger.row_finished(batch_id, 0, 1, DONE, attempt=1)
     counter = aws.ledger.chunk_counter(batch_id, 0)
     assert counter is not None and aws.ledger.settle_chunk(batch_id, counter)
     assert aws.ledger.finish_if_done(batch_id) is not None  # its sender "dies" before sending
@@ -148,7 +150,7 @@ def test_an_on_done_whose_sender_died_is_offered_again_once_it_is_stale(aws: Aws
 
 def test_a_retry_arriving_in_the_second_its_lease_ends_is_claimed(aws: Aws) -> None:
     batch_id = running_batch(aws, [1])
-    aws.ledger.row_finished(batch_id, 0, 1, DONE)
+    aws.ledger.row_finished(batch_id, 0, 1, DONE, attempt=1)
     aws.finisher.after_row_finished(batch_id, 0)
     first = DoneMessage(batch_id=batch_id, finish_seq=1)
     assert aws.ledger.claim_notification(first, lease_seconds=60, now_epoch=1000.2) is not None
@@ -175,7 +177,7 @@ def test_a_transaction_cancelled_by_a_conflict_is_retried() -> None:
     )
     stubber.add_response("transact_write_items", {})
     with stubber:
-        assert Ledger(client, "t").row_finished("b", 0, 1, DONE)
+        assert Ledger(client, "t").row_finished("b", 0, 1, DONE, attempt=1)
     stubber.assert_no_pending_responses()
 
 

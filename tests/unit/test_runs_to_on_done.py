@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -15,22 +16,24 @@ import pytest
 from standardwebhooks import Webhook
 
 from rowcall.callbacks import CallbackRecorder
+from rowcall.fetching import OutputFetcher
 from rowcall.identity import CallbackSigner
-from rowcall.ingest import IngestLimits, Ingestor, ObjectCreated
-from rowcall.models import BatchStatus, ChunkMessage, DoneMessage, RunObject
+from rowcall.models import BatchStatus, DoneMessage, FetchMessage, RunWebhook
 from rowcall.ondone import OnDoneDelivery
-from rowcall.provider import RetryPolicy
+from rowcall.provider import ProviderConnection, RetryPolicy
 from rowcall.queues import DoneQueue
-from rowcall.runs import ChunkIncomplete, ProviderConnection, RunStarter
+from rowcall.runs import ChunkIncomplete, RunStarter
 from rowcall.signing import WebhookSigner
 from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
-from .conftest import Aws
+from .conftest import Aws, chunk_messages, ingest
 from .scripted_provider import ScriptedProvider, error
 
 API_KEY = "test-provider-key"
-SIGNER = CallbackSigner("callback-secret")
+CALLBACK_SECRET = "callback-secret"
+SIGNER = CallbackSigner(CALLBACK_SECRET)
+PROVIDER_SECRET = "whsec_provider-signing-secret"
 WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAST_RETRY = RetryPolicy(attempts=8, base_delay_s=0.01, max_delay_s=0.05)
 
@@ -43,22 +46,14 @@ def callbacks() -> Iterator[Receiver]:
 
 
 def start_provider(**faults: object) -> ProviderEmulator:
-    emulator = ProviderEmulator(API_KEY, ProviderFaults(delay_ms=(0, 5), seed=7, **faults))  # type: ignore[arg-type]
+    emulator = ProviderEmulator(
+        API_KEY,
+        ProviderFaults(delay_ms=(0, 5), seed=7, **faults),  # type: ignore[arg-type]
+        webhook_secret=PROVIDER_SECRET,
+        allow_loopback_callbacks=True,
+    )
     emulator.start()
     return emulator
-
-
-def ingest(aws: Aws, body: bytes, **meta: str) -> str:
-    put = aws.s3.put_object(Bucket=aws.bucket, Key="uploads/rows.csv", Body=body, Metadata=meta)
-    batch = Ingestor(
-        s3=aws.s3,
-        ledger=aws.ledger,
-        chunk_queue=aws.chunk_queue,
-        finisher=aws.finisher,
-        limits=IngestLimits(max_rows=1000, max_bytes=10**6, chunk_rows=4, default_technique_id="tech"),
-    ).ingest(ObjectCreated(bucket=aws.bucket, key="uploads/rows.csv", version_id=put["VersionId"]))
-    assert batch is not None
-    return batch.batch_id
 
 
 def starter(aws: Aws, provider: ProviderEmulator | ScriptedProvider, callbacks: Receiver) -> RunStarter:
@@ -74,22 +69,42 @@ def starter(aws: Aws, provider: ProviderEmulator | ScriptedProvider, callbacks: 
     )
 
 
-def chunk_messages(aws: Aws) -> list[ChunkMessage]:
-    return [ChunkMessage.model_validate_json(b) for b in aws.drain(aws.chunk_queue_url)]
-
-
-def replay(aws: Aws, received: list, order: random.Random | None = None) -> None:  # type: ignore[type-arg]
-    """Deliver recorded callbacks to the recorder as the webhook function would, token first."""
-    recorder = CallbackRecorder(aws.ledger, aws.finisher, SIGNER)
+def replay(
+    aws: Aws,
+    provider: ProviderEmulator,
+    received: list,  # type: ignore[type-arg]
+    order: random.Random | None = None,
+) -> None:
+    """Deliver recorded webhooks as the webhook function would (token, then signature), then
+    fetch the completed runs' outputs as the fetcher function would."""
+    recorder = CallbackRecorder(
+        ledger=aws.ledger,
+        finisher=aws.finisher,
+        fetch_queue=aws.fetch_queue,
+        callback_secrets=lambda: [CALLBACK_SECRET],
+        provider_signing_secrets=lambda: [PROVIDER_SECRET],
+    )
     calls = list(received)
     if order:
         order.shuffle(calls)
     for call in calls:
         parts = urlsplit(call.path)
         _, _, batch_id, row_id = parts.path.split("/")
-        token = parse_qs(parts.query)["token"][0]
-        assert recorder.authentic(batch_id, row_id, token)
-        recorder.record(batch_id, row_id, RunObject.model_validate_json(call.body))
+        attempt = recorder.attempt_of(batch_id, row_id, parse_qs(parts.query)["token"][0])
+        assert attempt is not None
+        assert recorder.signed_by_provider(call.headers["flora-signature"], call.body)
+        recorder.record(batch_id, row_id, attempt, RunWebhook.model_validate_json(call.body))
+    fetcher = OutputFetcher(
+        ledger=aws.ledger,
+        finisher=aws.finisher,
+        provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
+    )
+    messages = [FetchMessage.model_validate_json(b) for b in aws.drain(aws.fetch_queue_url)]
+
+    async def fetch_all() -> None:
+        await asyncio.gather(*(fetcher.fetch(m) for m in messages))
+
+    asyncio.run(fetch_all())
 
 
 ROWS = b'sku,prompt,style\nA1,=SUM(1),plain\nA2,a dog,"bold, loud"\nA3,x\nA4,a fox,\nA5,an owl,\nA6,a bee,\n'
@@ -107,7 +122,7 @@ def test_every_row_starts_once_and_a_redelivered_chunk_starts_nothing(aws: Aws, 
         stats = provider.stats()
         assert (stats["creates"], stats["unique_idempotency_keys"], stats["duplicate_creates"]) == (5, 5, 0)
         received = callbacks.wait_for(lambda got: len(got) == 5)
-        replay(aws, received + received, random.Random(3))  # duplicated and out of order
+        replay(aws, provider, received + received, random.Random(3))  # duplicated and out of order
         batch = aws.ledger.get_batch(batch_id)
         assert batch is not None
         assert (batch.status, batch.completed_count, batch.failed_count, batch.rows_skipped) == (
@@ -171,7 +186,7 @@ def finish_batch(aws: Aws, callbacks: Receiver, on_done_url: str, fail_rate: flo
         batch_id = ingest(aws, ROWS, **{"on-done-url": on_done_url, "key-column": "sku"})
         for message in chunk_messages(aws):
             starter(aws, provider, callbacks).start_chunk(message, lambda: 300.0)
-        replay(aws, callbacks.wait_for(lambda got: len(got) == 5))
+        replay(aws, provider, callbacks.wait_for(lambda got: len(got) == 5))
     finally:
         provider.stop()
     return batch_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -11,14 +12,22 @@ from aws_lambda_powertools.utilities import parameters
 
 from rowcall.api import BatchQueries
 from rowcall.callbacks import CallbackRecorder
+from rowcall.fetching import OutputFetcher
 from rowcall.finishing import BatchFinisher
-from rowcall.identity import CallbackSigner
+from rowcall.identity import CallbackSigner, secret_list
 from rowcall.ingest import IngestLimits, Ingestor
 from rowcall.ledger import Ledger
 from rowcall.ondone import OnDoneDelivery
-from rowcall.queues import ChunkQueue, DoneQueue, RedeliverySchedule
-from rowcall.runs import ProviderConnection, RunStarter
-from rowcall.settings import IngestSettings, NotifierSettings, WebhookSettings, WorkerSettings
+from rowcall.provider import ProviderConnection
+from rowcall.queues import ChunkQueue, DoneQueue, FetchQueue, RedeliverySchedule
+from rowcall.runs import RunStarter
+from rowcall.settings import (
+    FetcherSettings,
+    IngestSettings,
+    NotifierSettings,
+    WebhookSettings,
+    WorkerSettings,
+)
 from rowcall.signing import WebhookSigner
 
 if TYPE_CHECKING:
@@ -92,10 +101,14 @@ def run_starter() -> RunStarter:
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret(settings.provider_api_key_param)
         ),
-        signer=CallbackSigner(secret(settings.callback_secret_param)),
+        signer=CallbackSigner(secret_list(secret(settings.callback_secret_param))),
         callback_base_url=settings.callback_base_url,
         concurrency=settings.run_concurrency,
     )
+
+
+def _secrets(name: str) -> Callable[[], list[str]]:
+    return lambda: secret_list(secret(name))
 
 
 @cache
@@ -103,9 +116,24 @@ def callback_recorder() -> CallbackRecorder:
     settings = WebhookSettings.from_env()
     ledger = _ledger(settings.table_name)
     return CallbackRecorder(
-        ledger,
-        _finisher(ledger, settings.done_queue_url),
-        CallbackSigner(secret(settings.callback_secret_param)),
+        ledger=ledger,
+        finisher=_finisher(ledger, settings.done_queue_url),
+        fetch_queue=FetchQueue(_sqs(), settings.fetch_queue_url),
+        callback_secrets=_secrets(settings.callback_secret_param),
+        provider_signing_secrets=_secrets(settings.provider_webhook_secret_param),
+    )
+
+
+@cache
+def output_fetcher() -> OutputFetcher:
+    settings = FetcherSettings.from_env()
+    ledger = _ledger(settings.table_name)
+    return OutputFetcher(
+        ledger=ledger,
+        finisher=_finisher(ledger, settings.done_queue_url),
+        provider=ProviderConnection(
+            base_url=settings.provider_url, api_key=secret(settings.provider_api_key_param)
+        ),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 
 def batch_id_for(bucket: str, key: str, version_id: str | None, sequencer: str | None) -> str:
@@ -30,14 +31,39 @@ def idempotency_key_for(batch_id: str, row_id: str, attempt: int) -> str:
 
 
 class CallbackSigner:
-    """Signs and checks the per-row token carried in callback URLs."""
+    """Signs and checks the per-row token carried in callback URLs.
 
-    def __init__(self, secret: str) -> None:
-        self._key = secret.encode()
+    The token binds (batch, row, attempt), so a callback of an earlier attempt of a reprocessed
+    row cannot pass for the current one. It is signed with the first secret and checked against
+    each, so a rotated secret (new one first, old one kept a while) loses no callback in flight.
+    """
 
-    def token(self, batch_id: str, row_id: str) -> str:
-        mac = hmac.new(self._key, f"{batch_id}:{row_id}".encode(), hashlib.sha256).digest()
+    def __init__(self, secrets: str | Sequence[str]) -> None:
+        keys = [secrets] if isinstance(secrets, str) else list(secrets)
+        self._keys = [k.encode() for k in keys if k]
+        if not self._keys:
+            raise ValueError("a callback signer needs at least one secret")
+
+    @staticmethod
+    def _mac(key: bytes, batch_id: str, row_id: str, attempt: int) -> str:
+        mac = hmac.new(key, f"{batch_id}:{row_id}:{attempt}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
-    def verify(self, batch_id: str, row_id: str, token: str) -> bool:
-        return hmac.compare_digest(self.token(batch_id, row_id), token)
+    def token(self, batch_id: str, row_id: str, attempt: int) -> str:
+        return f"{attempt}.{self._mac(self._keys[0], batch_id, row_id, attempt)}"
+
+    def verify(self, batch_id: str, row_id: str, token: str) -> int | None:
+        """The attempt the token was made for, or None when it is not ours."""
+        attempt, sep, offered = token.partition(".")
+        if not sep or not attempt.isdigit() or len(attempt) > 6 or int(attempt) < 1:
+            return None
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(self._mac(key, batch_id, row_id, int(attempt)), offered)
+        return int(attempt) if matched else None
+
+
+def secret_list(value: str) -> list[str]:
+    """A secret parameter's value: one secret, or several separated by white space while rotating
+    (the one to sign with first)."""
+    return value.split()

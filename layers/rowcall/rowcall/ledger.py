@@ -315,14 +315,14 @@ class Ledger:
         record: int,
         outcome: RowOutcome,
         *,
+        attempt: int,
         line: int | None = None,
         key: str | None = None,
-        attempt: int | None = None,
     ) -> bool:
         """pending|running -> completed|failed, counted in its chunk in the same transaction.
 
         False when the row was finished already (a duplicate or late callback) or the outcome is
-        for a run this row is not waiting for: nothing changes then.
+        for an attempt or a run this row is not waiting for: nothing changes then.
         """
         now = iso(self._clock())
         counter = "completed" if outcome.status is RowStatus.COMPLETED else "failed"
@@ -335,9 +335,11 @@ class Ledger:
             ":chunk": chunk,
             ":record": record,
             ":batch": batch_id,
+            ":attempt": attempt,
         }
         sets = [
             "#status = :status",
+            "attempt = :attempt",
             "outputs = :outputs",
             "updated_at = :now",
             "chunk = :chunk",
@@ -349,7 +351,6 @@ class Ledger:
             "error_message": outcome.error_message,
             "line": line,
             "key": key,
-            "attempt": attempt,
         }
         names = {"#status": "status", "#record": "record"}
         for name, value in described.items():
@@ -357,7 +358,10 @@ class Ledger:
                 names[f"#{name}"] = name
                 sets.append(f"#{name} = :{name}")
                 row_values[f":{name}"] = value
-        condition = "(attribute_not_exists(#status) OR #status IN (:pending, :running))"
+        condition = (
+            "(attribute_not_exists(#status) OR #status IN (:pending, :running))"
+            " AND (attribute_not_exists(attempt) OR attempt = :attempt)"
+        )
         if outcome.run_id:
             sets.append("run_id = :run")
             row_values[":run"] = outcome.run_id

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def utcnow() -> datetime:
@@ -156,20 +156,22 @@ class RunOutput(BaseModel):
 
 
 class RunObject(BaseModel):
-    """The provider's run, as returned on create and posted to callbacks (contract §5)."""
+    """The provider's run, as create, GET and list return it (contract §5; `@flora-ai/flora`'s
+    RunRetrieveResponse: times are unix-ms numbers, optional fields absent)."""
 
     model_config = ConfigDict(extra="allow")
 
     run_id: str = Field(min_length=1)
     status: str
     progress: float | None = None
-    created_at: str | None = None
-    started_at: str | None = None
-    completed_at: str | None = None
+    created_at: int | float | str | None = None
+    started_at: int | float | str | None = None
+    completed_at: int | float | str | None = None
     outputs: list[RunOutput] = Field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
     charged_cost: float | None = None
+    poll_url: str | None = None
 
     @property
     def terminal_status(self) -> RowStatus | None:
@@ -178,6 +180,49 @@ class RunObject(BaseModel):
         if self.status in ("failed", "canceled", "cancelled", "error"):
             return RowStatus.FAILED
         return None
+
+
+class RunWebhookData(BaseModel):
+    """What a run webhook says of the run: its terminal state, never its outputs."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    run_id: str = Field(min_length=1, max_length=200)
+    run_type: str
+    workspace_id: str
+    status: Literal["completed", "failed"]
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class RunWebhook(BaseModel):
+    """FLORA's webhook envelope (contract §5), verified by its `Flora-Signature` before it is read."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["run.completed", "run.failed"]
+    api_version: str
+    created_at: int
+    data: RunWebhookData
+
+    @model_validator(mode="after")
+    def _type_matches_status(self) -> RunWebhook:
+        if self.type != f"run.{self.data.status}":
+            raise ValueError(f"event type {self.type} disagrees with run status {self.data.status}")
+        return self
+
+
+class FetchMessage(BaseModel):
+    """The fetch queue's message: fetch one finished run's outputs and record them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    chunk: int = Field(ge=0)
+    record: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    run_id: str = Field(min_length=1)
 
 
 class CreateRunRequest(BaseModel):

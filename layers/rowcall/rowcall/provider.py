@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -51,6 +52,16 @@ class RunRefused:
 CreateOutcome = RunCreated | RunAlreadyCreated | RunRefused
 
 
+@dataclass(frozen=True)
+class RunNotFound:
+    """The provider does not know the run (or not under this technique)."""
+
+    message: str
+
+
+_Outcome = TypeVar("_Outcome")
+
+
 class ProviderUnavailable(Exception):
     """Transient failures outlasted the retries; the row is left for a later attempt."""
 
@@ -66,11 +77,33 @@ class RetryPolicy:
         return rng.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
 
 
+@dataclass(frozen=True)
+class ProviderConnection:
+    base_url: str
+    api_key: str
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_s: float = 15.0
+
+
 def _error_of(response: httpx.Response) -> ProviderErrorBody:
     try:
         return ProviderErrorEnvelope.model_validate(response.json()).error
     except (ValueError, ValidationError):
         return ProviderErrorBody(code=f"http_{response.status_code}", message=response.text[:200])
+
+
+def _fetched(response: httpx.Response) -> RunObject | RunNotFound | None:
+    if response.status_code == 200:
+        try:
+            return RunObject.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise ProviderUnavailable(f"provider answered a run that is not one: {exc}") from None
+    if response.status_code == 404:
+        return RunNotFound(_error_of(response).message)
+    if response.status_code == 429 or response.status_code >= 500:
+        return None
+    error = _error_of(response)
+    raise ProviderUnavailable(f"provider refused the fetch: HTTP {response.status_code} {error.code}")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -104,15 +137,31 @@ class ProviderClient:
     async def create_run(self, technique_id: str, request: CreateRunRequest) -> CreateOutcome:
         url = f"{self._base}/techniques/{technique_id}/runs"
         body = request.model_dump(mode="json")
+        return await self._with_retries("POST", url, body, self._outcome, "accept the run")
+
+    async def get_run(self, technique_id: str, run_id: str) -> RunObject | RunNotFound:
+        """The run with its outputs (its `poll_url`); asked once, after its terminal webhook."""
+        url = f"{self._base}/techniques/{quote(technique_id, safe='')}/runs/{quote(run_id, safe='')}"
+        return await self._with_retries("GET", url, None, _fetched, "return the run")
+
+    async def _with_retries(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None,
+        outcome_of: Callable[[httpx.Response], _Outcome | None],
+        what: str,
+    ) -> _Outcome:
+        """`outcome_of` returns None for an answer worth trying again (429, 5xx)."""
         last_problem = "no attempt made"
         for attempt in range(self._retry.attempts):
             delay: float | None = None
             try:
-                response = await self._http.post(url, json=body, headers=self._headers)
+                response = await self._http.request(method, url, json=body, headers=self._headers)
             except httpx.TransportError as exc:
                 last_problem = f"{type(exc).__name__}: {exc}"
             else:
-                outcome = self._outcome(response)
+                outcome = outcome_of(response)
                 if outcome is not None:
                     return outcome
                 last_problem = f"HTTP {response.status_code}"
@@ -120,9 +169,8 @@ class ProviderClient:
             if attempt + 1 < self._retry.attempts:
                 backoff = self._retry.backoff(attempt, self._rng)
                 await self._sleep(backoff if delay is None else delay + backoff / 4)
-        raise ProviderUnavailable(
-            f"provider did not accept the run after {self._retry.attempts} tries: {last_problem}"
-        )
+        tries = self._retry.attempts
+        raise ProviderUnavailable(f"provider did not {what} after {tries} tries: {last_problem}")
 
     @staticmethod
     def _outcome(response: httpx.Response) -> CreateOutcome | None:

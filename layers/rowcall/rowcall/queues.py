@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rowcall.models import ChunkMessage, DoneMessage
+from rowcall.models import ChunkMessage, DoneMessage, FetchMessage
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -47,6 +48,28 @@ class DoneQueue:
             QueueUrl=self._url,
             MessageBody=message.model_dump_json(),
             DelaySeconds=max(0, min(delay_seconds, MAX_DELAY_SECONDS)),
+        )
+
+
+class FetchQueue:
+    """A FIFO queue deduplicated by run id: a run's webhook delivered twice, or retried by the
+    provider within SQS's five-minute deduplication window, asks for its outputs once.
+
+    Each run is its own message group, so no run waits behind another's retry.
+    """
+
+    def __init__(self, sqs: SQSClient, url: str) -> None:
+        self._sqs = sqs
+        self._url = url
+
+    def send(self, message: FetchMessage) -> None:
+        # Group and deduplication ids take at most 128 characters; a provider's run id may not.
+        run = hashlib.sha256(message.run_id.encode()).hexdigest()
+        self._sqs.send_message(
+            QueueUrl=self._url,
+            MessageBody=message.model_dump_json(),
+            MessageGroupId=run,
+            MessageDeduplicationId=run,
         )
 
 

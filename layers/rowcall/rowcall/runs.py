@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
@@ -30,8 +30,8 @@ from rowcall.models import (
 )
 from rowcall.provider import (
     ProviderClient,
+    ProviderConnection,
     ProviderUnavailable,
-    RetryPolicy,
     RunAlreadyCreated,
     RunCreated,
     RunRefused,
@@ -79,14 +79,6 @@ class ChunkIncomplete(Exception):
 
 class ChunkBusy(ChunkIncomplete):
     """Another delivery of this chunk is at work; this one comes back later and skips its rows."""
-
-
-@dataclass(frozen=True)
-class ProviderConnection:
-    base_url: str
-    api_key: str
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeout_s: float = 15.0
 
 
 class RunStarter:
@@ -194,7 +186,7 @@ class RunStarter:
         attempt = 1
         request = CreateRunRequest(
             inputs=job.inputs,
-            callback_url=self._callback_url(batch.batch_id, job.row_id),
+            callback_url=self._callback_url(batch.batch_id, job.row_id, attempt),
             idempotency_key=idempotency_key_for(batch.batch_id, job.row_id, attempt),
         )
         try:
@@ -239,10 +231,10 @@ class RunStarter:
         )
         # One write: a row marked started first could be stranded `running` by a crash here.
         self._ledger.row_finished(
-            batch.batch_id, job.chunk, job.record, outcome, line=job.line, key=job.key, attempt=1
+            batch.batch_id, job.chunk, job.record, outcome, attempt=1, line=job.line, key=job.key
         )
         self._finisher.after_row_finished(batch.batch_id, job.chunk)
 
-    def _callback_url(self, batch_id: str, row_id: str) -> str:
-        token = self._signer.token(batch_id, row_id)
+    def _callback_url(self, batch_id: str, row_id: str, attempt: int) -> str:
+        token = self._signer.token(batch_id, row_id, attempt)
         return f"{self._callback_base}/callbacks/{batch_id}/{row_id}?token={token}"
