@@ -28,15 +28,23 @@ class LocalStack:
     info: dict[str, Any]
     state_dir: Path
 
-    @property
-    def s3(self) -> Any:
+    def client(self, service: str) -> Any:
+        """A client of the embedded AWS, with the stack's own (not a function's) credentials."""
         return boto3.client(
-            "s3",
+            service,  # type: ignore[call-overload]
             endpoint_url=self.info["aws_endpoint_url"],
             region_name=self.info["region"],
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
+
+    @property
+    def s3(self) -> Any:
+        return self.client("s3")
+
+    @property
+    def sqs(self) -> Any:
+        return self.client("sqs")
 
     @property
     def api(self) -> httpx.Client:
