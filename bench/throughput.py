@@ -100,7 +100,8 @@ def main(rows: int) -> None:
     )
     print(f"upload -> last row finished: {seconds:.1f} s  = {rows / seconds:.0f} rows/s")
     print(f"last row finished -> on-done received: {notified - finished:.2f} s (includes the 50 ms API poll)")
-    per_row = {k: provider[k] / rows for k in ("creates", "gets", "callbacks_sent")}
+    # gets = output fetches (one per completed run at most); polls must stay 0.
+    per_row = {k: provider[k] / rows for k in ("creates", "gets", "lists", "polls", "callbacks_sent")}
     print("provider requests per row: " + ", ".join(f"{k} {v:.2f}" for k, v in per_row.items()))
     print("AWS requests per row (moto recorder):")
     for action, n in sorted(counts.items(), key=lambda kv: -kv[1]):
