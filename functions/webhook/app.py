@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from rowcall.api import ApiError, page_limit
-from rowcall.compose import batch_queries, callback_recorder
+from rowcall.compose import batch_queries, callback_intake
 from rowcall.flora_signature import SIGNATURE_HEADER
 from rowcall.models import RunWebhook
 
@@ -27,26 +27,22 @@ MAX_CALLBACK_BYTES = 64 * 1024
 @tracer.capture_method
 def run_callback(batch_id: str, row_id: str) -> dict[str, Any]:
     event = app.current_event
-    recorder = callback_recorder()
-    attempt = recorder.attempt_of(batch_id, row_id, event.get_query_string_value("token"))
+    intake = callback_intake()
+    attempt = intake.attempt_of(batch_id, row_id, event.get_query_string_value("token"))
     if attempt is None:
         raise _rejected(401, "invalid_token", "callback token is missing or does not match this row")
     raw = _raw_body(event.body, bool(event.is_base64_encoded))
     if len(raw) > MAX_CALLBACK_BYTES:
         raise _rejected(413, "payload_too_large", f"a run webhook is at most {MAX_CALLBACK_BYTES} bytes")
-    if not recorder.signed_by_provider(event.get_header_value(SIGNATURE_HEADER, case_sensitive=False), raw):
+    if not intake.signed_by_provider(event.get_header_value(SIGNATURE_HEADER, case_sensitive=False), raw):
         raise _rejected(401, "invalid_signature", "Flora-Signature is missing, stale or does not match")
     try:
         webhook = RunWebhook.model_validate_json(raw)
     except ValidationError as exc:
         raise _rejected(400, "invalid_body", "callback body is not a run webhook", _fields(exc)) from None
-    result = recorder.record(batch_id, row_id, attempt, webhook)
-    metrics.add_metric(
-        name="CallbacksRecorded" if result.recorded or result.status == "fetching" else "CallbacksIgnored",
-        unit=MetricUnit.Count,
-        value=1,
-    )
-    return {"recorded": result.recorded, "status": result.status}
+    intake.accept(batch_id, row_id, attempt, webhook)
+    metrics.add_metric(name="CallbacksAccepted", unit=MetricUnit.Count, value=1)
+    return {"accepted": True}
 
 
 def _rejected(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> ApiError:

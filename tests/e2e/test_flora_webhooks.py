@@ -86,9 +86,9 @@ def wait_until(condition: Any, timeout_s: float = 30) -> None:
         time.sleep(0.1)
 
 
-def fetch_queue_empty(stack: LocalStack) -> bool:
+def finished_runs_empty(stack: LocalStack) -> bool:
     sqs = stack.sqs
-    url = next(u for u in sqs.list_queues()["QueueUrls"] if "FetchQueue" in u)
+    url = next(u for u in sqs.list_queues()["QueueUrls"] if "FinishedRunQueue" in u)
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     waiting = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible")
     return all(attributes[name] == "0" for name in waiting)
@@ -132,12 +132,12 @@ def test_forged_stale_and_replayed_deliveries_change_nothing(stack: LocalStack) 
     assert bad_token.status_code == 401 and bad_token.json()["error"]["code"] == "invalid_token"
 
     gets_before = stack.provider_stats()["gets"]
-    replayed_failure = post_webhook(stack, batch_id, row_id, failed, secret=secret, signed_at=now)
-    assert replayed_failure.status_code == 200 and replayed_failure.json()["recorded"] is False
-    completed = envelope(run_id, "completed")
-    replayed_completion = post_webhook(stack, batch_id, row_id, completed, secret=secret, signed_at=now)
-    assert replayed_completion.status_code == 200
-    wait_until(lambda: fetch_queue_empty(stack))
+    # Signed correctly, for the row's own run: accepted (FLORA must see 2xx) and changes nothing.
+    for status in ("failed", "completed"):
+        body = envelope(run_id, status)
+        replayed = post_webhook(stack, batch_id, row_id, body, secret=secret, signed_at=now)
+        assert replayed.status_code == 200 and replayed.json() == {"accepted": True}
+    wait_until(lambda: finished_runs_empty(stack))
     assert stack.provider_stats()["gets"] == gets_before, "a replayed delivery fetched the run again"
 
     again = stack.wait_batch(batch_id, lambda b: True, 5)

@@ -17,7 +17,7 @@ from rowcall.finishing import BatchFinisher
 from rowcall.ingest import IngestLimits, Ingestor, ObjectCreated
 from rowcall.ledger import Ledger
 from rowcall.models import ChunkMessage
-from rowcall.queues import ChunkQueue, DoneQueue, FetchQueue
+from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -45,7 +45,7 @@ class Aws:
     table: str
     chunk_queue_url: str
     done_queue_url: str
-    fetch_queue_url: str
+    finished_run_queue_url: str
     topic_arn: str
 
     @property
@@ -61,8 +61,8 @@ class Aws:
         return ChunkQueue(self.sqs, self.chunk_queue_url)
 
     @property
-    def fetch_queue(self) -> FetchQueue:
-        return FetchQueue(self.sqs, self.fetch_queue_url)
+    def finished_runs(self) -> FinishedRunQueue:
+        return FinishedRunQueue(self.sqs, self.finished_run_queue_url)
 
     @property
     def finisher(self) -> BatchFinisher:
@@ -126,11 +126,11 @@ def aws() -> Iterator[Aws]:
             table="rowcall-test",
             chunk_queue_url=sqs.create_queue(QueueName="chunks")["QueueUrl"],
             done_queue_url=sqs.create_queue(QueueName="done")["QueueUrl"],
-            fetch_queue_url=sqs.create_queue(
-                QueueName="fetch.fifo",
+            finished_run_queue_url=sqs.create_queue(
+                QueueName="finished-runs.fifo",
                 Attributes={
                     k: str(v).lower() if isinstance(v, bool) else str(v)
-                    for k, v in template_resource("FetchQueue").items()
+                    for k, v in template_resource("FinishedRunQueue").items()
                     if k in ("FifoQueue", "DeduplicationScope", "FifoThroughputLimit")
                 },
             )["QueueUrl"],

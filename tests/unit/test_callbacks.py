@@ -1,5 +1,6 @@
-"""Run webhooks as FLORA sends them: tokens bound to the attempt, failures recorded from the
-envelope, completions fetched once (a scripted provider answers the GETs), replays change nothing."""
+"""Run webhooks as FLORA sends them: tokens bound to the attempt, one queued message per run,
+failures recorded from the envelope, completions fetched once (a scripted provider answers the
+GETs), late and repeated deliveries change nothing."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from rowcall.callbacks import CallbackRecorder
-from rowcall.fetching import OutputFetcher, RunNotFinished
+from rowcall.callbacks import CallbackIntake
 from rowcall.flora_signature import signature_header
 from rowcall.identity import CallbackSigner
-from rowcall.models import BatchStatus, FetchMessage, RowStatus, RunWebhook
+from rowcall.models import BatchStatus, FinishedRun, RowStatus, RunWebhook
+from rowcall.outcomes import OutcomeRecorder, RunNotFinished
 from rowcall.provider import ProviderConnection, RetryPolicy
 
 from .conftest import Aws, chunk_messages, ingest
@@ -33,18 +34,16 @@ def provider() -> Iterator[ScriptedProvider]:
     scripted.close()
 
 
-def recorder(aws: Aws, callback_secrets: list[str] | None = None) -> CallbackRecorder:
-    return CallbackRecorder(
-        ledger=aws.ledger,
-        finisher=aws.finisher,
-        fetch_queue=aws.fetch_queue,
-        callback_secrets=lambda: callback_secrets or [CALLBACK_SECRET],
+def intake(aws: Aws) -> CallbackIntake:
+    return CallbackIntake(
+        finished_runs=aws.finished_runs,
+        callback_secrets=lambda: [CALLBACK_SECRET],
         provider_signing_secrets=lambda: [PROVIDER_SECRET],
     )
 
 
-def fetcher(aws: Aws, provider: ScriptedProvider) -> OutputFetcher:
-    return OutputFetcher(
+def recorder(aws: Aws, provider: ScriptedProvider) -> OutcomeRecorder:
+    return OutcomeRecorder(
         ledger=aws.ledger,
         finisher=aws.finisher,
         provider=ProviderConnection(
@@ -54,30 +53,30 @@ def fetcher(aws: Aws, provider: ScriptedProvider) -> OutputFetcher:
 
 
 def envelope(run_id: str, status: str = "completed", **failure: str) -> RunWebhook:
-    data: dict[str, Any] = {
-        "run_id": run_id,
-        "run_type": "technique",
-        "workspace_id": "ws_1",
-        "status": status,
-    }
+    data: dict[str, Any] = {"run_id": run_id, "run_type": "technique", "workspace_id": "ws_1"}
     body = {
         "id": f"whd_{run_id}",
         "type": f"run.{status}",
         "api_version": "2026-06-11",
         "created_at": int(time.time() * 1000),
-        "data": data | failure,
+        "data": data | {"status": status} | failure,
     }
     return RunWebhook.model_validate(body)
 
 
-def fetch_queued(aws: Aws, provider: ScriptedProvider) -> list[FetchMessage]:
-    messages = [FetchMessage.model_validate_json(b) for b in aws.drain(aws.fetch_queue_url)]
-    work = fetcher(aws, provider)
+def accept(aws: Aws, batch_id: str, record: int, attempt: int, webhook: RunWebhook) -> FinishedRun:
+    return intake(aws).accept(batch_id, f"0-{record}", attempt, webhook)
 
-    async def fetch_all() -> None:
-        await asyncio.gather(*(work.fetch(m) for m in messages))
 
-    asyncio.run(fetch_all())
+def record_queued(aws: Aws, provider: ScriptedProvider) -> list[FinishedRun]:
+    """Drain the finished-run queue into the recorder, as the recorder function would."""
+    messages = [FinishedRun.model_validate_json(b) for b in aws.drain(aws.finished_run_queue_url)]
+    work = recorder(aws, provider)
+
+    async def record_all() -> None:
+        await asyncio.gather(*(work.record(m) for m in messages))
+
+    asyncio.run(record_all())
     return messages
 
 
@@ -107,13 +106,10 @@ def test_a_failed_run_is_recorded_from_the_envelope_without_asking_the_provider(
 ) -> None:
     batch_id = ingest(aws, ROWS)
     chunk_messages(aws)
-    hooks = recorder(aws)
-    for record in (1, 2, 3):
+    for record in (1, 2, 3, 1):  # FLORA retried the first delivery
         failed = envelope(f"run_{record}", "failed", error_code="generation_failed", error_message="boom")
-        result = hooks.record(batch_id, f"0-{record}", 1, failed)
-        assert (result.recorded, result.status) == (True, "failed")
-    again = hooks.record(batch_id, "0-1", 1, envelope("run_1", "failed", error_code="generation_failed"))
-    assert again.recorded is False
+        accept(aws, batch_id, record, 1, failed)
+    assert len(record_queued(aws, provider)) == 3
     row = next(r for r in aws.ledger.rows_of_chunk(batch_id, 0) if r.record == 1)
     assert (row.status, row.error_code, row.error_message, row.run_id) == (
         RowStatus.FAILED,
@@ -123,7 +119,7 @@ def test_a_failed_run_is_recorded_from_the_envelope_without_asking_the_provider(
     )
     batch = aws.ledger.get_batch(batch_id)
     assert batch is not None and (batch.status, batch.failed_count) == (BatchStatus.PARTIAL, 3)
-    assert provider.requests == [] and aws.drain(aws.fetch_queue_url) == []
+    assert provider.requests == []
 
 
 def test_a_completion_delivered_twice_is_fetched_once_and_its_outputs_recorded(
@@ -131,12 +127,11 @@ def test_a_completion_delivered_twice_is_fetched_once_and_its_outputs_recorded(
 ) -> None:
     batch_id = ingest(aws, ROWS)
     chunk_messages(aws)
-    hooks = recorder(aws)
     for record in (1, 2, 3, 1, 2):  # FLORA retried two deliveries
-        assert hooks.record(batch_id, f"0-{record}", 1, envelope(f"run_{record}")).status == "fetching"
+        accept(aws, batch_id, record, 1, envelope(f"run_{record}"))
     provider.by_path = {f"/techniques/tech/runs/run_{n}": run(f"run_{n}") for n in (1, 2, 3)}
-    fetched = fetch_queued(aws, provider)
-    assert sorted(m.run_id for m in fetched) == ["run_1", "run_2", "run_3"]
+    recorded = record_queued(aws, provider)
+    assert sorted(m.run_id for m in recorded) == ["run_1", "run_2", "run_3"]
     assert sorted(str(r["path"]) for r in provider.requests) == [
         f"/techniques/tech/runs/run_{n}" for n in (1, 2, 3)
     ]
@@ -153,15 +148,19 @@ def test_a_late_webhook_of_an_earlier_attempt_changes_nothing(aws: Aws, provider
     batch_id = ingest(aws, ROWS)
     chunk_messages(aws)
     aws.ledger.row_started(batch_id, 0, 1, run_id="run_new", attempt=2, line=2, key="A1")
-    hooks = recorder(aws)
-    stale = hooks.record(batch_id, "0-1", 1, envelope("run_old", "failed", error_code="generation_failed"))
-    assert stale.recorded is False
-    hooks.record(batch_id, "0-1", 1, envelope("run_old"))
-    provider.script = [run("run_old")]
-    fetch_queued(aws, provider)
-    (row,) = [r for r in aws.ledger.rows_of_chunk(batch_id, 0) if r.record == 1]
-    assert (row.status, row.attempt, row.run_id) == (RowStatus.RUNNING, 2, "run_new")
-    assert hooks.record(batch_id, "0-1", 2, envelope("run_new", "failed")).recorded is True
+    accept(aws, batch_id, 1, 1, envelope("run_old", "failed", error_code="generation_failed"))
+    accept(aws, batch_id, 2, 1, envelope("run_2"))
+    provider.by_path = {"/techniques/tech/runs/run_2": run("run_2")}
+    record_queued(aws, provider)
+    accept(aws, batch_id, 2, 1, envelope("run_other"))  # another run for a finished row: not its run
+    provider.by_path["/techniques/tech/runs/run_other"] = run("run_other")
+    record_queued(aws, provider)
+    rows = {r.record: r for r in aws.ledger.rows_of_chunk(batch_id, 0)}
+    assert (rows[1].status, rows[1].attempt, rows[1].run_id) == (RowStatus.RUNNING, 2, "run_new")
+    assert (rows[2].status, rows[2].run_id) == (RowStatus.COMPLETED, "run_2")
+    accept(aws, batch_id, 1, 2, envelope("run_new", "failed"))
+    record_queued(aws, provider)
+    assert next(r for r in aws.ledger.rows_of_chunk(batch_id, 0) if r.record == 1).status is RowStatus.FAILED
 
 
 def test_a_run_the_provider_does_not_know_fails_its_row_and_one_still_going_is_retried(
@@ -169,20 +168,22 @@ def test_a_run_the_provider_does_not_know_fails_its_row_and_one_still_going_is_r
 ) -> None:
     batch_id = ingest(aws, ROWS)
     chunk_messages(aws)
-    work = fetcher(aws, provider)
+    work = recorder(aws, provider)
     provider.script = [(404, {}, error("not_found")), run("run_2", "running")]
-    gone = asyncio.run(
-        work.fetch(FetchMessage(batch_id=batch_id, chunk=0, record=1, attempt=1, run_id="run_1"))
+    unknown = FinishedRun(
+        batch_id=batch_id, chunk=0, record=1, attempt=1, run_id="run_1", status=RowStatus.COMPLETED
     )
+    gone = asyncio.run(work.record(unknown))
     assert (gone.recorded, gone.status) == (True, RowStatus.FAILED)
+    going = unknown.model_copy(update={"record": 2, "run_id": "run_2"})
     with pytest.raises(RunNotFinished):
-        asyncio.run(work.fetch(FetchMessage(batch_id=batch_id, chunk=0, record=2, attempt=1, run_id="run_2")))
+        asyncio.run(work.record(going))
     rows = {r.record: r for r in aws.ledger.rows_of_chunk(batch_id, 0)}
     assert rows[1].error_code == "run_not_found" and 2 not in rows
 
 
 def test_the_signature_check_uses_the_provider_secret_over_the_raw_body(aws: Aws) -> None:
-    hooks = recorder(aws)
+    hooks = intake(aws)
     body = json.dumps(envelope("run_1").model_dump()).encode()
     now = int(time.time())
     assert hooks.signed_by_provider(signature_header([PROVIDER_SECRET], now, body), body)

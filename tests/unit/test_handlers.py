@@ -62,7 +62,7 @@ def environment(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "CHUNK_QUEUE_URL": aws.chunk_queue_url,
         "CALLBACK_SECRET_PARAM": "/rowcall/callback-secret",
         "PROVIDER_WEBHOOK_SECRET_PARAM": PROVIDER_SECRET_PARAM,
-        "FETCH_QUEUE_URL": aws.fetch_queue_url,
+        "FINISHED_RUN_QUEUE_URL": aws.finished_run_queue_url,
         "PROVIDER_API_KEY_PARAM": "/rowcall/provider-api-key",
         "PROVIDER_URL": "http://127.0.0.1:9",
         "CALLBACK_BASE_URL": "http://127.0.0.1:9",
@@ -78,11 +78,11 @@ def environment(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from rowcall import compose
 
     factories = (
-        compose.callback_recorder,
+        compose.callback_intake,
         compose.batch_queries,
         compose.ingestor,
         compose.run_starter,
-        compose.output_fetcher,
+        compose.outcome_recorder,
     )
     for factory in factories:
         factory.cache_clear()
@@ -138,7 +138,9 @@ def test_a_forged_or_stale_signature_is_401_and_queues_nothing(
     response = webhook.lambda_handler(signed_callback(body, secret_=secret_, age_s=age_s), Context())
     assert response["statusCode"] == 401
     assert json.loads(response["body"])["error"]["code"] == "invalid_signature"
-    assert aws.drain(aws.fetch_queue_url) == [] and aws.dynamodb.scan(TableName=aws.table)["Count"] == 0
+    assert (
+        aws.drain(aws.finished_run_queue_url) == [] and aws.dynamodb.scan(TableName=aws.table)["Count"] == 0
+    )
 
 
 def test_an_oversized_callback_is_413_before_it_is_parsed(webhook: ModuleType) -> None:
@@ -146,27 +148,31 @@ def test_an_oversized_callback_is_413_before_it_is_parsed(webhook: ModuleType) -
     assert response["statusCode"] == 413
 
 
-def test_a_completed_run_webhook_queues_one_fetch_and_answers_at_once(webhook: ModuleType, aws: Aws) -> None:
+def test_a_run_webhook_queues_one_message_per_run_and_writes_nothing(webhook: ModuleType, aws: Aws) -> None:
     body = event("webhook-callback.json")["body"]
     for _ in range(2):  # a retried delivery
         response = webhook.lambda_handler(signed_callback(body), Context())
         assert response["statusCode"] == 200
-        assert json.loads(response["body"]) == {"recorded": False, "status": "fetching"}
-    (queued,) = aws.drain(aws.fetch_queue_url)
+        assert json.loads(response["body"]) == {"accepted": True}
+    (queued,) = aws.drain(aws.finished_run_queue_url)
     assert json.loads(queued) == {
         "batch_id": "b_k3v7yqzq5d2ttvqmq3xw3gq2",
         "chunk": 0,
         "record": 1,
         "attempt": 1,
         "run_id": "run_5f0c2d9e8b7a6c5d4e3f",
+        "status": "completed",
+        "error_code": None,
+        "error_message": None,
     }
+    assert aws.dynamodb.scan(TableName=aws.table)["Count"] == 0
 
 
-def test_the_fetcher_reports_a_fetch_that_failed_and_keeps_the_rest(environment: None, aws: Aws) -> None:
-    sqs_event = event("fetcher-sqs-finished-run.json")
+def test_the_recorder_reports_a_message_that_failed_and_keeps_the_rest(environment: None, aws: Aws) -> None:
+    sqs_event = event("recorder-sqs-finished-run.json")
     good = sqs_event["Records"][0]
     sqs_event["Records"].append(good | {"messageId": "bad-1", "body": '{"batch_id": 42}'})
-    result = load_handler("fetcher").lambda_handler(sqs_event, Context())
+    result = load_handler("recorder").lambda_handler(sqs_event, Context())
     # The good record names a batch this table does not have: dropped, not retried.
     assert result == {"batchItemFailures": [{"itemIdentifier": "bad-1"}]}
 

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from rowcall.callbacks import CallbackRecorder
-from rowcall.fetching import OutputFetcher
+from rowcall.callbacks import CallbackIntake
 from rowcall.identity import CallbackSigner
-from rowcall.models import BatchStatus, DoneMessage, FetchMessage, RunWebhook
+from rowcall.models import BatchStatus, DoneMessage, FinishedRun, RunWebhook
 from rowcall.ondone import OnDoneDelivery
+from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection, RetryPolicy
 from rowcall.queues import DoneQueue
 from rowcall.runs import ChunkIncomplete, RunStarter
@@ -76,11 +76,9 @@ def replay(
     order: random.Random | None = None,
 ) -> None:
     """Deliver recorded webhooks as the webhook function would (token, then signature), then
-    fetch the completed runs' outputs as the fetcher function would."""
-    recorder = CallbackRecorder(
-        ledger=aws.ledger,
-        finisher=aws.finisher,
-        fetch_queue=aws.fetch_queue,
+    record what they queued as the recorder function would."""
+    intake = CallbackIntake(
+        finished_runs=aws.finished_runs,
         callback_secrets=lambda: [CALLBACK_SECRET],
         provider_signing_secrets=lambda: [PROVIDER_SECRET],
     )
@@ -90,21 +88,21 @@ def replay(
     for call in calls:
         parts = urlsplit(call.path)
         _, _, batch_id, row_id = parts.path.split("/")
-        attempt = recorder.attempt_of(batch_id, row_id, parse_qs(parts.query)["token"][0])
+        attempt = intake.attempt_of(batch_id, row_id, parse_qs(parts.query)["token"][0])
         assert attempt is not None
-        assert recorder.signed_by_provider(call.headers["flora-signature"], call.body)
-        recorder.record(batch_id, row_id, attempt, RunWebhook.model_validate_json(call.body))
-    fetcher = OutputFetcher(
+        assert intake.signed_by_provider(call.headers["flora-signature"], call.body)
+        intake.accept(batch_id, row_id, attempt, RunWebhook.model_validate_json(call.body))
+    recorder = OutcomeRecorder(
         ledger=aws.ledger,
         finisher=aws.finisher,
         provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
     )
-    messages = [FetchMessage.model_validate_json(b) for b in aws.drain(aws.fetch_queue_url)]
+    messages = [FinishedRun.model_validate_json(b) for b in aws.drain(aws.finished_run_queue_url)]
 
-    async def fetch_all() -> None:
-        await asyncio.gather(*(fetcher.fetch(m) for m in messages))
+    async def record_all() -> None:
+        await asyncio.gather(*(recorder.record(m) for m in messages))
 
-    asyncio.run(fetch_all())
+    asyncio.run(record_all())
 
 
 ROWS = b'sku,prompt,style\nA1,=SUM(1),plain\nA2,a dog,"bold, loud"\nA3,x\nA4,a fox,\nA5,an owl,\nA6,a bee,\n'

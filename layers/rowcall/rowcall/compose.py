@@ -11,20 +11,20 @@ import httpx
 from aws_lambda_powertools.utilities import parameters
 
 from rowcall.api import BatchQueries
-from rowcall.callbacks import CallbackRecorder
-from rowcall.fetching import OutputFetcher
+from rowcall.callbacks import CallbackIntake
 from rowcall.finishing import BatchFinisher
 from rowcall.identity import CallbackSigner, secret_list
 from rowcall.ingest import IngestLimits, Ingestor
 from rowcall.ledger import Ledger
 from rowcall.ondone import OnDoneDelivery
+from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
-from rowcall.queues import ChunkQueue, DoneQueue, FetchQueue, RedeliverySchedule
+from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySchedule
 from rowcall.runs import RunStarter
 from rowcall.settings import (
-    FetcherSettings,
     IngestSettings,
     NotifierSettings,
+    RecorderSettings,
     WebhookSettings,
     WorkerSettings,
 )
@@ -112,23 +112,20 @@ def _secrets(name: str) -> Callable[[], list[str]]:
 
 
 @cache
-def callback_recorder() -> CallbackRecorder:
+def callback_intake() -> CallbackIntake:
     settings = WebhookSettings.from_env()
-    ledger = _ledger(settings.table_name)
-    return CallbackRecorder(
-        ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url),
-        fetch_queue=FetchQueue(_sqs(), settings.fetch_queue_url),
+    return CallbackIntake(
+        finished_runs=FinishedRunQueue(_sqs(), settings.finished_run_queue_url),
         callback_secrets=_secrets(settings.callback_secret_param),
         provider_signing_secrets=_secrets(settings.provider_webhook_secret_param),
     )
 
 
 @cache
-def output_fetcher() -> OutputFetcher:
-    settings = FetcherSettings.from_env()
+def outcome_recorder() -> OutcomeRecorder:
+    settings = RecorderSettings.from_env()
     ledger = _ledger(settings.table_name)
-    return OutputFetcher(
+    return OutcomeRecorder(
         ledger=ledger,
         finisher=_finisher(ledger, settings.done_queue_url),
         provider=ProviderConnection(

@@ -213,8 +213,9 @@ class RunWebhook(BaseModel):
         return self
 
 
-class FetchMessage(BaseModel):
-    """The fetch queue's message: fetch one finished run's outputs and record them."""
+class FinishedRun(BaseModel):
+    """The finished-run queue's message: a run's terminal webhook, authenticated, to be recorded
+    (a completed run's outputs are fetched first: the webhook does not carry them)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -223,6 +224,9 @@ class FetchMessage(BaseModel):
     record: int = Field(ge=1)
     attempt: int = Field(ge=1)
     run_id: str = Field(min_length=1)
+    status: Literal[RowStatus.COMPLETED, RowStatus.FAILED]
+    error_code: str | None = None
+    error_message: str | None = None
 
 
 class CreateRunRequest(BaseModel):

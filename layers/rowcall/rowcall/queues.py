@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rowcall.models import ChunkMessage, DoneMessage, FetchMessage
+from rowcall.models import ChunkMessage, DoneMessage, FinishedRun
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -51,7 +51,7 @@ class DoneQueue:
         )
 
 
-class FetchQueue:
+class FinishedRunQueue:
     """A FIFO queue deduplicated by run id: a run's webhook delivered twice, or retried by the
     provider within SQS's five-minute deduplication window, asks for its outputs once.
 
@@ -62,7 +62,7 @@ class FetchQueue:
         self._sqs = sqs
         self._url = url
 
-    def send(self, message: FetchMessage) -> None:
+    def send(self, message: FinishedRun) -> None:
         # Group and deduplication ids take at most 128 characters; a provider's run id may not.
         run = hashlib.sha256(message.run_id.encode()).hexdigest()
         self._sqs.send_message(

@@ -38,13 +38,12 @@ class WorkerSettings(_EnvSettings):
 
 
 class WebhookSettings(_EnvSettings):
-    done_queue_url: str = Field(alias="DONE_QUEUE_URL")
-    fetch_queue_url: str = Field(alias="FETCH_QUEUE_URL")
+    finished_run_queue_url: str = Field(alias="FINISHED_RUN_QUEUE_URL")
     callback_secret_param: str = Field(alias="CALLBACK_SECRET_PARAM")
     provider_webhook_secret_param: str = Field(alias="PROVIDER_WEBHOOK_SECRET_PARAM")
 
 
-class FetcherSettings(_EnvSettings):
+class RecorderSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     provider_url: str = Field(alias="PROVIDER_URL")
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")

@@ -1,4 +1,4 @@
-"""Fetch queue -> each finished run's outputs, fetched once and recorded; runs of a batch in parallel."""
+"""Finished-run queue -> each run's outcome recorded once (a completed run's outputs fetched first)."""
 
 from typing import Any
 
@@ -13,21 +13,23 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from rowcall.compose import output_fetcher
-from rowcall.models import FetchMessage
+from rowcall.compose import outcome_recorder
+from rowcall.models import FinishedRun
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-# Every record of a received batch is fetched at once: the batch size bounds the concurrency.
+# Every record of a received batch is handled at once: the batch size bounds the fetches in flight.
 processor = AsyncBatchProcessor(event_type=EventType.SQS)
 
 
-async def fetch(record: SQSRecord) -> None:
-    result = await output_fetcher().fetch(FetchMessage.model_validate_json(record.body))
+async def record_outcome(record: SQSRecord) -> None:
+    result = await outcome_recorder().record(FinishedRun.model_validate_json(record.body))
     metrics.add_metric(
-        name="OutputsRecorded" if result.recorded else "OutputsIgnored", unit=MetricUnit.Count, value=1
+        name="OutcomesRecorded" if result.recorded else "OutcomesIgnored", unit=MetricUnit.Count, value=1
     )
+    if result.fetched:
+        metrics.add_metric(name="OutputsFetched", unit=MetricUnit.Count, value=1)
 
 
 @logger.inject_lambda_context
@@ -35,5 +37,5 @@ async def fetch(record: SQSRecord) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     return async_process_partial_response(
-        event=event, record_handler=fetch, processor=processor, context=context
+        event=event, record_handler=record_outcome, processor=processor, context=context
     )

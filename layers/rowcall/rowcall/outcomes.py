@@ -1,8 +1,8 @@
-"""Outputs of a finished run: fetched once, after its terminal webhook, and recorded exactly once.
+"""A finished run's outcome, recorded exactly once; a completed run's outputs fetched once first.
 
-FLORA's webhook says that a run completed, not what it made; the outputs come from the run
-itself (its `poll_url`). This runs off the webhook's path, so the webhook answers at once and
-FLORA's three retries are never spent on our latency.
+FLORA's webhook says that a run ended, not what it made: the outputs come from the run itself
+(its `poll_url`), asked for once, after its terminal webhook, never polled. A failed run's error
+comes from the webhook, so it costs the provider nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aws_lambda_powertools import Logger
 
 from rowcall.finishing import BatchFinisher
 from rowcall.ledger import Ledger
-from rowcall.models import FetchMessage, RowOutcome, RowStatus, RunObject
+from rowcall.models import FinishedRun, RowOutcome, RowStatus, RunObject
 from rowcall.provider import ProviderClient, ProviderConnection, ProviderUnavailable, RunNotFound
 
 logger = Logger(child=True)
@@ -30,37 +30,48 @@ class RunNotFinished(Exception):
 
 
 @dataclass(frozen=True)
-class FetchResult:
+class RecordResult:
     recorded: bool
     status: RowStatus
+    fetched: bool
 
 
-def outcome_of(run: RunObject | RunNotFound, message: FetchMessage) -> RowOutcome:
+def fetched_outcome(run: RunObject | RunNotFound, finished: FinishedRun) -> RowOutcome:
+    """What the provider's answer to the one GET of a completed run means for its row."""
     if isinstance(run, RunNotFound):
         return RowOutcome(
             status=RowStatus.FAILED,
-            run_id=message.run_id,
+            run_id=finished.run_id,
             error_code="run_not_found",
             error_message=run.message or "the provider does not know this run",
         )
-    if run.run_id != message.run_id:
-        raise ProviderUnavailable(f"asked for run {message.run_id}, the provider answered {run.run_id}")
+    if run.run_id != finished.run_id:
+        raise ProviderUnavailable(f"asked for run {finished.run_id}, the provider answered {run.run_id}")
     terminal = run.terminal_status
     if terminal is None:
         raise RunNotFinished(f"run {run.run_id} is {run.status}")
     if terminal is RowStatus.COMPLETED:
         outputs = [o.model_dump(exclude_none=True) for o in run.outputs]
-        return RowOutcome(status=RowStatus.COMPLETED, run_id=message.run_id, outputs=outputs)
+        return RowOutcome(status=RowStatus.COMPLETED, run_id=finished.run_id, outputs=outputs)
     return RowOutcome(
         status=RowStatus.FAILED,
-        run_id=message.run_id,
+        run_id=finished.run_id,
         error_code=run.error_code or "run_failed",
         error_message=run.error_message,
     )
 
 
-class OutputFetcher:
-    """Asks the provider once per message, with as many GETs in flight as messages in the batch."""
+def reported_failure(finished: FinishedRun) -> RowOutcome:
+    return RowOutcome(
+        status=RowStatus.FAILED,
+        run_id=finished.run_id,
+        error_code=finished.error_code or "run_failed",
+        error_message=finished.error_message,
+    )
+
+
+class OutcomeRecorder:
+    """Records the runs of one received batch concurrently: their GETs are in flight together."""
 
     def __init__(self, *, ledger: Ledger, finisher: BatchFinisher, provider: ProviderConnection) -> None:
         self._ledger = ledger
@@ -69,25 +80,28 @@ class OutputFetcher:
         self._techniques: OrderedDict[str, str] = OrderedDict()
         self._client: tuple[asyncio.AbstractEventLoop, ProviderClient] | None = None
 
-    async def fetch(self, message: FetchMessage) -> FetchResult:
-        technique_id = await asyncio.to_thread(self._technique_of, message.batch_id)
-        if technique_id is None:
-            # Not a batch of ours (or deleted): nothing to record, nothing to retry.
-            logger.warning("fetch for an unknown batch dropped", extra={"batch_id": message.batch_id})
-            return FetchResult(False, RowStatus.FAILED)
-        run = await self._provider_client().get_run(technique_id, message.run_id)
-        outcome = outcome_of(run, message)
-        recorded = await asyncio.to_thread(self._record, message, outcome)
-        return FetchResult(recorded, outcome.status)
+    async def record(self, finished: FinishedRun) -> RecordResult:
+        if finished.status is RowStatus.FAILED:
+            outcome = reported_failure(finished)
+        else:
+            technique_id = await asyncio.to_thread(self._technique_of, finished.batch_id)
+            if technique_id is None:
+                # Not a batch of ours (or deleted): nothing to record, nothing to retry.
+                logger.warning("run of an unknown batch dropped", extra={"batch_id": finished.batch_id})
+                return RecordResult(False, finished.status, False)
+            run = await self._provider_client().get_run(technique_id, finished.run_id)
+            outcome = fetched_outcome(run, finished)
+        recorded = await asyncio.to_thread(self._write, finished, outcome)
+        return RecordResult(recorded, outcome.status, finished.status is RowStatus.COMPLETED)
 
-    def _record(self, message: FetchMessage, outcome: RowOutcome) -> bool:
+    def _write(self, finished: FinishedRun, outcome: RowOutcome) -> bool:
         recorded = self._ledger.row_finished(
-            message.batch_id, message.chunk, message.record, outcome, attempt=message.attempt
+            finished.batch_id, finished.chunk, finished.record, outcome, attempt=finished.attempt
         )
         if not recorded:
-            logger.info("fetched outcome changed nothing", extra={"run_id": message.run_id})
+            logger.info("outcome changed nothing", extra={"run_id": finished.run_id})
         # Also when nothing changed: completes what a crashed earlier delivery left half done.
-        self._finisher.after_row_finished(message.batch_id, message.chunk)
+        self._finisher.after_row_finished(finished.batch_id, finished.chunk)
         return recorded
 
     def _technique_of(self, batch_id: str) -> str | None:
@@ -115,6 +129,3 @@ class OutputFetcher:
             )
             self._client = (loop, client)
         return self._client[1]
-
-
-__all__ = ["FetchResult", "OutputFetcher", "ProviderUnavailable", "RunNotFinished", "outcome_of"]
