@@ -219,6 +219,13 @@ CASES: tuple[Case, ...] = (
         generate=wide_field_1mb,
     ),
     Case(
+        "wide_key_1mb",
+        "wide_field_1mb with `key-column: prompt`: a 1 MiB row key (its name is cut to 1,024 characters)",
+        Expect("completed", rows=_rows(1, 2, 3)),
+        generate=wide_field_1mb,
+        metadata={"key-column": "prompt"},
+    ),
+    Case(
         "field_over_limit",
         "a 9 MiB cell on line 3, over the 8 MiB field limit",
         Expect("completed", row_errors=((3, "field_too_large"),), rows=_rows(1, 3)),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from rowcall.metadata import (
+    MAX_KEY_CHARS,
     InvalidHeader,
     InvalidMetadata,
     check_header,
@@ -11,6 +12,8 @@ from rowcall.metadata import (
     spec_from_metadata,
 )
 from rowcall.models import RunInput
+
+from .conftest import Aws
 
 HEADER = ["sku", "prompt", "photo", "notes"]
 
@@ -113,3 +116,13 @@ def test_a_long_header_is_capped_in_the_message() -> None:
     with pytest.raises(InvalidMetadata) as refused:
         check_header(header, spec(**{"key-column": "zz"}))
     assert len(str(refused.value)) < 200 and "500 columns" in str(refused.value)
+
+
+def test_a_key_too_long_for_a_ledger_item_is_cut_so_the_row_can_still_be_stored(aws: Aws) -> None:
+    fields = ["A1", "k" * 1024 * 1024, "", ""]
+    key = row_key(HEADER, fields, spec(**{"key-column": "prompt"}), 1)
+    assert len(key) <= MAX_KEY_CHARS and key.startswith("k" * 900) and key.endswith(" characters)")
+    assert aws.ledger.row_started("b1", 0, 1, run_id=None, attempt=1, line=2, key=key)
+    assert row_key(HEADER, ["A1", "k" * MAX_KEY_CHARS, "", ""], spec(**{"key-column": "prompt"}), 1) == (
+        "k" * MAX_KEY_CHARS
+    )

@@ -153,7 +153,17 @@ def row_inputs(header: list[str], fields: list[str], spec: BatchSpec) -> list[Ru
     return inputs + list(spec.static_inputs)
 
 
+# The key is stored on the row's ledger item, which DynamoDB caps at 400 KB: a 1 MB cell in the
+# key column would fail that write on every redelivery and strand the batch. The key only names
+# the row (results.csv keeps the full cell, idempotency uses the row id), so a long one is cut.
+MAX_KEY_CHARS = 1024
+
+
 def row_key(header: list[str], fields: list[str], spec: BatchSpec, record: int) -> str:
     if spec.key_column is None:
         return str(record)
-    return fields[header.index(spec.key_column)]
+    key = fields[header.index(spec.key_column)]
+    if len(key) <= MAX_KEY_CHARS:
+        return key
+    kept = MAX_KEY_CHARS - 32
+    return f"{key[:kept]}… (+{len(key) - kept:,} characters)"
