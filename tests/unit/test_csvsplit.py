@@ -68,3 +68,23 @@ def test_invalid_utf8_names_the_line() -> None:
         assert exc.line == 3
     else:
         raise AssertionError("expected CsvEncodingError")
+
+
+def test_a_lone_cr_ends_a_line_and_a_crlf_cut_between_reads_stays_one_line_end() -> None:
+    assert list(split_lines([b"a,b\r1,2\r", b"\n3,4\r", b"5,6"])) == [b"a,b\r", b"1,2\r\n", b"3,4\r", b"5,6"]
+    records = list(scan_records(split_lines([b"a,b\r1,2\r\r\n3,4"])))
+    assert [(r.line, r.fields) for r in records] == [(1, ["a", "b"]), (2, ["1", "2"]), (4, ["3", "4"])]
+
+
+def test_a_nul_byte_refuses_the_file_at_its_line() -> None:
+    try:
+        list(scan_records(split_lines([b"a,b\n1,2\n3,\x004\n"])))
+    except CsvEncodingError as exc:
+        assert exc.line == 3 and "NUL" in str(exc)
+    else:
+        raise AssertionError("expected CsvEncodingError")
+
+
+def test_a_row_of_only_empty_fields_is_an_error_a_row_with_one_value_is_not() -> None:
+    records = list(data_records(split_lines([b",,\n,x,\n"]), width=3, offset=0, line=2, first_number=1))
+    assert [(r.line, r.error and r.error.code) for r in records] == [(2, "empty_row"), (3, None)]

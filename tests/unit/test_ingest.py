@@ -120,7 +120,7 @@ def test_a_header_only_file_completes_with_no_rows(aws: Aws) -> None:
     [
         (b"", {}, {}, "empty_file"),
         (b"a,a\n1,2\n", {}, {}, "invalid_header"),
-        (b"a,b\n1,2\n", {}, {"key-column": "nope"}, "invalid_header"),
+        (b"a,b\n1,2\n", {}, {"key-column": "nope"}, "invalid_metadata"),
         (b"a,b\n1,\xff\n", {}, {}, "invalid_encoding"),
         (csv_bytes(5), {"max_rows": 4}, {}, "row_count_exceeded"),
         (csv_bytes(5), {"max_bytes": 10}, {}, "file_too_large"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from rowcall.metadata import (
+    MAX_KEY_CHARS,
     InvalidHeader,
     InvalidMetadata,
     check_header,
@@ -11,6 +12,8 @@ from rowcall.metadata import (
     spec_from_metadata,
 )
 from rowcall.models import RunInput
+
+from .conftest import Aws
 
 HEADER = ["sku", "prompt", "photo", "notes"]
 
@@ -56,29 +59,70 @@ def test_metadata_picks_columns_types_static_inputs_and_key() -> None:
 @pytest.mark.parametrize(
     ("meta", "fragment"),
     [
-        ({"input-types": "photo"}, "not column=type"),
-        ({"input-types": "photo=gif"}, "unknown type"),
-        ({"static-inputs": '{"id": 1}'}, "static-inputs"),
-        ({"on-done-url": "ftp://x"}, "http(s)"),
+        ({"input-types": "photo"}, "input-types: 'photo' is not column=type"),
+        ({"input-types": "photo=gif"}, "input-types: unknown type"),
+        ({"input-columns": " ; "}, "input-columns: ' ; ' names no column"),
+        ({"static-inputs": "[1,"}, "static-inputs: not JSON"),
+        ({"static-inputs": '{"id": 1}'}, "static-inputs: must be a JSON list"),
+        (
+            {"static-inputs": '"x"'},
+            "static-inputs: must be a JSON list of {id, type, value} objects, not a string",
+        ),
+        ({"static-inputs": '[{"id": "r", "type": "text"}]'}, "static-inputs[0]: value: Field required"),
+        (
+            {"static-inputs": '[{"id":"r","type":"text","value":"1"},{"id":"r","type":"text","value":"2"}]'},
+            "static-inputs: id(s) ['r'] appear more than once",
+        ),
+        ({"on-done-url": "ftp://x"}, "on-done-url: 'ftp://x' is not an http(s) URL"),
+        ({"on-done-url": "https://"}, "on-done-url: 'https://' is not an http(s) URL with a host"),
+        ({"on-done-url": "https://h:port/x"}, "on-done-url: 'https://h:port/x' is not a URL"),
+        ({"technique-id": "t" * 201}, "technique-id: String should have at most 200 characters"),
     ],
 )
-def test_bad_metadata_says_what_is_wrong(meta: dict[str, str], fragment: str) -> None:
-    with pytest.raises(InvalidMetadata, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+def test_bad_metadata_names_the_key_and_what_is_wrong(meta: dict[str, str], fragment: str) -> None:
+    with pytest.raises(InvalidMetadata) as refused:
         spec(**meta)
+    assert str(refused.value).startswith(fragment)
+
+
+@pytest.mark.parametrize(
+    ("header", "fragment"),
+    [(["a", ""], "column 2 has no name"), (["a", " A ", "b", "A"], "duplicate column names \\['A'\\]")],
+)
+def test_a_header_that_cannot_drive_the_batch_is_refused(header: list[str], fragment: str) -> None:
+    with pytest.raises(InvalidHeader, match=fragment):
+        check_header(header, spec())
 
 
 @pytest.mark.parametrize(
     ("header", "meta", "fragment"),
     [
-        (["a", ""], {}, "has no name"),
-        (["a", "a"], {}, "duplicate"),
-        (["a", "b"], {"key-column": "z"}, "lacks"),
-        (["a", "b"], {"input-columns": "b;c"}, "lacks"),
-        (["a"], {"key-column": "a"}, "no column is left"),
+        (["a", "b"], {"key-column": "z"}, "^key-column: 'z' is not a column of the header \\(a, b\\)"),
+        (["a", "b"], {"input-columns": "b;c"}, "^input-columns: \\['c'\\]"),
+        (["a", "b"], {"input-types": "c=text"}, "^input-types: \\['c'\\]"),
+        (["a"], {"key-column": "a"}, "^key-column: 'a' is the only column"),
+        (["a", "b"], {"static-inputs": '[{"id":"b","type":"text","value":"v"}]'}, "^static-inputs: id"),
     ],
 )
-def test_a_header_that_cannot_drive_the_batch_is_refused(
+def test_metadata_naming_columns_the_header_lacks_is_a_metadata_error(
     header: list[str], meta: dict[str, str], fragment: str
 ) -> None:
-    with pytest.raises(InvalidHeader, match=fragment):
+    with pytest.raises(InvalidMetadata, match=fragment):
         check_header(header, spec(**meta))
+
+
+def test_a_long_header_is_capped_in_the_message() -> None:
+    header = [f"c{n}" for n in range(500)]
+    with pytest.raises(InvalidMetadata) as refused:
+        check_header(header, spec(**{"key-column": "zz"}))
+    assert len(str(refused.value)) < 200 and "500 columns" in str(refused.value)
+
+
+def test_a_key_too_long_for_a_ledger_item_is_cut_so_the_row_can_still_be_stored(aws: Aws) -> None:
+    fields = ["A1", "k" * 1024 * 1024, "", ""]
+    key = row_key(HEADER, fields, spec(**{"key-column": "prompt"}), 1)
+    assert len(key) <= MAX_KEY_CHARS and key.startswith("k" * 900) and key.endswith(" characters)")
+    assert aws.ledger.row_started("b1", 0, 1, run_id=None, attempt=1, line=2, key=key)
+    assert row_key(HEADER, ["A1", "k" * MAX_KEY_CHARS, "", ""], spec(**{"key-column": "prompt"}), 1) == (
+        "k" * MAX_KEY_CHARS
+    )

@@ -1,13 +1,15 @@
 """Streaming CSV records with the byte range and physical line of each, so chunks are byte ranges.
 
 csv.reader pulls lines lazily, so counting the bytes of the lines handed to it gives exact record
-boundaries without buffering the file. Ingest and worker parse with these same functions, which is
-what makes a chunk's byte range mean the same rows to both.
+boundaries without buffering the file. Ingest, worker and results parse with these same functions,
+which is what makes a chunk's byte range mean the same rows to all three: every rule that skips a
+row lives here, never in only one of them.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -20,11 +22,21 @@ csv.field_size_limit(MAX_FIELD_BYTES)
 _BOM = "\ufeff"
 
 
-class CsvEncodingError(ValueError):
-    """The bytes are not UTF-8: the whole file is rejected (`invalid_encoding`)."""
+# A line ends at LF, CRLF or a lone CR (old Mac and some Excel exports): the same three that
+# csv.reader and text editors accept, so physical line numbers match what the user sees.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
-    def __init__(self, line: int) -> None:
-        super().__init__(f"line {line} is not valid UTF-8")
+
+class CsvEncodingError(ValueError):
+    """The bytes are not UTF-8 text: the whole file is rejected (`invalid_encoding`).
+
+    Rejecting the file rather than skipping the lines is deliberate: a file with one non-UTF-8 byte
+    is almost always wholly in another encoding (Latin-1/cp1252 from Excel, UTF-16), so skipping
+    would run exactly the ASCII rows and silently drop every row with an accent.
+    """
+
+    def __init__(self, line: int, detail: str = "is not valid UTF-8") -> None:
+        super().__init__(f"line {line} {detail}")
         self.line = line
 
 
@@ -46,12 +58,11 @@ def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
             continue
         data = pending + chunk if pending else chunk
         start = 0
-        while True:
-            newline = data.find(b"\n", start)
-            if newline < 0:
-                break
-            yield data[start : newline + 1]
-            start = newline + 1
+        for end in _LINE_END.finditer(data):
+            if end.end() == len(data) and end.group() == b"\r":
+                break  # the LF of a CRLF may be in the next chunk: decide when it arrives
+            yield data[start : end.end()]
+            start = end.end()
         pending = data[start:]
     if pending:
         yield pending
@@ -73,8 +84,13 @@ class _LineFeed:
         raw = next(self._lines)
         try:
             text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CsvEncodingError(self.next_line) from None
+        except UnicodeDecodeError as exc:
+            detail = f"is not valid UTF-8 (byte 0x{raw[exc.start]:02X} at byte {exc.start + 1} of the line)"
+            raise CsvEncodingError(self.next_line, detail) from None
+        if "\x00" in text:
+            # csv accepts NUL since 3.11, but no UTF-8 text file holds one: it is a UTF-16 file
+            # without a BOM, a spreadsheet or other binary renamed .csv, or a damaged upload.
+            raise CsvEncodingError(self.next_line, "contains a NUL byte: the file is binary or UTF-16")
         if self._strip_bom:
             self._strip_bom = False
             text = text.removeprefix(_BOM)
@@ -85,12 +101,22 @@ class _LineFeed:
 
 def _row_error(message: str, line: int) -> RowError:
     if "unexpected end of data" in message:
-        return RowError(line=line, code="unterminated_quote", message="quoted field is never closed")
+        # csv reads on to the end of the file looking for the closing quote, so everything after
+        # this line is part of the one broken record; the rows before it are unaffected.
+        return RowError(
+            line=line,
+            code="unterminated_quote",
+            message=f"line {line}: a quoted field opened here is never closed",
+        )
     if "field larger than field limit" in message:
-        return RowError(line=line, code="field_too_large", message=f"a field exceeds {MAX_FIELD_BYTES} bytes")
+        return RowError(
+            line=line,
+            code="field_too_large",
+            message=f"line {line}: a field is longer than {MAX_FIELD_BYTES:,} characters",
+        )
     if "expected after" in message:
-        return RowError(line=line, code="invalid_quote", message=f"malformed quoting: {message}")
-    return RowError(line=line, code="malformed_row", message=message)
+        return RowError(line=line, code="invalid_quote", message=f"line {line}: malformed quoting: {message}")
+    return RowError(line=line, code="malformed_row", message=f"line {line}: {message}")
 
 
 def scan_records(
@@ -121,14 +147,25 @@ def scan_records(
 
 
 def validate_width(record: CsvRecord, width: int) -> CsvRecord:
-    """A data record must have exactly one field per header column."""
-    if record.fields is None or len(record.fields) == width:
+    """A data record must have exactly one field per header column, and not all of them empty.
+
+    A row of only commas is what spreadsheets export for formatted but empty rows; running it
+    would send the provider empty inputs, so it is skipped like a blank line, but reported.
+    """
+    if record.fields is None:
         return record
-    error = RowError(
-        line=record.line,
-        code="column_count",
-        message=f"expected {width} fields, found {len(record.fields)}",
-    )
+    if len(record.fields) != width:
+        error = RowError(
+            line=record.line,
+            code="column_count",
+            message=f"line {record.line}: expected {width} fields, found {len(record.fields)}",
+        )
+    elif not any(record.fields):
+        error = RowError(
+            line=record.line, code="empty_row", message=f"line {record.line}: every field is empty"
+        )
+    else:
+        return record
     return CsvRecord(record.number, record.line, record.start, record.end, None, error)
 
 

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 logger = Logger(child=True)
 
 ROW_ERROR_FLUSH = 100
+# Only objects under this prefix are uploads. The S3 notification filters on it too; checking
+# here as well means a widened filter can never make the stack ingest its own results/ files.
+UPLOADS_PREFIX = "uploads/"
 
 
 class ObjectCreated(BaseModel):
@@ -97,7 +100,11 @@ class Ingestor:
         self._limits = limits
 
     def ingest(self, created: ObjectCreated) -> BatchState | None:
-        """Make (or resume) the batch of one uploaded object; None when the object is gone."""
+        """Make (or resume) the batch of one uploaded object; None when the object is gone or is
+        not an upload (outside `uploads/`, or a console folder marker)."""
+        if not created.key.startswith(UPLOADS_PREFIX) or created.key.endswith("/"):
+            logger.info("not an upload, ignored", extra={"key": created.key})
+            return None
         opened = self._open(created)
         if opened is None:
             return None
@@ -106,10 +113,9 @@ class Ingestor:
             try:
                 if spec_error is not None:
                     raise FileRejected("invalid_metadata", str(spec_error))
-                if size > self._limits.max_bytes:
-                    raise FileRejected(
-                        "file_too_large", f"{size} bytes is over the limit of {self._limits.max_bytes}"
-                    )
+                if size > self._limits.max_bytes:  # decided from HEAD: not one byte is read
+                    limit = self._limits.max_bytes
+                    raise FileRejected("file_too_large", f"the file is {size:,} bytes; at most {limit:,}")
                 scan = self._scan(batch)
             except FileRejected as rejected:
                 return self._reject(batch, rejected)
@@ -190,9 +196,11 @@ class Ingestor:
                 check_header(header, batch.spec)
             except InvalidHeader as exc:
                 raise FileRejected("invalid_header", str(exc)) from None
+            except InvalidMetadata as exc:  # a column the metadata names is not in this header
+                raise FileRejected("invalid_metadata", str(exc)) from None
             return self._plan(batch.batch_id, header, records)
         except CsvEncodingError as exc:
-            raise FileRejected("invalid_encoding", f"{exc}; the file must be UTF-8") from None
+            raise FileRejected("invalid_encoding", f"{exc}; save the file as UTF-8") from None
 
     def _plan(self, batch_id: str, header: list[str], records: Iterator[CsvRecord]) -> _Scan:
         """Chunks are byte ranges from a chunk's first good record to its last; bad records in
@@ -203,30 +211,35 @@ class Ingestor:
         first: CsvRecord | None = None
         last: CsvRecord | None = None
         rows_in_chunk = 0
-        for raw in records:
-            record = validate_width(raw, len(header))
-            if record.error is not None:
-                errors.append(record.error)
-                scan.rows_skipped += 1
-                if len(errors) >= ROW_ERROR_FLUSH:
-                    self._ledger.record_row_errors(batch_id, errors)
-                    errors = []
-                continue
-            rows += 1
-            if rows > self._limits.max_rows:
-                raise FileRejected(
-                    "row_count_exceeded", f"more than {self._limits.max_rows} data rows in one batch"
-                )
-            first = first or record
-            last = record
-            rows_in_chunk += 1
-            if rows_in_chunk == self._limits.chunk_rows:
-                scan.chunks.append(_chunk(len(scan.chunks), first, last, rows_in_chunk))
-                first, rows_in_chunk = None, 0
+        try:
+            for raw in records:
+                record = validate_width(raw, len(header))
+                if record.error is not None:
+                    errors.append(record.error)
+                    scan.rows_skipped += 1
+                    if len(errors) >= ROW_ERROR_FLUSH:
+                        self._ledger.record_row_errors(batch_id, errors)
+                        errors = []
+                    continue
+                rows += 1
+                if rows > self._limits.max_rows:
+                    raise FileRejected(
+                        "row_count_exceeded",
+                        f"line {record.line} is data row {rows:,}; the limit is {self._limits.max_rows:,}",
+                    )
+                first = first or record
+                last = record
+                rows_in_chunk += 1
+                if rows_in_chunk == self._limits.chunk_rows:
+                    scan.chunks.append(_chunk(len(scan.chunks), first, last, rows_in_chunk))
+                    first, rows_in_chunk = None, 0
+        finally:
+            # Also when the file is rejected part way: its row errors are then exactly those
+            # before the line that rejected it, not whichever happened to be flushed.
+            if errors:
+                self._ledger.record_row_errors(batch_id, errors)
         if first is not None and last is not None:
             scan.chunks.append(_chunk(len(scan.chunks), first, last, rows_in_chunk))
-        if errors:
-            self._ledger.record_row_errors(batch_id, errors)
         logger.info(
             "file validated",
             extra={

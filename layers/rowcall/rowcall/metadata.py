@@ -4,56 +4,102 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from rowcall.models import BatchSpec, InputType, RunInput
 
-_static_inputs = TypeAdapter(list[RunInput])
+_static_input = TypeAdapter(RunInput)
 _known_types = {t.value for t in InputType}
+# BatchSpec field -> the metadata key a user wrote, so a refusal names what they can fix.
+_METADATA_KEY = {
+    "technique_id": "technique-id",
+    "key_column": "key-column",
+    "input_columns": "input-columns",
+    "input_types": "input-types",
+    "static_inputs": "static-inputs",
+    "on_done_url": "on-done-url",
+    "name": "batch-name",
+}
 
 
 class InvalidMetadata(ValueError):
-    """The metadata cannot describe a batch; the batch fails with reason `invalid_metadata`."""
+    """The metadata cannot describe a batch; the batch fails with reason `invalid_metadata`.
+
+    Every message starts with the metadata key at fault (`input-types: ...`)."""
 
 
-def _pairs(raw: str, what: str) -> dict[str, str]:
+def _columns(raw: str) -> tuple[str, ...]:
+    columns = tuple(c.strip() for c in raw.split(";") if c.strip())
+    if not columns:
+        raise InvalidMetadata(f"input-columns: {raw!r} names no column (write col1;col2)")
+    return columns
+
+
+def _types(raw: str) -> dict[str, str]:
     pairs: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in raw.split(";"))):
         column, sep, value = part.partition("=")
         if not sep or not column.strip() or not value.strip():
-            raise InvalidMetadata(f"{what}: {part!r} is not column=type")
+            raise InvalidMetadata(f"input-types: {part!r} is not column=type (e.g. photo=imageUrl)")
         pairs[column.strip()] = value.strip()
+    unknown = sorted(t for t in pairs.values() if t not in _known_types)
+    if unknown:
+        raise InvalidMetadata(f"input-types: unknown type(s) {unknown}; known: {sorted(_known_types)}")
     return pairs
 
 
-def spec_from_metadata(metadata: Mapping[str, str], *, key: str, default_technique_id: str) -> BatchSpec:
-    meta = {k.lower().removeprefix("x-amz-meta-"): v for k, v in metadata.items()}
-    input_columns = None
-    if meta.get("input-columns"):
-        input_columns = tuple(c.strip() for c in meta["input-columns"].split(";") if c.strip())
-    input_types = _pairs(meta.get("input-types", ""), "input-types")
-    unknown = sorted(t for t in input_types.values() if t not in _known_types)
-    if unknown:
-        raise InvalidMetadata(f"input-types: unknown type(s) {unknown}; known: {sorted(_known_types)}")
-    static_inputs: list[RunInput] = []
-    if meta.get("static-inputs"):
+def _static_inputs(raw: str) -> tuple[RunInput, ...]:
+    try:
+        parsed: Any = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidMetadata(f"static-inputs: not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(parsed, list):
+        raise InvalidMetadata(
+            f"static-inputs: must be a JSON list of {{id, type, value}} objects, not {_json_kind(parsed)}"
+        )
+    inputs: list[RunInput] = []
+    for index, entry in enumerate(parsed):
         try:
-            static_inputs = _static_inputs.validate_python(json.loads(meta["static-inputs"]))
-        except (json.JSONDecodeError, ValidationError) as exc:
-            raise InvalidMetadata(f"static-inputs: not a JSON list of {{id,type,value}}: {exc}") from None
+            inputs.append(_static_input.validate_python(entry))
+        except ValidationError as exc:
+            raise InvalidMetadata(f"static-inputs[{index}]: {_describe(exc)}") from None
+    ids = [i.id for i in inputs]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise InvalidMetadata(f"static-inputs: id(s) {repeated} appear more than once")
+    return tuple(inputs)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return kinds.get(type(value), "null")
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
+    )
+
+
+def spec_from_metadata(metadata: Mapping[str, str], *, key: str, default_technique_id: str) -> BatchSpec:
+    """What can be checked without the file; `check_header` checks the rest against the header."""
+    meta = {k.lower().removeprefix("x-amz-meta-"): v for k, v in metadata.items()}
     try:
         return BatchSpec(
             technique_id=meta.get("technique-id") or default_technique_id,
-            key_column=meta.get("key-column") or None,
-            input_columns=input_columns,
-            input_types=input_types,
-            static_inputs=tuple(static_inputs),
+            key_column=meta.get("key-column", "").strip() or None,
+            input_columns=_columns(meta["input-columns"]) if meta.get("input-columns") else None,
+            input_types=_types(meta.get("input-types", "")),
+            static_inputs=_static_inputs(meta["static-inputs"]) if meta.get("static-inputs") else (),
             on_done_url=meta.get("on-done-url") or None,
             name=meta.get("batch-name") or key,
         )
     except ValidationError as exc:
-        raise InvalidMetadata("; ".join(e["msg"] for e in exc.errors())) from None
+        first = exc.errors()[0]
+        field = _METADATA_KEY.get(str(first["loc"][0]), str(first["loc"][0])) if first["loc"] else "metadata"
+        raise InvalidMetadata(f"{field}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 class InvalidHeader(ValueError):
@@ -61,19 +107,34 @@ class InvalidHeader(ValueError):
 
 
 def check_header(header: list[str], spec: BatchSpec) -> None:
+    """The header itself (InvalidHeader), then the metadata's columns against it (InvalidMetadata)."""
     names = [h.strip() for h in header]
     if any(not n for n in names):
         raise InvalidHeader(f"column {names.index('') + 1} has no name")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InvalidHeader(f"duplicate column names {duplicates}")
-    wanted = [spec.key_column] if spec.key_column else []
-    wanted += list(spec.input_columns or ()) + list(spec.input_types)
-    missing = sorted({c for c in wanted if c not in header})
-    if missing:
-        raise InvalidHeader(f"metadata names columns the header lacks: {missing}")
-    if not input_columns_of(header, spec):
-        raise InvalidHeader("no column is left to send as an input")
+    present = _listed(header)
+    if spec.key_column is not None and spec.key_column not in header:
+        raise InvalidMetadata(f"key-column: {spec.key_column!r} is not a column of the header ({present})")
+    for field, columns in (("input-columns", spec.input_columns or ()), ("input-types", spec.input_types)):
+        missing = sorted(c for c in columns if c not in header)
+        if missing:
+            raise InvalidMetadata(f"{field}: {missing} not column(s) of the header ({present})")
+    inputs = input_columns_of(header, spec)
+    if not inputs:
+        raise InvalidMetadata(
+            f"key-column: {spec.key_column!r} is the only column; no column is left to send as an input"
+        )
+    clashing = sorted({s.id for s in spec.static_inputs} & set(inputs))
+    if clashing:
+        raise InvalidMetadata(f"static-inputs: id(s) {clashing} are also input columns of the file")
+
+
+def _listed(header: list[str], most: int = 10) -> str:
+    """The header's names for a message, capped: a message is stored with the batch."""
+    shown = ", ".join(h[:40] for h in header[:most])
+    return shown if len(header) <= most else f"{shown}, ... {len(header)} columns"
 
 
 def input_columns_of(header: list[str], spec: BatchSpec) -> list[str]:
@@ -92,7 +153,17 @@ def row_inputs(header: list[str], fields: list[str], spec: BatchSpec) -> list[Ru
     return inputs + list(spec.static_inputs)
 
 
+# The key is stored on the row's ledger item, which DynamoDB caps at 400 KB: a 1 MB cell in the
+# key column would fail that write on every redelivery and strand the batch. The key only names
+# the row (results.csv keeps the full cell, idempotency uses the row id), so a long one is cut.
+MAX_KEY_CHARS = 1024
+
+
 def row_key(header: list[str], fields: list[str], spec: BatchSpec, record: int) -> str:
     if spec.key_column is None:
         return str(record)
-    return fields[header.index(spec.key_column)]
+    key = fields[header.index(spec.key_column)]
+    if len(key) <= MAX_KEY_CHARS:
+        return key
+    kept = MAX_KEY_CHARS - 32
+    return f"{key[:kept]}… (+{len(key) - kept:,} characters)"
