@@ -1,11 +1,21 @@
-"""A FLORA-style technique-run provider on loopback, with injectable faults (contract section 5)."""
+"""A FLORA-style technique-run provider on loopback, with injectable faults (contract section 5).
+
+It speaks what `@flora-ai/flora` 0.11 types and verifies: runs with unix-ms timestamps and
+optional fields omitted when unset, a newest-first cursor-paged run list, and signed webhook
+envelopes (`Flora-Signature`) that carry no outputs, retried with backoff until given up.
+tests/unit/test_flora_sdk.py holds it to the SDK itself.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import concurrent.futures
 import contextlib
+import hashlib
 import heapq
 import hmac
+import ipaddress
 import itertools
 import json
 import logging
@@ -13,21 +23,24 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rowcall.flora_signature import EVENT_HEADER, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, signature_header
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 2 * 60 * 60
+# FLORA retries a delivery up to 3 times with exponential backoff; its real delays are not
+# published, and short ones keep local runs and tests quick.
 CALLBACK_BACKOFF_S = (0.2, 0.5, 1.0)
 DUPLICATE_CALLBACK_GAP_S = 0.05
 CALLBACK_WORKERS = 8
@@ -36,15 +49,25 @@ CALLBACK_TIMEOUT = httpx.Timeout(5.0, connect=1.0)
 STOP_TIMEOUT_S = 2.0
 SERVER_POLL_S = 0.05
 MAX_BODY_BYTES = 8 * 1024 * 1024
+WEBHOOK_API_VERSION = "2026-06-11"
+LIST_LIMIT_DEFAULT = 20
+LIST_LIMIT_MAX = 100
+RUN_COST_USD = 0.04
 STAT_NAMES = (
     "creates",
     "unique_idempotency_keys",
     "duplicate_creates",
     "gets",
+    "lists",
+    "polls",
     "max_in_flight",
     "callbacks_sent",
     "callbacks_failed",
+    "deliveries_given_up",
 )
+
+RunStatus = Literal["pending", "running", "completed", "failed"]
+TERMINAL_STATUSES = frozenset({"completed", "failed"})
 
 
 @dataclass(frozen=True)
@@ -82,39 +105,111 @@ class RunInput(BaseModel):
 
 
 class CreateRunRequest(BaseModel):
+    """The body of `POST /techniques/{id}/runs` (the SDK's RunCreateParams, async mode only)."""
+
     model_config = ConfigDict(strict=True)
 
     inputs: list[RunInput]
     mode: Literal["async"]
-    callback_url: str
-    idempotency_key: str = Field(min_length=1, max_length=255)
-
-    @field_validator("callback_url")
-    @classmethod
-    def _absolute_http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("callback_url must be an absolute http(s) URL")
-        return value
+    callback_url: str | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
 
 
 class RunOutput(BaseModel):
     output_id: str
-    type: str
+    type: Literal["imageUrl", "videoUrl", "audioUrl", "text", "documentUrl"]
     url: str
 
 
 class RunObject(BaseModel):
+    """The SDK's RunCreateResponse / RunRetrieveResponse. Timestamps are unix milliseconds;
+    the SDK types optional fields as `?: T`, not nullable, so None means "omit" on the wire."""
+
     run_id: str
-    status: Literal["queued", "running", "completed", "failed"]
+    status: RunStatus
     progress: int
-    created_at: str
-    started_at: str | None
-    completed_at: str | None
-    outputs: list[RunOutput]
-    error_code: str | None
-    error_message: str | None
-    charged_cost: int
+    created_at: int
+    started_at: int | None = None
+    completed_at: int | None = None
+    outputs: list[RunOutput] = Field(default_factory=list)
+    error_code: str | None = None
+    error_message: str | None = None
+    charged_cost: float | None = None
+    poll_url: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class TechniqueRef(BaseModel):
+    name: str
+    technique_id: str
+
+
+class ListedRun(RunObject):
+    """One item of `GET /technique-runs` (the SDK's RunListResponse, plus `technique_id`)."""
+
+    technique_id: str
+    technique: TechniqueRef
+    technique_run_id: str
+    workspace_id: str
+    project_id: str
+
+
+class ListQuery(BaseModel):
+    """The query of `GET /technique-runs`; query values arrive as text, so not strict."""
+
+    technique_id: str | None = None
+    status: RunStatus | None = None
+    workspace_id: str | None = None
+    project_id: str | None = None
+    limit: int = Field(default=LIST_LIMIT_DEFAULT, ge=1, le=LIST_LIMIT_MAX)
+    cursor: str | None = None
+
+
+class WebhookRunData(BaseModel):
+    run_id: str
+    run_type: Literal["technique"] = "technique"
+    workspace_id: str
+    status: Literal["completed", "failed"]
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class WebhookEvent(BaseModel):
+    """The envelope FLORA posts to `callback_url` (the SDK's WebhookEvent): no outputs."""
+
+    id: str
+    type: Literal["run.completed", "run.failed"]
+    api_version: str = WEBHOOK_API_VERSION
+    created_at: int
+    data: WebhookRunData
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One event bound for one URL. Every attempt re-signs the same bytes with a fresh `t`."""
+
+    url: str
+    event_id: str
+    event_type: str
+    body: bytes
+
+    @classmethod
+    def of(cls, url: str, event: WebhookEvent) -> WebhookDelivery:
+        return cls(url, event.id, event.type, event.model_dump_json(exclude_none=True).encode())
+
+    def signed_headers(self, secrets: Sequence[str], timestamp: int) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: signature_header(secrets, timestamp, self.body),
+            WEBHOOK_ID_HEADER: self.event_id,
+            EVENT_HEADER: self.event_type,
+        }
 
 
 class _CreditsRequest(BaseModel):
@@ -125,9 +220,20 @@ class _CreditsRequest(BaseModel):
 
 @dataclass
 class _RunRecord:
+    seq: int
+    """Creation order; the list's cursors are made of it."""
     technique_id: str
-    callback_url: str
+    callback_url: str | None
     run: RunObject
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    target: str
+    authorization: str | None
+    idempotency_key: str | None
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -146,8 +252,8 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _only(method: str, allowed: str, handler: Callable[[], _Reply]) -> _Reply:
@@ -161,6 +267,72 @@ def _run_logged(fn: Callable[[], None]) -> None:
         fn()
     except Exception:
         log.exception("provider emulator task failed")
+
+
+def _stable_id(prefix: str, seed: str) -> str:
+    """Ids that stay the same for one API key across restarts, as a real workspace's would."""
+    return f"{prefix}_{hashlib.sha256(seed.encode()).hexdigest()[:16]}"
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    address = _ip_address(host)
+    return address is not None and address.is_loopback
+
+
+def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_internal_host(host: str) -> bool:
+    """Private, loopback, link-local and other non-public addresses. Host names are not
+    resolved here (FLORA resolves them; a loopback emulator must not depend on DNS)."""
+    if _is_loopback_host(host):
+        return True
+    address = _ip_address(host)
+    return address is not None and not address.is_global
+
+
+def callback_url_problem(url: str, *, allow_loopback: bool) -> str | None:
+    """Why FLORA would refuse this callback_url, or None: it must be https and must not point
+    at an internal host. `allow_loopback` lets the local stack receive on 127.0.0.1 over http."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises on a malformed port
+    except ValueError:
+        return "callback_url is not a valid URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return "callback_url must be an absolute https URL"
+    if allow_loopback and _is_loopback_host(host):
+        return None
+    if parts.scheme != "https":
+        return "callback_url must use https"
+    if _is_internal_host(host):
+        return "callback_url must not point to a private, loopback or link-local host"
+    return None
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"run-seq:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int | None:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    prefix, _, number = text.partition(":")
+    if prefix != "run-seq" or not number.isdigit():
+        return None
+    return int(number)
 
 
 class _Scheduler:
@@ -240,15 +412,29 @@ class _Provider:
     """The provider's state and HTTP semantics, independent of the socket server."""
 
     def __init__(
-        self, api_key: str, faults: ProviderFaults, scheduler: _Scheduler, client: httpx.Client
+        self,
+        api_key: str,
+        faults: ProviderFaults,
+        scheduler: _Scheduler,
+        client: httpx.Client,
+        *,
+        webhook_secret: str,
+        allow_loopback_callbacks: bool,
     ) -> None:
         self._api_key = api_key.encode()
         self._faults = faults
         self._scheduler = scheduler
         self._client = client
+        self._webhook_secrets = (webhook_secret,)
+        self._allow_loopback = allow_loopback_callbacks
+        self.workspace_id = _stable_id("ws", api_key)
+        self.project_id = _stable_id("proj", api_key)
+        self.base_url = ""
+        """Where the provider is served; poll_url is built from it. Set before serving."""
         self._lock = threading.Lock()
         self._rng = random.Random(faults.seed)
         self._runs: dict[str, _RunRecord] = {}
+        self._by_seq: list[_RunRecord] = []
         # Insertion order is creation order, so the oldest keys are always at the front.
         self._keys: dict[str, tuple[str, float]] = {}
         self._credits = faults.credits
@@ -263,36 +449,49 @@ class _Provider:
     def stop(self) -> None:
         self._stopping.set()
 
-    def handle(self, method: str, target: str, authorization: str | None, body: bytes) -> _Reply:
-        segments = [unquote(part) for part in urlsplit(target).path.split("/") if part]
+    def handle(self, request: _Request) -> _Reply:
+        parts = urlsplit(request.target)
+        segments = [unquote(part) for part in parts.path.split("/") if part]
+        method = request.method
         match segments:
             case ["techniques", technique_id, "runs"]:
-                return _only(method, "POST", lambda: self._create(technique_id, authorization, body))
+                return _only(method, "POST", lambda: self._create(technique_id, request))
             case ["techniques", technique_id, "runs", run_id]:
-                return _only(method, "GET", lambda: self._get(technique_id, run_id, authorization))
+                return _only(method, "GET", lambda: self._get(technique_id, run_id, request.authorization))
+            case ["technique-runs"]:
+                return _only(method, "GET", lambda: self._list(parts.query, request.authorization))
             case ["_stats"]:
                 return _only(method, "GET", lambda: _Reply(200, dict(self.stats())))
             case ["_credits"]:
-                return _only(method, "POST", lambda: self._add_credits(body))
+                return _only(method, "POST", lambda: self._add_credits(request.body))
             case _:
-                return _error(404, "not_found", f"no route for {urlsplit(target).path}")
+                return _error(404, "not_found", f"no route for {parts.path}")
 
     def _authorized(self, authorization: str | None) -> bool:
         scheme, _, token = (authorization or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._api_key)
 
-    def _create(self, technique_id: str, authorization: str | None, body: bytes) -> _Reply:
-        if not self._authorized(authorization):
+    # -- create ------------------------------------------------------------------------------
+
+    def _create(self, technique_id: str, request: _Request) -> _Reply:
+        if not self._authorized(request.authorization):
             return _error(401, "unauthorized", "missing or invalid bearer token")
         with self._lock:
             self._stats["creates"] += 1
         if technique_id.startswith("missing-"):
             return _error(404, "not_found", f"technique {technique_id} not found")
         try:
-            request = CreateRunRequest.model_validate_json(body)
+            body = CreateRunRequest.model_validate_json(request.body)
         except ValidationError as exc:
             return _error(422, "validation_error", _describe(exc))
-        return self._injected_fault() or self._admit(technique_id, request)
+        key = _idempotency_key(body.idempotency_key, request.idempotency_key)
+        if isinstance(key, _Reply):
+            return key
+        if body.callback_url is not None:
+            problem = callback_url_problem(body.callback_url, allow_loopback=self._allow_loopback)
+            if problem is not None:
+                return _error(422, "invalid_callback_url", problem)
+        return self._injected_fault() or self._admit(technique_id, body.callback_url, key)
 
     def _injected_fault(self) -> _Reply | None:
         with self._lock:
@@ -303,21 +502,23 @@ class _Provider:
                 return _error(503, "unavailable", "the provider is temporarily unavailable")
         return None
 
-    def _admit(self, technique_id: str, request: CreateRunRequest) -> _Reply:
+    def _admit(self, technique_id: str, callback_url: str | None, key: str | None) -> _Reply:
         now = time.monotonic()
         with self._lock:
             self._expire_keys_locked(now)
-            existing = self._keys.get(request.idempotency_key)
+            existing = self._keys.get(key) if key is not None else None
             if existing is not None:
                 self._stats["duplicate_creates"] += 1
                 message = f"idempotency_key already used by run {existing[0]}"
                 return _error(409, "idempotency_duplicate", message)
             if self._credits is not None and self._credits <= 0:
                 return _error(402, "insufficient_credits", "the account has no credits left")
-            run = self._record_run_locked(technique_id, request, now)
+            run = self._record_run_locked(technique_id, callback_url, key, now)
             delay_s = self._rng.randint(*self._faults.delay_ms) / 1000
+        # The emulator picks a run up at once; it then runs for delay_s.
+        self._scheduler.call_later(0, partial(self._start, run.run_id), inline=True)
         self._scheduler.call_later(delay_s, partial(self._finish, run.run_id), inline=True)
-        return _Reply(201, run.model_dump(mode="json"))
+        return _Reply(201, run.wire())
 
     def _expire_keys_locked(self, now: float) -> None:
         cutoff = now - IDEMPOTENCY_TTL_S
@@ -327,76 +528,114 @@ class _Provider:
                 return
             del self._keys[oldest]
 
-    def _record_run_locked(self, technique_id: str, request: CreateRunRequest, now: float) -> RunObject:
+    def _record_run_locked(
+        self, technique_id: str, callback_url: str | None, key: str | None, now: float
+    ) -> RunObject:
+        run_id = f"run_{self._rng.getrandbits(80):020x}"
         run = RunObject(
-            run_id=f"run_{self._rng.getrandbits(80):020x}",
-            status="queued",
+            run_id=run_id,
+            status="pending",
             progress=0,
-            created_at=_utc_now(),
-            started_at=None,
-            completed_at=None,
-            outputs=[],
-            error_code=None,
-            error_message=None,
-            charged_cost=0,
+            created_at=_now_ms(),
+            poll_url=f"{self.base_url}/techniques/{technique_id}/runs/{run_id}",
         )
-        self._runs[run.run_id] = _RunRecord(technique_id, request.callback_url, run)
-        self._keys[request.idempotency_key] = (run.run_id, now)
-        self._stats["unique_idempotency_keys"] += 1
+        record = _RunRecord(len(self._by_seq), technique_id, callback_url, run)
+        self._runs[run_id] = record
+        self._by_seq.append(record)
+        if key is not None:
+            self._keys[key] = (run_id, now)
+            self._stats["unique_idempotency_keys"] += 1
         if self._credits is not None:
             self._credits -= 1
         self._in_flight += 1
         self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
         return run
 
+    # -- run lifecycle -----------------------------------------------------------------------
+
+    def _start(self, run_id: str) -> None:
+        with self._lock:
+            record = self._runs[run_id]
+            if record.run.status == "pending":
+                record.run = record.run.model_copy(update={"status": "running", "started_at": _now_ms()})
+
     def _finish(self, run_id: str) -> None:
         with self._lock:
             record = self._runs[run_id]
             record.run = self._finished_locked(record.run)
             self._in_flight -= 1
-            copies = self._callback_copies_locked()
-            body = record.run.model_dump_json().encode()
+            url = record.callback_url
+            copies = self._callback_copies_locked() if url is not None else 0
+            event = self._event_locked(record.run) if copies else None
+        if url is None or event is None:
+            return  # no callback_url, or the delivery is dropped (an injected fault)
+        delivery = WebhookDelivery.of(url, event)
+        # A duplicated delivery is the same delivery (same id) sent twice, as a retry race would.
         for copy in range(copies):
-            send = partial(self._send_callback, record.callback_url, body, 0)
-            self._scheduler.call_later(copy * DUPLICATE_CALLBACK_GAP_S, send)
+            self._scheduler.call_later(copy * DUPLICATE_CALLBACK_GAP_S, partial(self._deliver, delivery, 0))
 
     def _finished_locked(self, run: RunObject) -> RunObject:
-        now = _utc_now()
-        # The emulator starts work as soon as a run is queued.
-        times = {"started_at": run.created_at, "completed_at": now}
+        now = _now_ms()
+        times = {"started_at": run.started_at or now, "completed_at": now}
         if self._rng.random() < self._faults.fail_rate:
             message = "the technique failed to generate an output (injected fault)"
             failure = {"status": "failed", "error_code": "generation_failed", "error_message": message}
-            return run.model_copy(update={**times, **failure})
+            return run.model_copy(update={**times, **failure, "charged_cost": 0.0})
         output = RunOutput(
             output_id="output_0",
             type="imageUrl",
             url=f"https://cdn.provider.invalid/runs/{run.run_id}/output_0.png",
         )
-        success = {"status": "completed", "progress": 100, "outputs": [output], "charged_cost": 1}
+        success = {"status": "completed", "progress": 100, "outputs": [output], "charged_cost": RUN_COST_USD}
         return run.model_copy(update={**times, **success})
+
+    def _event_locked(self, run: RunObject) -> WebhookEvent:
+        status: Literal["completed", "failed"] = "completed" if run.status == "completed" else "failed"
+        return WebhookEvent(
+            id=f"whd_{self._rng.getrandbits(96):024x}",
+            type=f"run.{status}",
+            created_at=_now_ms(),
+            data=WebhookRunData(
+                run_id=run.run_id,
+                workspace_id=self.workspace_id,
+                status=status,
+                error_code=run.error_code,
+                error_message=run.error_message,
+            ),
+        )
 
     def _callback_copies_locked(self) -> int:
         if self._rng.random() < self._faults.drop_callback_rate:
             return 0
         return 2 if self._rng.random() < self._faults.duplicate_callback_rate else 1
 
-    def _send_callback(self, url: str, body: bytes, attempt: int) -> None:
+    # -- webhook delivery --------------------------------------------------------------------
+
+    def _deliver(self, delivery: WebhookDelivery, attempt: int) -> None:
         if self._stopping.is_set():
             return
-        delivered = self._post(url, body)
+        headers = delivery.signed_headers(self._webhook_secrets, int(time.time()))
+        delivered = self._post(delivery.url, delivery.body, headers)
+        retry = not delivered and attempt < len(CALLBACK_BACKOFF_S)
         with self._lock:
-            self._stats["callbacks_sent" if delivered else "callbacks_failed"] += 1
-        if not delivered and attempt < len(CALLBACK_BACKOFF_S):
-            retry = partial(self._send_callback, url, body, attempt + 1)
-            self._scheduler.call_later(CALLBACK_BACKOFF_S[attempt], retry)
+            self._stats["callbacks_sent"] += 1
+            if not delivered:
+                self._stats["callbacks_failed"] += 1
+                if not retry:
+                    self._stats["deliveries_given_up"] += 1
+        if retry:
+            self._scheduler.call_later(
+                CALLBACK_BACKOFF_S[attempt], partial(self._deliver, delivery, attempt + 1)
+            )
 
-    def _post(self, url: str, body: bytes) -> bool:
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
         try:
-            response = self._client.post(url, content=body, headers={"Content-Type": "application/json"})
-        except httpx.HTTPError:
+            response = self._client.post(url, content=body, headers=headers)
+        except (httpx.HTTPError, httpx.InvalidURL):
             return False
         return response.is_success
+
+    # -- reads -------------------------------------------------------------------------------
 
     def _get(self, technique_id: str, run_id: str, authorization: str | None) -> _Reply:
         if not self._authorized(authorization):
@@ -405,9 +644,64 @@ class _Provider:
             self._stats["gets"] += 1
             record = self._runs.get(run_id)
             run = record.run if record is not None and record.technique_id == technique_id else None
+            if run is not None and not run.terminal:
+                self._stats["polls"] += 1
         if run is None:
             return _error(404, "not_found", f"run {run_id} not found")
-        return _Reply(200, run.model_dump(mode="json"))
+        return _Reply(200, run.wire())
+
+    def _list(self, query_string: str, authorization: str | None) -> _Reply:
+        if not self._authorized(authorization):
+            return _error(401, "unauthorized", "missing or invalid bearer token")
+        with self._lock:
+            self._stats["lists"] += 1
+        # A repeated parameter counts once, its last value winning, as most web frameworks do.
+        raw = {name: values[-1] for name, values in parse_qs(query_string, keep_blank_values=True).items()}
+        try:
+            query = ListQuery.model_validate(raw)
+        except ValidationError as exc:
+            return _error(400, "bad_request", _describe(exc))
+        before = _decode_cursor(query.cursor) if query.cursor is not None else None
+        if query.cursor is not None and before is None:
+            return _error(400, "bad_request", "cursor is not one this API returned")
+        with self._lock:
+            page, more = self._page_locked(query, before)
+        items = [self._listed(record).model_dump(mode="json", exclude_none=True) for record in page]
+        next_cursor = _encode_cursor(page[-1].seq) if more else None
+        return _Reply(200, {"technique_runs": items, "meta": {"next_cursor": next_cursor}})
+
+    def _page_locked(self, query: ListQuery, before: int | None) -> tuple[list[_RunRecord], bool]:
+        """Newest first, strictly older than the cursor's run: runs created meanwhile are newer
+        than any cursor, so paging neither skips nor repeats a run."""
+        top = len(self._by_seq) if before is None else min(before, len(self._by_seq))
+        page: list[_RunRecord] = []
+        for seq in range(top - 1, -1, -1):
+            record = self._by_seq[seq]
+            if not self._matches(record, query):
+                continue
+            if len(page) == query.limit:
+                return page, True
+            page.append(record)
+        return page, False
+
+    def _matches(self, record: _RunRecord, query: ListQuery) -> bool:
+        return (
+            query.technique_id in (None, record.technique_id)
+            and query.status in (None, record.run.status)
+            and query.workspace_id in (None, self.workspace_id)
+            and query.project_id in (None, self.project_id)
+        )
+
+    def _listed(self, record: _RunRecord) -> ListedRun:
+        technique_id = record.technique_id
+        return ListedRun(
+            **record.run.model_dump(),
+            technique_id=technique_id,
+            technique=TechniqueRef(name=technique_id, technique_id=technique_id),
+            technique_run_id=record.run.run_id,
+            workspace_id=self.workspace_id,
+            project_id=self.project_id,
+        )
 
     def _add_credits(self, body: bytes) -> _Reply:
         try:
@@ -420,6 +714,15 @@ class _Provider:
                 self._credits += request.add
             remaining = self._credits
         return _Reply(200, {"credits": remaining})
+
+
+def _idempotency_key(in_body: str | None, in_header: str | None) -> str | _Reply | None:
+    """The key from the body or the `Idempotency-Key` header; both given must agree."""
+    if in_header is not None and not 1 <= len(in_header) <= 255:
+        return _error(422, "validation_error", "Idempotency-Key header must be 1..255 characters")
+    if in_body is not None and in_header is not None and in_body != in_header:
+        return _error(422, "validation_error", "idempotency_key and the Idempotency-Key header differ")
+    return in_body if in_body is not None else in_header
 
 
 class _Server(ThreadingHTTPServer):
@@ -504,8 +807,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(body)
             return
         provider = cast(_Server, self.server).provider
+        request = _Request(
+            method=self.command,
+            target=self.path,
+            authorization=self.headers.get("Authorization"),
+            idempotency_key=self.headers.get("Idempotency-Key"),
+            body=body,
+        )
         try:
-            reply = provider.handle(self.command, self.path, self.headers.get("Authorization"), body)
+            reply = provider.handle(request)
         except Exception:
             log.exception("provider emulator failed on %s %s", self.command, self.path)
             reply = _error(500, "internal", "the emulator failed")
@@ -537,16 +847,36 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ProviderEmulator:
-    """Serves the provider on loopback until stop(); start once, stop any number of times."""
+    """Serves the provider on loopback until stop(); start once, stop any number of times.
+
+    `webhook_secret` signs every delivery (`Flora-Signature`). FLORA refuses callback URLs on
+    internal hosts; `allow_loopback_callbacks` lets the local stack's 127.0.0.1 receiver in.
+    """
 
     def __init__(
-        self, api_key: str, faults: ProviderFaults = NO_FAULTS, host: str = "127.0.0.1", port: int = 0
+        self,
+        api_key: str,
+        faults: ProviderFaults = NO_FAULTS,
+        *,
+        webhook_secret: str,
+        allow_loopback_callbacks: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        if not webhook_secret:
+            raise ValueError("webhook_secret must not be empty")
         self._host = host
         self._port = port
         self._scheduler = _Scheduler(CALLBACK_WORKERS)
         self._client = httpx.Client(timeout=CALLBACK_TIMEOUT)
-        self._provider = _Provider(api_key, faults, self._scheduler, self._client)
+        self._provider = _Provider(
+            api_key,
+            faults,
+            self._scheduler,
+            self._client,
+            webhook_secret=webhook_secret,
+            allow_loopback_callbacks=allow_loopback_callbacks,
+        )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -555,6 +885,8 @@ class ProviderEmulator:
         if self._server is not None or self._stopped:
             raise RuntimeError("the provider emulator can only be started once")
         server = _Server((self._host, self._port), self._provider)
+        self._server = server
+        self._provider.base_url = self.url
         self._scheduler.start()
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -563,7 +895,6 @@ class ProviderEmulator:
             daemon=True,
         )
         self._thread.start()
-        self._server = server
         return self.url
 
     def stop(self) -> None:
@@ -585,6 +916,10 @@ class ProviderEmulator:
         if self._server is None:
             raise RuntimeError("the provider emulator is not started")
         return f"http://{self._host}:{self._server.server_port}"
+
+    @property
+    def workspace_id(self) -> str:
+        return self._provider.workspace_id
 
     def stats(self) -> dict[str, int]:
         return self._provider.stats()
