@@ -49,6 +49,7 @@ MAX_BYTES_PARAMETER = "MaxBytes"
 PROVIDER_KEY_PARAMETER = "ProviderApiKeyParameter"
 CALLBACK_SECRET_PARAMETER = "CallbackSecretParameter"
 WEBHOOK_SECRET_PARAMETER = "WebhookSecretParameter"
+PROVIDER_WEBHOOK_SECRET_PARAMETER = "ProviderWebhookSecretParameter"
 
 # What a Lambda execution environment has besides its function's variables, taken from ours.
 INHERITED_ENVIRONMENT = frozenset(
@@ -65,6 +66,8 @@ STACK_JSON_KEYS = (
     "api_token",
     "provider_url",
     "webhook_secret",
+    "provider_api_key",
+    "provider_webhook_secret",
 )
 
 
@@ -88,14 +91,19 @@ class StackOptions:
     """Execution environments per function logical id, overriding INSTANCES_BY_SOURCE."""
 
 
+def _whsec() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 @dataclass(frozen=True)
 class StackSecrets:
     provider_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     callback_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    webhook_secret: str = field(
-        default_factory=lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    )
+    webhook_secret: str = field(default_factory=_whsec)
+    """Signs our on-done notifications (Standard Webhooks)."""
     api_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    provider_webhook_secret: str = field(default_factory=_whsec)
+    """The provider emulator signs its run webhooks with it (`Flora-Signature`)."""
 
 
 def instance_count(function: FunctionWiring, wiring: StackWiring) -> int:
@@ -121,6 +129,7 @@ def put_secret_parameters(
         PROVIDER_KEY_PARAMETER: stack_secrets.provider_api_key,
         CALLBACK_SECRET_PARAMETER: stack_secrets.callback_secret,
         WEBHOOK_SECRET_PARAMETER: stack_secrets.webhook_secret,
+        PROVIDER_WEBHOOK_SECRET_PARAMETER: stack_secrets.provider_webhook_secret,
     }
     stored = {}
     for parameter, value in values.items():
@@ -201,7 +210,13 @@ class LocalStack:
             self.aws = AwsEndpoint(moto_url.result(), opts.region)
         self._http = HttpApiServer()
         if opts.provider_faults is not None:
-            self.provider = ProviderEmulator(self.secrets.provider_api_key, opts.provider_faults)
+            # The callbacks go to this stack's HTTP API on 127.0.0.1, which FLORA itself would refuse.
+            self.provider = ProviderEmulator(
+                self.secrets.provider_api_key,
+                opts.provider_faults,
+                webhook_secret=self.secrets.provider_webhook_secret,
+                allow_loopback_callbacks=True,
+            )
             self.provider.start()
         upload_placeholder_artifacts(self.aws, code_bucket, sam.local_artifacts())
         parameters = self._parameters(sam)
@@ -333,6 +348,8 @@ class LocalStack:
             "api_token": self.secrets.api_token,
             "provider_url": self.provider.url if self.provider else "",
             "webhook_secret": self.secrets.webhook_secret,
+            "provider_api_key": self.secrets.provider_api_key,
+            "provider_webhook_secret": self.secrets.provider_webhook_secret,
         }
         assert tuple(info) == STACK_JSON_KEYS
         return info

@@ -244,9 +244,14 @@ def test_stack_json_is_written_with_the_contract_keys(stack: LocalStack) -> None
         "api_token",
         "provider_url",
         "webhook_secret",
+        "provider_api_key",
+        "provider_webhook_secret",
     ]
     assert written["bucket"] == "rowcall-test-data-123456789012"
     assert written["webhook_secret"].startswith("whsec_")
+    assert written["provider_webhook_secret"].startswith("whsec_")
+    assert written["provider_webhook_secret"] != written["webhook_secret"]
+    assert written["provider_api_key"] == stack.secrets.provider_api_key
 
 
 def test_sqs_partial_batch_failures_are_redelivered_and_successes_deleted(

@@ -154,6 +154,9 @@ def test_secrets_are_stored_where_the_template_names_them(deployed: Deployed) ->
     webhook_secret = value("WebhookSecretParameter")
     assert webhook_secret == secrets.webhook_secret
     assert len(base64.b64decode(webhook_secret.removeprefix("whsec_"))) == 32
+    provider_webhook_secret = value("ProviderWebhookSecretParameter")
+    assert provider_webhook_secret == secrets.provider_webhook_secret != webhook_secret
+    assert len(base64.b64decode(provider_webhook_secret.removeprefix("whsec_"))) == 32
 
 
 def test_sqs_settings_aws_would_refuse_are_refused_here_too() -> None:
