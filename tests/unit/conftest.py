@@ -16,6 +16,7 @@ from moto import mock_aws
 from rowcall.finishing import BatchFinisher
 from rowcall.ledger import Ledger
 from rowcall.queues import ChunkQueue, DoneQueue
+from rowcall_local import moto_fidelity
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -25,6 +26,10 @@ class _CfnLoader(yaml.SafeLoader):
 
 
 _CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+# The in-process moto refuses what AWS refuses too (empty or unused ExpressionAttributeNames, SQS
+# batches over 10, ...), as the embedded AWS of `rowcall up` does: a request AWS would refuse fails here.
+moto_fidelity.refuse_what_aws_refuses()
 
 
 def template_resource(logical_id: str) -> dict[str, Any]:
