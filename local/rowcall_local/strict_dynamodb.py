@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # DynamoDB developer guide, "Expression attribute names (aliases)" / "Using expression attribute
 # values": a name placeholder is `#` and a value placeholder is `:`, each followed by one or more
@@ -186,7 +189,11 @@ def _checked(method: Callable[[Any], Any], action: str) -> Callable[[Any], Any]:
     @functools.wraps(method)
     def checked(handler: Any) -> Any:
         # Raised inside the action method, moto answers it as DynamoDB's JSON error with HTTP 400.
-        check_request(action, handler.body)
+        try:
+            check_request(action, handler.body)
+        except Exception as refused:
+            log.warning("embedded AWS refused DynamoDB %s: %s", action, refused)
+            raise
         return method(handler)
 
     return checked

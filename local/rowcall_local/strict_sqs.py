@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # API reference, TooManyEntriesInBatchRequest: "the maximum number of entries you can include in a
 # single SendMessageBatch, DeleteMessageBatch, or ChangeMessageVisibilityBatch request is 10."
@@ -101,7 +104,11 @@ def _checked(method: Callable[[Any], Any], check: Callable[[Any], None]) -> Call
     def checked(handler: Any) -> Any:
         # Raised inside the action method, moto answers it in the request's protocol with HTTP 400
         # and, for JSON, the `x-amzn-query-error` header botocore turns into AWS.SimpleQueueService.*.
-        check(handler)
+        try:
+            check(handler)
+        except Exception as refused:
+            log.warning("embedded AWS refused SQS %s: %s", method.__name__, refused)
+            raise
         return method(handler)
 
     return checked
