@@ -86,6 +86,12 @@ STACK_FLAGS = (
     ),
     _Flag("max-rows", _at_least(1), "most data rows per batch (template MaxRows)", "N"),
     _Flag("max-bytes", _at_least(1), "largest CSV accepted, bytes (template MaxBytes)", "N"),
+    _Flag(
+        "aws-fault-rate",
+        _rate,
+        "fraction of the functions' AWS requests answered with AWS's errors under load",
+        "RATE",
+    ),
 )
 
 _FAULT_FIELDS = {
@@ -136,6 +142,7 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         max_bytes=args.max_bytes,
         max_in_flight=args.max_in_flight,
         reconcile_after_s=args.reconcile_after_s,
+        aws_fault_rate=args.aws_fault_rate or 0.0,
     )
 
 

@@ -135,7 +135,29 @@ def speed_up_sqs_clock() -> None:
     sqs_models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
 
 
+_strict = threading.Lock()
+_strict_installed = False
+
+
+def refuse_what_aws_refuses() -> None:
+    """moto accepts requests AWS refuses; the embedded AWS refuses them with AWS's own error (contract §2).
+
+    Also installed in-process for the unit tests' `mock_aws`; once per process.
+    """
+    global _strict_installed
+    from rowcall_local import strict_dynamodb, strict_s3, strict_sqs
+
+    with _strict:
+        if _strict_installed:
+            return
+        _strict_installed = True
+    strict_dynamodb.install()
+    strict_sqs.install()
+    strict_s3.install()
+
+
 def apply_all() -> None:
+    refuse_what_aws_refuses()
     make_dynamodb_requests_atomic()
     make_transactions_cost_their_items()
     complete_s3_events()

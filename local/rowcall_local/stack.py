@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from rowcall_local.aws_clients import AwsEndpoint
+from rowcall_local.aws_faults import FUNCTION_KEY_PREFIX
 from rowcall_local.cfn_deploy import deploy_stack, upload_placeholder_artifacts
 from rowcall_local.function_pool import FunctionPool, FunctionRuntime
 from rowcall_local.function_runtime import InstanceSpec
@@ -89,6 +90,9 @@ class StackOptions:
     """Further template parameter overrides."""
     instances: Mapping[str, int] = field(default_factory=dict)
     """Execution environments per function logical id, overriding INSTANCES_BY_SOURCE."""
+    aws_fault_rate: float = 0.0
+    """Fraction of the functions' AWS requests answered with AWS's errors under load (aws_faults.py)."""
+    aws_fault_seed: int = 0
 
 
 def _whsec() -> str:
@@ -201,7 +205,7 @@ class LocalStack:
 
     def _start(self) -> None:
         opts = self.options
-        self._moto = MotoProcess(self.logs_dir / "moto.log")
+        self._moto = MotoProcess(self.logs_dir / "moto.log", opts.aws_fault_rate, opts.aws_fault_seed)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             moto_url = pool.submit(self._moto.start)
             sam = SamTemplate.load(opts.template)
@@ -267,6 +271,8 @@ class LocalStack:
             "_HANDLER": function.handler,
             "POWERTOOLS_TRACE_DISABLED": "true",
             **self.aws.environment(),
+            # Its own key, so the embedded AWS knows the function's requests from the runtime's.
+            "AWS_ACCESS_KEY_ID": f"{FUNCTION_KEY_PREFIX}{function.logical_id}",
             **function.environment,
         }
         return InstanceSpec(

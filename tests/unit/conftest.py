@@ -18,6 +18,7 @@ from rowcall.ingest import IngestLimits, Ingestor, ObjectCreated
 from rowcall.ledger import Ledger
 from rowcall.models import ChunkMessage
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue
+from rowcall_local import moto_fidelity
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -27,6 +28,10 @@ class _CfnLoader(yaml.SafeLoader):
 
 
 _CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+# The in-process moto refuses what AWS refuses too (empty or unused ExpressionAttributeNames, SQS
+# batches over 10, ...), as the embedded AWS of `rowcall up` does: a request AWS would refuse fails here.
+moto_fidelity.refuse_what_aws_refuses()
 
 
 def template_resource(logical_id: str) -> dict[str, Any]:

@@ -400,6 +400,7 @@ def test_cli_flags_read_the_environment_and_the_flag_wins(monkeypatch: pytest.Mo
     monkeypatch.setenv("ROWCALL_PROVIDER_FAIL_RATE", "0.25")
     monkeypatch.setenv("ROWCALL_PROVIDER_DELAY_MS", "5:60")
     monkeypatch.setenv("ROWCALL_MAX_ROWS", "10")
+    monkeypatch.setenv("ROWCALL_AWS_FAULT_RATE", "0.05")
     monkeypatch.delenv("ROWCALL_STATE_DIR", raising=False)
     options = stack_options(
         build_parser().parse_args(["up", "--max-rows", "20", "--reconcile-after-s", "30"])
@@ -407,6 +408,7 @@ def test_cli_flags_read_the_environment_and_the_flag_wins(monkeypatch: pytest.Mo
     assert options.provider_faults == ProviderFaults(fail_rate=0.25, delay_ms=(5, 60))
     assert options.max_rows == 20
     assert options.reconcile_after_s == 30.0
+    assert options.aws_fault_rate == 0.05
     assert options.state_dir == Path(".rowcall")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["up", "--provider-fail-rate", "2"])
