@@ -69,7 +69,7 @@ def test_sqs_mappings_are_read_back_from_moto(deployed: Deployed) -> None:
     wiring = deployed.wiring
     by_function = {t.function_id: t for t in wiring.sqs_triggers}
     expected = dict(_sam_events(deployed.sam, "SQS"))
-    assert set(by_function) == set(expected) == {"WorkerFunction", "NotifierFunction"}
+    assert set(by_function) == set(expected) == {"WorkerFunction", "RecorderFunction", "NotifierFunction"}
     sqs = deployed.aws.sqs()
     for function_id, props in expected.items():
         trigger = by_function[function_id]
@@ -80,6 +80,7 @@ def test_sqs_mappings_are_read_back_from_moto(deployed: Deployed) -> None:
         assert trigger.queue_arn == arn["Attributes"]["QueueArn"]
         assert sqs.get_queue_attributes(QueueUrl=trigger.queue_url, AttributeNames=["QueueArn"])
     assert by_function["WorkerFunction"].maximum_concurrency == 20
+    assert wiring.physical_ids["FinishedRunQueue"].endswith(".fifo")
 
 
 def test_s3_event_and_bucket_name_are_resolved(deployed: Deployed) -> None:
@@ -123,7 +124,13 @@ def test_code_layers_timeouts_and_async_retries(deployed: Deployed) -> None:
     destination = invoke_config["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0]
     assert ingest.on_failure_queue_url == deployed.wiring.physical_ids[destination]
     sizes = {k: instance_count(f, deployed.wiring) for k, f in functions.items()}
-    assert sizes == {"IngestFunction": 1, "WorkerFunction": 2, "WebhookFunction": 3, "NotifierFunction": 1}
+    assert sizes == {
+        "IngestFunction": 1,
+        "WorkerFunction": 2,
+        "WebhookFunction": 3,
+        "RecorderFunction": 2,
+        "NotifierFunction": 1,
+    }
 
 
 def test_translation_swaps_local_folders_for_s3(deployed: Deployed) -> None:
