@@ -51,6 +51,9 @@ PROVIDER_KEY_PARAMETER = "ProviderApiKeyParameter"
 CALLBACK_SECRET_PARAMETER = "CallbackSecretParameter"
 WEBHOOK_SECRET_PARAMETER = "WebhookSecretParameter"
 PROVIDER_WEBHOOK_SECRET_PARAMETER = "ProviderWebhookSecretParameter"
+# The on-done receivers of the demo and the tests listen on 127.0.0.1 over http, which the
+# functions refuse unless the template is told, through this parameter, that loopback is fine.
+ALLOW_LOOPBACK_PARAMETER = "AllowLoopbackWebhooks"
 
 # What a Lambda execution environment has besides its function's variables, taken from ours.
 INHERITED_ENVIRONMENT = frozenset(
@@ -253,6 +256,7 @@ class LocalStack:
             CALLBACK_URL_PARAMETER: self._http.url,
             MAX_ROWS_PARAMETER: self.options.max_rows,
             MAX_BYTES_PARAMETER: self.options.max_bytes,
+            ALLOW_LOOPBACK_PARAMETER: "true",
             **self.options.parameters,
         }
         return {k: str(v) for k, v in wanted.items() if v is not None and sam.declares_parameter(k)}

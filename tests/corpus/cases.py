@@ -354,6 +354,24 @@ CASES: tuple[Case, ...] = (
         {"on-done-url": "https:///done"},
         "on-done-url: 'https:///done' is not an http(s) URL with a host",
     ),
+    _meta(
+        "meta_on_done_url_plain_http",
+        "`on-done-url: http://93.184.216.34/done` (plain http to a public host)",
+        {"on-done-url": "http://93.184.216.34/done"},
+        "on-done-url: must be https",
+    ),
+    _meta(
+        "meta_on_done_url_metadata",
+        "`on-done-url: https://169.254.169.254/latest/meta-data/`, the instance metadata service",
+        {"on-done-url": "https://169.254.169.254/latest/meta-data/"},
+        "on-done-url: host 169.254.169.254 is a link-local address (cloud instance metadata)",
+    ),
+    _meta(
+        "meta_on_done_url_private_v6",
+        "`on-done-url: https://[fd00:ec2::254]/`, the metadata service over IPv6",
+        {"on-done-url": "https://[fd00:ec2::254]/"},
+        "on-done-url: host fd00:ec2::254 is a unique-local address (cloud instance metadata)",
+    ),
 )
 
 BY_NAME = {case.name: case for case in CASES}

@@ -29,6 +29,8 @@ SUBSET = [
         "meta_key_column_no_column",
         "meta_input_columns_no_column",
         "meta_on_done_url_not_http",
+        "meta_on_done_url_plain_http",
+        "meta_on_done_url_metadata",
         "latin1",
         "nul_byte",
         "lone_cr",

@@ -17,10 +17,13 @@ from rowcall.finishing import BatchFinisher
 from rowcall.ingest import IngestLimits, Ingestor, ObjectCreated
 from rowcall.ledger import Ledger
 from rowcall.models import ChunkMessage
+from rowcall.outbound import DestinationPolicy
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue
 from rowcall_local import moto_fidelity
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+# The tests' on-done receivers listen on 127.0.0.1 over http, as on the local stack.
+LOOPBACK_ALLOWED = DestinationPolicy(allow_loopback=True)
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -94,6 +97,7 @@ def ingest(aws: Aws, body: bytes, **meta: str) -> str:
         chunk_queue=aws.chunk_queue,
         finisher=aws.finisher,
         limits=IngestLimits(max_rows=1000, max_bytes=10**6, chunk_rows=4, default_technique_id="tech"),
+        destinations=LOOPBACK_ALLOWED,
     ).ingest(ObjectCreated(bucket=aws.bucket, key="uploads/rows.csv", version_id=put["VersionId"]))
     assert batch is not None
     return batch.batch_id

@@ -108,6 +108,9 @@ def test_function_environments_are_resolved_by_moto(deployed: Deployed) -> None:
     sqs = deployed.aws.sqs()
     for name in ("CHUNK_QUEUE_URL", "DONE_QUEUE_URL"):
         assert sqs.get_queue_attributes(QueueUrl=ingest[name], AttributeNames=["QueueArn"])
+    # The template's default, as on AWS; only the local stack passes AllowLoopbackWebhooks=true.
+    for name in ("IngestFunction", "NotifierFunction"):
+        assert functions[name].environment["ALLOW_LOOPBACK_WEBHOOKS"] == "false"
     for function in functions.values():
         assert all(isinstance(v, str) for v in function.environment.values())
         assert function.handler == "app.lambda_handler"

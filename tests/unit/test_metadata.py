@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from rowcall.ingest import IngestLimits, Ingestor, ObjectCreated
 from rowcall.metadata import (
     MAX_KEY_CHARS,
     InvalidHeader,
@@ -12,6 +13,7 @@ from rowcall.metadata import (
     spec_from_metadata,
 )
 from rowcall.models import RunInput
+from rowcall.outbound import DestinationPolicy
 
 from .conftest import Aws
 
@@ -126,3 +128,59 @@ def test_a_key_too_long_for_a_ledger_item_is_cut_so_the_row_can_still_be_stored(
     assert row_key(HEADER, ["A1", "k" * MAX_KEY_CHARS, "", ""], spec(**{"key-column": "prompt"}), 1) == (
         "k" * MAX_KEY_CHARS
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_loopback", "fragment"),
+    [
+        ("http://93.184.216.34/done", False, "on-done-url: must be https, not http"),
+        ("http://127.0.0.1:9000/done", False, "on-done-url: must be https, not http"),
+        ("https://127.0.0.1/done", False, "on-done-url: host 127.0.0.1 is a loopback address"),
+        ("https://10.0.0.8/done", True, "on-done-url: host 10.0.0.8 is a private address"),
+        (
+            "https://[::ffff:169.254.169.254]/",
+            True,
+            "on-done-url: host ::ffff:169.254.169.254 is an IPv4-mapped",
+        ),
+        ("https://2852039166/", False, "on-done-url: host 2852039166 resolves to 169.254.169.254"),
+    ],
+)
+def test_an_on_done_url_that_is_not_https_to_a_public_host_is_refused(
+    url: str, allow_loopback: bool, fragment: str
+) -> None:
+    policy = DestinationPolicy(allow_loopback=allow_loopback)
+    with pytest.raises(InvalidMetadata) as refused:
+        spec_from_metadata({"on-done-url": url}, key="k", default_technique_id="t", destinations=policy)
+    assert str(refused.value).startswith(fragment)
+
+
+def test_loopback_over_http_passes_only_where_configuration_allows_it() -> None:
+    url = "http://127.0.0.1:9000/done"
+    local = spec_from_metadata(
+        {"on-done-url": url},
+        key="k",
+        default_technique_id="t",
+        destinations=DestinationPolicy(allow_loopback=True),
+    )
+    assert local.on_done_url == url
+
+
+def test_a_forbidden_on_done_url_fails_the_batch_and_is_never_kept(aws: Aws) -> None:
+    put = aws.s3.put_object(
+        Bucket=aws.bucket,
+        Key="uploads/ssrf.csv",
+        Body=b"sku,prompt\nA1,a cat\n",
+        Metadata={"on-done-url": "https://169.254.169.254/latest/meta-data/iam/"},
+    )
+    batch = Ingestor(
+        s3=aws.s3,
+        ledger=aws.ledger,
+        chunk_queue=aws.chunk_queue,
+        finisher=aws.finisher,
+        limits=IngestLimits(max_rows=10, max_bytes=10**6, chunk_rows=4, default_technique_id="tech"),
+    ).ingest(ObjectCreated(bucket=aws.bucket, key="uploads/ssrf.csv", version_id=put["VersionId"]))
+    assert batch is not None and (batch.status.value, batch.reason) == ("failed", "invalid_metadata")
+    assert (batch.reason_message or "").startswith("on-done-url: host 169.254.169.254 is a link-local")
+    # Its own batch.failed on-done goes to SNS only: the URL was never stored.
+    assert batch.spec.on_done_url is None
+    assert aws.drain(aws.chunk_queue_url) == []

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 from standardwebhooks import Webhook
 
@@ -19,6 +18,7 @@ from rowcall.callbacks import CallbackIntake
 from rowcall.identity import CallbackSigner
 from rowcall.models import BatchStatus, DoneMessage, FinishedRun, RunWebhook
 from rowcall.ondone import OnDoneDelivery
+from rowcall.outbound import webhook_client
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection, RetryPolicy
 from rowcall.queues import DoneQueue
@@ -27,7 +27,7 @@ from rowcall.signing import WebhookSigner
 from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
-from .conftest import Aws, chunk_messages, ingest
+from .conftest import LOOPBACK_ALLOWED, Aws, chunk_messages, ingest
 from .scripted_provider import ScriptedProvider, error
 
 API_KEY = "test-provider-key"
@@ -197,7 +197,7 @@ def delivery(aws: Aws, clock: list[float] | None = None) -> OnDoneDelivery:
         sns=aws.sns,
         ledger=aws.ledger,
         done_queue=aws.done_queue,
-        http=httpx.Client(timeout=5),
+        http=webhook_client(LOOPBACK_ALLOWED, timeout_s=5),
         signer=WebhookSigner(WEBHOOK_SECRET),
         topic_arn=aws.topic_arn,
         clock=lambda: now[0],

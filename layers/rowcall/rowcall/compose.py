@@ -7,7 +7,6 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 import boto3
-import httpx
 from aws_lambda_powertools.utilities import parameters
 
 from rowcall.api import BatchQueries
@@ -17,6 +16,7 @@ from rowcall.identity import CallbackSigner, secret_list
 from rowcall.ingest import IngestLimits, Ingestor
 from rowcall.ledger import Ledger
 from rowcall.ondone import OnDoneDelivery
+from rowcall.outbound import DestinationPolicy, webhook_client
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySchedule
@@ -87,6 +87,7 @@ def ingestor() -> Ingestor:
             chunk_rows=settings.chunk_rows,
             default_technique_id=settings.default_technique_id,
         ),
+        destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
     )
 
 
@@ -148,7 +149,7 @@ def on_done_delivery() -> OnDoneDelivery:
         sns=_sns(),
         ledger=ledger,
         done_queue=DoneQueue(_sqs(), settings.done_queue_url),
-        http=httpx.Client(timeout=10.0, follow_redirects=False),
+        http=webhook_client(DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks)),
         signer=WebhookSigner(secret(settings.webhook_secret_param)),
         topic_arn=settings.topic_arn,
     )

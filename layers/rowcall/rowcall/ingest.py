@@ -32,6 +32,7 @@ from rowcall.models import (
     iso,
     utcnow,
 )
+from rowcall.outbound import DestinationPolicy
 from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue
 from rowcall.source import head_source, read_source
 
@@ -92,12 +93,15 @@ class Ingestor:
         chunk_queue: ChunkQueue,
         finisher: BatchFinisher,
         limits: IngestLimits,
+        destinations: DestinationPolicy | None = None,
     ) -> None:
         self._s3 = s3
         self._ledger = ledger
         self._chunks = chunk_queue
         self._finisher = finisher
         self._limits = limits
+        # Where an on-done URL may point; the strict default refuses plain http and loopback.
+        self._destinations = destinations or DestinationPolicy()
 
     def ingest(self, created: ObjectCreated) -> BatchState | None:
         """Make (or resume) the batch of one uploaded object; None when the object is gone or is
@@ -156,7 +160,10 @@ class Ingestor:
         spec_error: InvalidMetadata | None = None
         try:
             spec = spec_from_metadata(
-                metadata, key=created.key, default_technique_id=self._limits.default_technique_id
+                metadata,
+                key=created.key,
+                default_technique_id=self._limits.default_technique_id,
+                destinations=self._destinations,
             )
         except InvalidMetadata as exc:
             spec_error = exc

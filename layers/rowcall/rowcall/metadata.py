@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from rowcall.models import BatchSpec, InputType, RunInput
+from rowcall.outbound import DestinationPolicy
 
 _static_input = TypeAdapter(RunInput)
 _known_types = {t.value for t in InputType}
@@ -83,11 +84,20 @@ def _describe(exc: ValidationError) -> str:
     )
 
 
-def spec_from_metadata(metadata: Mapping[str, str], *, key: str, default_technique_id: str) -> BatchSpec:
-    """What can be checked without the file; `check_header` checks the rest against the header."""
+def spec_from_metadata(
+    metadata: Mapping[str, str],
+    *,
+    key: str,
+    default_technique_id: str,
+    destinations: DestinationPolicy | None = None,
+) -> BatchSpec:
+    """What can be checked without the file; `check_header` checks the rest against the header.
+
+    With `destinations`, the on-done URL must also be one a webhook may go to (https to public
+    addresses; its host is resolved): refused here, the batch never sends to it."""
     meta = {k.lower().removeprefix("x-amz-meta-"): v for k, v in metadata.items()}
     try:
-        return BatchSpec(
+        spec = BatchSpec(
             technique_id=meta.get("technique-id") or default_technique_id,
             key_column=meta.get("key-column", "").strip() or None,
             input_columns=_columns(meta["input-columns"]) if meta.get("input-columns") else None,
@@ -100,6 +110,11 @@ def spec_from_metadata(metadata: Mapping[str, str], *, key: str, default_techniq
         first = exc.errors()[0]
         field = _METADATA_KEY.get(str(first["loc"][0]), str(first["loc"][0])) if first["loc"] else "metadata"
         raise InvalidMetadata(f"{field}: {first['msg'].removeprefix('Value error, ')}") from None
+    if destinations is not None and spec.on_done_url is not None:
+        problem = destinations.upload_problem(spec.on_done_url)
+        if problem is not None:
+            raise InvalidMetadata(f"on-done-url: {problem}")
+    return spec
 
 
 class InvalidHeader(ValueError):

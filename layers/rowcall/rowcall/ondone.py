@@ -20,6 +20,7 @@ from aws_lambda_powertools import Logger
 from rowcall.api import BatchQueries
 from rowcall.ledger import Ledger
 from rowcall.models import BatchState, BatchStatus, DoneMessage, ResultsLocation
+from rowcall.outbound import ForbiddenDestination
 from rowcall.queues import DoneQueue
 from rowcall.results import upload_results
 from rowcall.signing import WebhookSigner
@@ -58,6 +59,9 @@ class DeliveryResult:
 
 
 class OnDoneDelivery:
+    """`http` sends to a URL a user named: build it with `rowcall.outbound.webhook_client`, which
+    checks the destination at each attempt and raises ForbiddenDestination (failed for good)."""
+
     def __init__(
         self,
         *,
@@ -146,6 +150,13 @@ class OnDoneDelivery:
             },
         )
 
+    def _refused(self, batch: BatchState, message: DoneMessage, attempts: int, reason: str) -> DeliveryResult:
+        self._ledger.settle_notification(
+            batch.batch_id, message.finish_seq, status="failed", attempts=attempts
+        )
+        logger.error("on-done refused", extra={"batch_id": batch.batch_id, "reason": reason})
+        return DeliveryResult("failed", attempts, reason)
+
     def _post_webhook(self, batch: BatchState, message: DoneMessage, url: str, body: bytes) -> DeliveryResult:
         attempts = batch.notification.attempts + 1
         headers = self._signer.headers(
@@ -156,6 +167,10 @@ class OnDoneDelivery:
             response = self._http.post(url, content=body, headers=headers)
             detail = f"HTTP {response.status_code}"
             delivered = 200 <= response.status_code < 300
+        except ForbiddenDestination as exc:
+            # Checked at upload, but DNS has changed since: never sent, and never retried (a retry
+            # would only give a rebinding DNS server another try).
+            return self._refused(batch, message, attempts, f"on-done-url: {exc}")
         except httpx.HTTPError as exc:
             detail, delivered = f"{type(exc).__name__}", False
         if delivered:

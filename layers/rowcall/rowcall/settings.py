@@ -26,6 +26,9 @@ class IngestSettings(_EnvSettings):
     max_rows: int = Field(alias="MAX_ROWS", gt=0)
     max_bytes: int = Field(alias="MAX_BYTES", gt=0)
     chunk_rows: int = Field(alias="CHUNK_ROWS", gt=0, le=10_000)
+    # Lets an on-done URL be plain http to loopback: set only by the local stack (the template's
+    # AllowLoopbackWebhooks), the one thing that tells code which of the two it runs on.
+    allow_loopback_webhooks: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
 
 
 class WorkerSettings(_EnvSettings):
@@ -53,3 +56,4 @@ class NotifierSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     topic_arn: str = Field(alias="TOPIC_ARN")
     webhook_secret_param: str = Field(alias="WEBHOOK_SECRET_PARAM")
+    allow_loopback_webhooks: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
