@@ -44,6 +44,13 @@ def secret(name: str) -> str:
     return parameters.get_parameter(name, decrypt=True, max_age=SECRET_MAX_AGE_S)
 
 
+def secret_source(name: str) -> Callable[[], str]:
+    """Read on every use, never held: the domain objects live as long as the container, and a
+    value taken once would outlive a rotation; through the cache a rotation is seen within
+    SECRET_MAX_AGE_S by every warm container."""
+    return lambda: secret(name)
+
+
 @cache
 def _s3() -> S3Client:
     return boto3.client("s3")
@@ -100,15 +107,16 @@ def run_starter() -> RunStarter:
         ledger=ledger,
         finisher=_finisher(ledger, settings.done_queue_url),
         provider=ProviderConnection(
-            base_url=settings.provider_url, api_key=secret(settings.provider_api_key_param)
+            base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
-        signer=CallbackSigner(secret_list(secret(settings.callback_secret_param))),
+        signer=CallbackSigner(_secrets(settings.callback_secret_param)),
         callback_base_url=settings.callback_base_url,
         concurrency=settings.run_concurrency,
     )
 
 
 def _secrets(name: str) -> Callable[[], list[str]]:
+    """Like secret_source, for a parameter holding several secrets while one rotates."""
     return lambda: secret_list(secret(name))
 
 
@@ -130,7 +138,7 @@ def outcome_recorder() -> OutcomeRecorder:
         ledger=ledger,
         finisher=_finisher(ledger, settings.done_queue_url),
         provider=ProviderConnection(
-            base_url=settings.provider_url, api_key=secret(settings.provider_api_key_param)
+            base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
     )
 
@@ -150,7 +158,7 @@ def on_done_delivery() -> OnDoneDelivery:
         ledger=ledger,
         done_queue=DoneQueue(_sqs(), settings.done_queue_url),
         http=webhook_client(DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks)),
-        signer=WebhookSigner(secret(settings.webhook_secret_param)),
+        signer=WebhookSigner(secret_source(settings.webhook_secret_param)),
         topic_arn=settings.topic_arn,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def batch_id_for(bucket: str, key: str, version_id: str | None, sequencer: str | None) -> str:
@@ -38,11 +38,22 @@ class CallbackSigner:
     each, so a rotated secret (new one first, old one kept a while) loses no callback in flight.
     """
 
-    def __init__(self, secrets: str | Sequence[str]) -> None:
-        keys = [secrets] if isinstance(secrets, str) else list(secrets)
-        self._keys = [k.encode() for k in keys if k]
-        if not self._keys:
+    def __init__(self, secrets: str | Sequence[str] | Callable[[], Sequence[str]]) -> None:
+        # A source is read at each use (it caches for a few minutes), so a signer built once per
+        # container still picks up a rotated secret; fixed secrets are checked here, at once.
+        self._source = secrets if callable(secrets) else None
+        self._fixed = [] if callable(secrets) else self._encoded(secrets)
+
+    @staticmethod
+    def _encoded(secrets: str | Sequence[str]) -> list[bytes]:
+        keys = [k.encode() for k in ([secrets] if isinstance(secrets, str) else secrets) if k]
+        if not keys:
             raise ValueError("a callback signer needs at least one secret")
+        return keys
+
+    @property
+    def _keys(self) -> list[bytes]:
+        return self._fixed if self._source is None else self._encoded(self._source())
 
     @staticmethod
     def _mac(key: bytes, batch_id: str, row_id: str, attempt: int) -> str:
@@ -58,7 +69,7 @@ class CallbackSigner:
         if not sep or not attempt.isdigit() or len(attempt) > 6 or int(attempt) < 1:
             return None
         matched = False
-        for key in self._keys:
+        for key in self._keys:  # every secret of a rotation, read once for this check
             matched |= hmac.compare_digest(self._mac(key, batch_id, row_id, int(attempt)), offered)
         return int(attempt) if matched else None
 

@@ -77,10 +77,15 @@ class RetryPolicy:
         return rng.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
 
 
+ApiKey = str | Callable[[], str]
+"""The provider's bearer token, or a source of it read at each request (it caches for a few
+minutes), so a long-lived client sends a rotated key within that time."""
+
+
 @dataclass(frozen=True)
 class ProviderConnection:
     base_url: str
-    api_key: str
+    api_key: ApiKey
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_s: float = 15.0
 
@@ -122,17 +127,21 @@ class ProviderClient:
         http: httpx.AsyncClient,
         *,
         base_url: str,
-        api_key: str,
+        api_key: ApiKey,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._api_key = api_key
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._rng = rng or random.Random()
+
+    def _headers(self) -> dict[str, str]:
+        key = self._api_key() if callable(self._api_key) else self._api_key
+        return {"Authorization": f"Bearer {key}"}
 
     async def create_run(self, technique_id: str, request: CreateRunRequest) -> CreateOutcome:
         url = f"{self._base}/techniques/{technique_id}/runs"
@@ -157,7 +166,7 @@ class ProviderClient:
         for attempt in range(self._retry.attempts):
             delay: float | None = None
             try:
-                response = await self._http.request(method, url, json=body, headers=self._headers)
+                response = await self._http.request(method, url, json=body, headers=self._headers())
             except httpx.TransportError as exc:
                 last_problem = f"{type(exc).__name__}: {exc}"
             else:

@@ -6,19 +6,27 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 SECRET_PREFIX = "whsec_"
 TOLERANCE_S = 300
 
 
+def _key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+
+
 class WebhookSigner:
-    def __init__(self, secret: str) -> None:
-        self._key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    def __init__(self, secret: str | Callable[[], str]) -> None:
+        # A source is read at each signature (it caches for a few minutes), so a notifier built
+        # once per container signs with a rotated secret within that time.
+        self._source = secret if callable(secret) else None
+        self._fixed = b"" if callable(secret) else _key(secret)
 
     def _signature(self, message_id: str, timestamp: str, body: bytes) -> str:
+        key = self._fixed if self._source is None else _key(self._source())
         signed = f"{message_id}.{timestamp}.".encode() + body
-        return base64.b64encode(hmac.new(self._key, signed, hashlib.sha256).digest()).decode()
+        return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
     def headers(self, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
         return {
