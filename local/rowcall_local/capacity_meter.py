@@ -14,8 +14,8 @@ Billing rules, with their source. "Developer guide" is the Amazon DynamoDB Devel
   writes are rounded up to the next 1 KB multiple").
 - PutItem: the larger of the replaced item and the new one. UpdateItem: the larger of the item "before" and
   "after" the update, whatever attributes it touched. DeleteItem: the deleted item (read-write-operations,
-  one bullet each). A write of nothing (a delete of a missing item) still costs one unit: every size is
-  rounded up to at least 1 KB.
+  one bullet each). A delete of a missing item is billed one unit, as a failed condition on a missing
+  item is (below); the guide does not say it for an unconditional delete.
 - BatchWriteItem: each put or delete as its own PutItem/DeleteItem, each rounded up on its own
   (read-write-operations: "500-byte and 3.5 KB ... 5 KB (1 KB + 4 KB)").
 - A conditional write whose condition is false is billed too, by the size of "an existing item in the
