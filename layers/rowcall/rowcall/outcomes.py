@@ -41,26 +41,26 @@ class RecordReport:
     dropped: int = 0
 
 
-def fetched_outcome(run: RunObject | RunNotFound, finished: FinishedRun) -> RowOutcome:
-    """What the provider's answer to the one GET of a completed run means for its row."""
+def fetched_outcome(run: RunObject | RunNotFound, run_id: str) -> RowOutcome:
+    """What the provider's answer to the one GET of a run (`run_id`) means for its row."""
     if isinstance(run, RunNotFound):
         return RowOutcome(
             status=RowStatus.FAILED,
-            run_id=finished.run_id,
+            run_id=run_id,
             error_code="run_not_found",
             error_message=run.message or "the provider does not know this run",
         )
-    if run.run_id != finished.run_id:
-        raise ProviderUnavailable(f"asked for run {finished.run_id}, the provider answered {run.run_id}")
+    if run.run_id != run_id:
+        raise ProviderUnavailable(f"asked for run {run_id}, the provider answered {run.run_id}")
     terminal = run.terminal_status
     if terminal is None:
         raise RunNotFinished(f"run {run.run_id} is {run.status}")
     if terminal is RowStatus.COMPLETED:
         outputs = [o.model_dump(exclude_none=True) for o in run.outputs]
-        return RowOutcome(status=RowStatus.COMPLETED, run_id=finished.run_id, outputs=outputs)
+        return RowOutcome(status=RowStatus.COMPLETED, run_id=run_id, outputs=outputs)
     return RowOutcome(
         status=RowStatus.FAILED,
-        run_id=finished.run_id,
+        run_id=run_id,
         error_code=run.error_code or "run_failed",
         error_message=run.error_message,
     )
@@ -130,7 +130,7 @@ class OutcomeRecorder:
         if technique_id is None:
             logger.warning("run of an unknown batch dropped", extra={"batch_id": finished.batch_id})
             return None
-        return fetched_outcome(await client.get_run(technique_id, finished.run_id), finished)
+        return fetched_outcome(await client.get_run(technique_id, finished.run_id), finished.run_id)
 
     def _technique_of(self, batch_id: str) -> str | None:
         if batch_id in self._techniques:

@@ -48,6 +48,28 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # Stop starting rows this long before the invocation's deadline; the rest go with the retry.
 DEADLINE_MARGIN_S = 20.0
+LEASE_S = 30.0
+
+
+class _Lease:
+    """Renews a worker's hold on its chunk every third of its length while the worker runs."""
+
+    def __init__(self, ledger: Ledger, batch_id: str, chunk: int, holder: str) -> None:
+        self._ledger = ledger
+        self._batch_id = batch_id
+        self._chunk = chunk
+        self._holder = holder
+
+    async def keep(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            await asyncio.to_thread(
+                self._ledger.chunks.claim,
+                self._batch_id,
+                self._chunk,
+                holder=self._holder,
+                until_epoch=time.time() + LEASE_S,
+            )
 
 
 @dataclass(frozen=True)
@@ -114,8 +136,9 @@ class RunStarter:
             return report
         chunk = message.chunk.index
         holder = uuid.uuid4().hex
-        # Held at most as long as this invocation can run; a holder that dies frees it then.
-        until = time.time() + time_left_s()
+        # A short lease, renewed while the worker is at it: a worker that dies (killed, timed
+        # out) frees its chunk within LEASE_S for the redelivery or the safety net.
+        until = time.time() + min(time_left_s(), LEASE_S)
         if not self._ledger.chunks.claim(batch.batch_id, chunk, holder=holder, until_epoch=until):
             raise ChunkBusy(f"chunk {chunk} is being started by another delivery")
         refused: list[RowResult] = []
@@ -131,7 +154,8 @@ class RunStarter:
             if jobs:
                 starts = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
                 try:
-                    asyncio.run(self._start_all(batch, jobs, report, time_left_s, starts, refused))
+                    lease = _Lease(self._ledger, batch.batch_id, chunk, holder)
+                    asyncio.run(self._start_all(batch, jobs, report, time_left_s, starts, refused, lease))
                 finally:
                     starts.flush()
         finally:
@@ -175,8 +199,10 @@ class RunStarter:
         time_left_s: Callable[[], float],
         starts: StartLog,
         refused: list[RowResult],
+        lease: _Lease,
     ) -> None:
         gate = asyncio.Semaphore(self._concurrency)
+        renewing = asyncio.create_task(lease.keep())
         async with httpx.AsyncClient(timeout=self._provider.timeout_s) as http:
             client = ProviderClient(
                 http,
@@ -194,7 +220,10 @@ class RunStarter:
                         return
                     await self._start_row(client, batch, job, report, starts, refused)
 
-            await asyncio.gather(*(start(job) for job in jobs))
+            try:
+                await asyncio.gather(*(start(job) for job in jobs))
+            finally:
+                renewing.cancel()
 
     async def _start_row(
         self,

@@ -127,6 +127,12 @@ class ChunkLedger:
         )
         return True if settled else None
 
+    def close(self, batch_id: str, chunk: int) -> None:
+        """Out of the index of open work: its batch ended without it (failed or canceled)."""
+        self._table.update(
+            chunk_key(batch_id, chunk), "REMOVE #open_pk, #open_sk", condition="attribute_exists(#rows)"
+        )
+
     def claim(self, batch_id: str, chunk: int, *, holder: str, until_epoch: float) -> bool:
         """One worker at a time per chunk: a copy of the message delivered at the same moment
         would otherwise ask the provider again for every row the first is still starting."""
