@@ -1,17 +1,16 @@
-"""Finished-run queue -> each run's outcome recorded once (a completed run's outputs fetched first)."""
+"""Finished-run queue -> each run's outcome recorded once (a completed run's outputs fetched first).
 
-from typing import Any
+The whole received batch is handled together, not record by record: its fetches run at once
+and each chunk's outcomes are counted in one write, which a per-record processor cannot express.
+A record that fails is reported alone (ReportBatchItemFailures), as Powertools' processors do.
+"""
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import (
-    AsyncBatchProcessor,
-    EventType,
-    async_process_partial_response,
-)
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.data_classes import SQSEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
 
 from rowcall.compose import outcome_recorder
 from rowcall.models import FinishedRun
@@ -19,23 +18,23 @@ from rowcall.models import FinishedRun
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-# Every record of a received batch is handled at once: the batch size bounds the fetches in flight.
-processor = AsyncBatchProcessor(event_type=EventType.SQS)
-
-
-async def record_outcome(record: SQSRecord) -> None:
-    result = await outcome_recorder().record(FinishedRun.model_validate_json(record.body))
-    metrics.add_metric(
-        name="OutcomesRecorded" if result.recorded else "OutcomesIgnored", unit=MetricUnit.Count, value=1
-    )
-    if result.fetched:
-        metrics.add_metric(name="OutputsFetched", unit=MetricUnit.Count, value=1)
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    return async_process_partial_response(
-        event=event, record_handler=record_outcome, processor=processor, context=context
-    )
+@event_source(data_class=SQSEvent)
+def lambda_handler(event: SQSEvent, context: LambdaContext) -> PartialItemFailureResponse:
+    failed: list[str] = []
+    messages: list[tuple[str, FinishedRun]] = []
+    for record in event.records:
+        try:
+            messages.append((record.message_id, FinishedRun.model_validate_json(record.body)))
+        except ValidationError:
+            logger.exception("not a finished-run message", extra={"message_id": record.message_id})
+            failed.append(record.message_id)
+    report = outcome_recorder().record(messages)
+    failed.extend(sorted(report.failed))
+    metrics.add_metric(name="OutcomesRecorded", unit=MetricUnit.Count, value=report.recorded)
+    metrics.add_metric(name="OutputsFetched", unit=MetricUnit.Count, value=report.fetched)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}

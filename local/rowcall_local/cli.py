@@ -81,7 +81,20 @@ STACK_FLAGS = (
     _Flag(
         "reconcile-after-s",
         _positive_seconds,
-        "silence before the safety net asks for a run (recorded, not enforced yet)",
+        "silence before the safety net asks for a run (template ReconcileAfterSeconds)",
+        "SECONDS",
+    ),
+    _Flag(
+        "callback-deadline-s",
+        _positive_seconds,
+        "a run still unknown this long after its start fails with callback_timeout",
+        "SECONDS",
+    ),
+    _Flag("chunk-rows", _at_least(1), "rows per chunk message (template ChunkRows)", "N"),
+    _Flag(
+        "schedule-every-s",
+        _positive_seconds,
+        "local only: fire scheduled functions (the safety net) this often instead of the template's rate",
         "SECONDS",
     ),
     _Flag("max-rows", _at_least(1), "most data rows per batch (template MaxRows)", "N"),
@@ -142,6 +155,9 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         max_bytes=args.max_bytes,
         max_in_flight=args.max_in_flight,
         reconcile_after_s=args.reconcile_after_s,
+        callback_deadline_s=args.callback_deadline_s,
+        chunk_rows=args.chunk_rows,
+        schedule_every_s=args.schedule_every_s,
         aws_fault_rate=args.aws_fault_rate or 0.0,
     )
 
@@ -188,8 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         "up",
         help="run the local stack until Ctrl-C",
         description="Run the local stack in the foreground until SIGINT/SIGTERM. Writes "
-        "<state-dir>/stack.json and prints `rowcall: ready <path>` when ready. --max-in-flight and "
-        "--reconcile-after-s are accepted and recorded but not enforced yet.",
+        "<state-dir>/stack.json and prints `rowcall: ready <path>` when ready.",
     )
     _add_stack_flags(up)
     up.set_defaults(run=_up)

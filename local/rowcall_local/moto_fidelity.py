@@ -156,9 +156,21 @@ def refuse_what_aws_refuses() -> None:
     strict_s3.install()
 
 
+def meter_dynamodb_capacity() -> None:
+    """Bill each DynamoDB request as on-demand DynamoDB would, for `GET /_rowcall/capacity` (capacity_meter).
+
+    moto answers `ReturnConsumedCapacity` with constants (0.5 or 1.0 whatever the item); the figures a
+    cost target is held to must come from the item sizes.
+    """
+    from rowcall_local import capacity_meter
+
+    capacity_meter.install()
+
+
 def apply_all() -> None:
     refuse_what_aws_refuses()
     make_dynamodb_requests_atomic()
     make_transactions_cost_their_items()
     complete_s3_events()
     speed_up_sqs_clock()
+    meter_dynamodb_capacity()

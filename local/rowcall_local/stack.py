@@ -29,6 +29,7 @@ from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
 from rowcall_local.queue_poller import QueuePoller
 from rowcall_local.s3_event_source import S3EventSource, connect_bucket
 from rowcall_local.sam_template import SamTemplate
+from rowcall_local.schedule_source import ScheduleSource
 from rowcall_local.sqs_event_source import SqsEventSource, take_over_from_moto
 from rowcall_local.template_wiring import FunctionWiring, StackWiring, read_wiring
 
@@ -40,7 +41,7 @@ ACCOUNT_ID = "123456789012"  # moto's default account
 # Execution environments per function, by what drives it. Sized for a 2-core machine: HTTP
 # requests are short and many; an SQS mapping the template scales out (ScalingConfig) gets two,
 # any other queue or S3 consumer one. MaximumConcurrency still caps it.
-INSTANCES_BY_SOURCE = {"HttpApi": 3, "SQS+ScalingConfig": 2, "SQS": 1, "S3": 1}
+INSTANCES_BY_SOURCE = {"HttpApi": 3, "SQS+ScalingConfig": 2, "SQS": 1, "S3": 1, "Schedule": 1}
 
 # Template parameters the local stack sets (only those the template declares are passed).
 PROVIDER_URL_PARAMETER = "ProviderBaseUrl"
@@ -88,7 +89,10 @@ class StackOptions:
     max_in_flight: int | None = None
     """Recorded, not enforced yet."""
     reconcile_after_s: float | None = None
-    """Recorded, not enforced yet."""
+    callback_deadline_s: float | None = None
+    chunk_rows: int | None = None
+    schedule_every_s: float | None = None
+    """Fire scheduled functions this often instead of at the template's rate (tests, demos)."""
     parameters: Mapping[str, str] = field(default_factory=dict)
     """Further template parameter overrides."""
     instances: Mapping[str, int] = field(default_factory=dict)
@@ -96,6 +100,10 @@ class StackOptions:
     aws_fault_rate: float = 0.0
     """Fraction of the functions' AWS requests answered with AWS's errors under load (aws_faults.py)."""
     aws_fault_seed: int = 0
+
+
+def _whole(seconds: float | None) -> int | None:
+    return None if seconds is None else max(1, round(seconds))
 
 
 def _whsec() -> str:
@@ -170,6 +178,7 @@ class LocalStack:
         self._moto: MotoProcess | None = None
         self._http: HttpApiServer | None = None
         self._pollers: list[QueuePoller] = []
+        self._schedules: list[ScheduleSource] = []
         self._s3_sources: list[S3EventSource] = []
         self._lock: IO[str] | None = None
 
@@ -242,12 +251,8 @@ class LocalStack:
         self._start_event_sources(wiring, self.runtime)
         self.info = self._describe(wiring)
         write_json_atomically(self.stack_json, self.info)
-        if opts.max_in_flight is not None or opts.reconcile_after_s is not None:
-            log.info(
-                "recorded, not enforced yet: max_in_flight=%s reconcile_after_s=%s",
-                opts.max_in_flight,
-                opts.reconcile_after_s,
-            )
+        if opts.max_in_flight is not None:
+            log.info("recorded, not enforced yet: max_in_flight=%s", opts.max_in_flight)
 
     def _parameters(self, sam: SamTemplate) -> dict[str, str]:
         assert self._http is not None
@@ -257,6 +262,9 @@ class LocalStack:
             MAX_ROWS_PARAMETER: self.options.max_rows,
             MAX_BYTES_PARAMETER: self.options.max_bytes,
             ALLOW_LOOPBACK_PARAMETER: "true",
+            "ReconcileAfterSeconds": _whole(self.options.reconcile_after_s),
+            "CallbackDeadlineSeconds": _whole(self.options.callback_deadline_s),
+            "ChunkRows": self.options.chunk_rows,
             **self.options.parameters,
         }
         return {k: str(v) for k, v in wanted.items() if v is not None and sam.declares_parameter(k)}
@@ -299,6 +307,16 @@ class LocalStack:
             self._add_s3_sources(wiring, runtime)
         for poller in self._pollers:
             poller.start()
+        for trigger in wiring.schedule_triggers:
+            schedule = ScheduleSource(
+                trigger,
+                runtime.invoke,
+                every_s=self.options.schedule_every_s or trigger.every_s,
+                region=self.options.region,
+                account=ACCOUNT_ID,
+            )
+            self._schedules.append(schedule)
+            schedule.start()
         api_id = wiring.only_physical_id("AWS::ApiGatewayV2::Api") or "local"
         self._http.serve(HttpApi(wiring.routes, runtime.invoke, self.secrets.api_token, api_id, ACCOUNT_ID))
 
@@ -373,6 +391,8 @@ class LocalStack:
             source.request_stop()
         for poller in self._pollers:
             poller.request_stop()
+        for schedule in self._schedules:
+            schedule.request_stop()
         if self._http is not None:
             self._http.stop()
             self._http = None
@@ -383,6 +403,9 @@ class LocalStack:
         for poller in self._pollers:
             poller.join(deadline)
         self._pollers.clear()
+        for schedule in self._schedules:
+            schedule.join(deadline)
+        self._schedules.clear()
         self._s3_sources.clear()
         if self.provider is not None:
             self.provider.stop()

@@ -71,12 +71,36 @@ class SqsTrigger:
 
 
 @dataclass(frozen=True)
+class ScheduleTrigger:
+    function_id: str
+    event_name: str
+    every_s: float
+
+
+_RATE_UNITS = {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600, "day": 86400, "days": 86400}
+
+
+def rate_seconds(expression: str) -> float:
+    """EventBridge's `rate(N unit)`; cron expressions are not run locally."""
+    inner = expression.strip()
+    if not (inner.startswith("rate(") and inner.endswith(")")):
+        raise TemplateError(f"only rate() schedules run locally, not {expression!r}")
+    count, _, unit = inner[5:-1].strip().partition(" ")
+    if not count.isdigit() or unit not in _RATE_UNITS or int(count) < 1:
+        raise TemplateError(f"not an EventBridge rate expression: {expression!r}")
+    if (int(count) == 1) == unit.endswith("s"):
+        raise TemplateError(f"EventBridge wants 'rate(1 minute)' or 'rate(N minutes)', not {expression!r}")
+    return float(int(count) * _RATE_UNITS[unit])
+
+
+@dataclass(frozen=True)
 class StackWiring:
     stack_name: str
     functions: dict[str, FunctionWiring]
     routes: tuple[HttpRoute, ...]
     s3_triggers: tuple[S3Trigger, ...]
     sqs_triggers: tuple[SqsTrigger, ...]
+    schedule_triggers: tuple[ScheduleTrigger, ...]
     physical_ids: dict[str, str]
     resource_types: dict[str, str]
 
@@ -269,6 +293,12 @@ def read_wiring(
         routes=tuple(r for k in function_ids for r in reader.routes(k)),
         s3_triggers=tuple(t for k in function_ids for t in reader.s3_triggers(k)),
         sqs_triggers=tuple(reader.sqs_triggers(functions)),
+        schedule_triggers=tuple(
+            ScheduleTrigger(k, name, rate_seconds(str(props.get("Schedule"))))
+            for k in function_ids
+            for name, props in _events(sam, k, "Schedule")
+            if props.get("Enabled", True) is not False
+        ),
         physical_ids=dict(physical),
         resource_types={k: str(v.get("Type")) for k, v in cfn["Resources"].items() if k in physical},
     )

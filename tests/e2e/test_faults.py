@@ -90,7 +90,7 @@ def test_duplicates_retries_and_failures_still_give_exact_counts_and_one_on_done
         ledger = Ledger(aws_client(faulty, "dynamodb"), faulty.info["table"])
         faulty.wait_batch(batch["batch_id"], lambda b: b["status"] not in ("validating", "ingesting"), 60)
         chunk_queue = queue_url(sqs, "ChunkQueue")
-        for chunk in ledger.chunk_plan(batch["batch_id"]):
+        for chunk in ledger.batches.chunk_plan(batch["batch_id"]):
             message = ChunkMessage(batch_id=batch["batch_id"], chunk=chunk)
             sqs.send_message(QueueUrl=chunk_queue, MessageBody=message.model_dump_json())
 

@@ -91,12 +91,12 @@ def test_each_corpus_case_gets_its_documented_outcome(aws: Aws, case: Case) -> N
 
     if expect.status == "ignored":
         assert batch is None
-        assert aws.ledger.list_batches(10, None) == ([], None)
+        assert aws.ledger.batches.list(10, None) == ([], None)
         assert (planned_chunks(aws), done, sum(calls.values())) == ([], [], 0)
         return
 
     assert batch is not None
-    errors = list(aws.ledger.row_errors(batch.batch_id))
+    errors = list(aws.ledger.row_errors.of_batch(batch.batch_id))
     assert [(e.line, e.code) for e in errors] == list(expect.row_errors)
     assert all(e.message.startswith(f"line {e.line}: ") for e in errors)
     chunks = planned_chunks(aws)
@@ -149,7 +149,7 @@ def test_a_rejected_file_keeps_the_row_errors_found_before_the_line_that_rejecte
     assert batch is not None and (batch.status, batch.reason) == (BatchStatus.FAILED, "invalid_encoding")
     assert "line 302 " in (batch.reason_message or "")
     # 150 errors: more than one flush of 100, and the last 50 are not lost with the rejection.
-    assert [e.line for e in aws.ledger.row_errors(batch.batch_id)] == list(range(3, 302, 2))
+    assert [e.line for e in aws.ledger.row_errors.of_batch(batch.batch_id)] == list(range(3, 302, 2))
     assert planned_chunks(aws) == []
 
 

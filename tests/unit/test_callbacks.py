@@ -4,7 +4,6 @@ GETs), late and repeated deliveries change nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from rowcall.callbacks import CallbackIntake
 from rowcall.flora_signature import signature_header
 from rowcall.identity import CallbackSigner
 from rowcall.models import BatchStatus, FinishedRun, RowStatus, RunWebhook
-from rowcall.outcomes import OutcomeRecorder, RunNotFinished
+from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection, RetryPolicy
 
 from .conftest import Aws, chunk_messages, ingest
@@ -71,12 +70,8 @@ def accept(aws: Aws, batch_id: str, record: int, attempt: int, webhook: RunWebho
 def record_queued(aws: Aws, provider: ScriptedProvider) -> list[FinishedRun]:
     """Drain the finished-run queue into the recorder, as the recorder function would."""
     messages = [FinishedRun.model_validate_json(b) for b in aws.drain(aws.finished_run_queue_url)]
-    work = recorder(aws, provider)
-
-    async def record_all() -> None:
-        await asyncio.gather(*(work.record(m) for m in messages))
-
-    asyncio.run(record_all())
+    report = recorder(aws, provider).record([(str(n), m) for n, m in enumerate(messages)])
+    assert not report.failed
     return messages
 
 
@@ -110,14 +105,14 @@ def test_a_failed_run_is_recorded_from_the_envelope_without_asking_the_provider(
         failed = envelope(f"run_{record}", "failed", error_code="generation_failed", error_message="boom")
         accept(aws, batch_id, record, 1, failed)
     assert len(record_queued(aws, provider)) == 3
-    row = next(r for r in aws.ledger.rows_of_chunk(batch_id, 0) if r.record == 1)
+    row = next(r for r in aws.ledger.rows.rows_of_chunk(batch_id, 0) if r.record == 1)
     assert (row.status, row.error_code, row.error_message, row.run_id) == (
         RowStatus.FAILED,
         "generation_failed",
         "boom",
         "run_1",
     )
-    batch = aws.ledger.get_batch(batch_id)
+    batch = aws.ledger.batches.get(batch_id)
     assert batch is not None and (batch.status, batch.failed_count) == (BatchStatus.PARTIAL, 3)
     assert provider.requests == []
 
@@ -136,10 +131,10 @@ def test_a_completion_delivered_twice_is_fetched_once_and_its_outputs_recorded(
         f"/techniques/tech/runs/run_{n}" for n in (1, 2, 3)
     ]
     assert {r["method"] for r in provider.requests} == {"GET"}
-    rows = {r.record: r for r in aws.ledger.rows_of_chunk(batch_id, 0)}
+    rows = {r.record: r for r in aws.ledger.rows.rows_of_chunk(batch_id, 0)}
     assert rows[2].status is RowStatus.COMPLETED
     assert rows[2].outputs == [{"output_id": "output_0", "type": "imageUrl", "url": "https://cdn/run_2.png"}]
-    batch = aws.ledger.get_batch(batch_id)
+    batch = aws.ledger.batches.get(batch_id)
     assert batch is not None and (batch.status, batch.completed_count) == (BatchStatus.COMPLETED, 3)
     assert len(aws.drain(aws.done_queue_url)) == 1
 
@@ -147,7 +142,12 @@ def test_a_completion_delivered_twice_is_fetched_once_and_its_outputs_recorded(
 def test_a_late_webhook_of_an_earlier_attempt_changes_nothing(aws: Aws, provider: ScriptedProvider) -> None:
     batch_id = ingest(aws, ROWS)
     chunk_messages(aws)
-    aws.ledger.row_started(batch_id, 0, 1, run_id="run_new", attempt=2, line=2, key="A1")
+    # Row 1 was reprocessed: attempt 2 is running as run_new.
+    aws.ledger.table.update(
+        {"pk": f"BATCH#{batch_id}#CHUNK#000000", "sk": "ROW#000000001"},
+        "SET #status = :running, #attempt = :two, #run_id = :run",
+        values={":running": "running", ":two": 2, ":run": "run_new"},
+    )
     accept(aws, batch_id, 1, 1, envelope("run_old", "failed", error_code="generation_failed"))
     accept(aws, batch_id, 2, 1, envelope("run_2"))
     provider.by_path = {"/techniques/tech/runs/run_2": run("run_2")}
@@ -155,12 +155,15 @@ def test_a_late_webhook_of_an_earlier_attempt_changes_nothing(aws: Aws, provider
     accept(aws, batch_id, 2, 1, envelope("run_other"))  # another run for a finished row: not its run
     provider.by_path["/techniques/tech/runs/run_other"] = run("run_other")
     record_queued(aws, provider)
-    rows = {r.record: r for r in aws.ledger.rows_of_chunk(batch_id, 0)}
+    rows = {r.record: r for r in aws.ledger.rows.rows_of_chunk(batch_id, 0)}
     assert (rows[1].status, rows[1].attempt, rows[1].run_id) == (RowStatus.RUNNING, 2, "run_new")
     assert (rows[2].status, rows[2].run_id) == (RowStatus.COMPLETED, "run_2")
     accept(aws, batch_id, 1, 2, envelope("run_new", "failed"))
     record_queued(aws, provider)
-    assert next(r for r in aws.ledger.rows_of_chunk(batch_id, 0) if r.record == 1).status is RowStatus.FAILED
+    assert (
+        next(r for r in aws.ledger.rows.rows_of_chunk(batch_id, 0) if r.record == 1).status
+        is RowStatus.FAILED
+    )
 
 
 def test_a_run_the_provider_does_not_know_fails_its_row_and_one_still_going_is_retried(
@@ -168,18 +171,30 @@ def test_a_run_the_provider_does_not_know_fails_its_row_and_one_still_going_is_r
 ) -> None:
     batch_id = ingest(aws, ROWS)
     chunk_messages(aws)
-    work = recorder(aws, provider)
-    provider.script = [(404, {}, error("not_found")), run("run_2", "running")]
+    provider.by_path = {
+        "/techniques/tech/runs/run_1": (404, {}, error("not_found")),
+        "/techniques/tech/runs/run_2": run("run_2", "running"),
+    }
     unknown = FinishedRun(
         batch_id=batch_id, chunk=0, record=1, attempt=1, run_id="run_1", status=RowStatus.COMPLETED
     )
-    gone = asyncio.run(work.record(unknown))
-    assert (gone.recorded, gone.status) == (True, RowStatus.FAILED)
     going = unknown.model_copy(update={"record": 2, "run_id": "run_2"})
-    with pytest.raises(RunNotFinished):
-        asyncio.run(work.record(going))
-    rows = {r.record: r for r in aws.ledger.rows_of_chunk(batch_id, 0)}
+    report = recorder(aws, provider).record([("m1", unknown), ("m2", going)])
+    assert (report.failed, report.recorded) == ({"m2"}, 1)
+    rows = {r.record: r for r in aws.ledger.rows.rows_of_chunk(batch_id, 0)}
     assert rows[1].error_code == "run_not_found" and 2 not in rows
+
+
+def test_outcomes_of_a_received_batch_are_counted_once_per_chunk(
+    aws: Aws, provider: ScriptedProvider
+) -> None:
+    batch_id = ingest(aws, ROWS)
+    chunk_messages(aws)
+    for record in (1, 2, 3):
+        accept(aws, batch_id, record, 1, envelope(f"run_{record}", "failed", error_code="generation_failed"))
+    record_queued(aws, provider)
+    counter = aws.ledger.chunks.counter(batch_id, 0)
+    assert counter is not None and (counter.failed, counter.settled) == (3, True)
 
 
 def test_the_signature_check_uses_the_provider_secret_over_the_raw_body(aws: Aws) -> None:

@@ -206,7 +206,7 @@ def test_ingest_decodes_the_event_key_and_skips_folder_markers(environment: None
     s3_event["Records"].append(folder)
     result = load_handler("ingest").lambda_handler(s3_event, Context())
     (batch_id,) = result["batch_ids"]
-    batch = aws.ledger.get_batch(batch_id)
+    batch = aws.ledger.batches.get(batch_id)
     assert batch is not None and batch.source.key == "uploads/spring catalog.csv" and batch.total_count == 1
 
 

@@ -63,7 +63,7 @@ def test_ingest_plans_chunks_records_row_errors_and_sends_each_chunk_once(aws: A
     messages = chunk_messages(aws)
     assert sorted(m.chunk.rows for m in messages) == [5, 10, 10]
     assert sorted(m.chunk.index for m in messages) == [0, 1, 2]
-    errors = list(aws.ledger.row_errors(batch.batch_id))
+    errors = list(aws.ledger.row_errors.of_batch(batch.batch_id))
     assert [(e.line, e.code) for e in errors] == [(5, "column_count"), (15, "column_count")]
 
 
@@ -74,7 +74,7 @@ def test_the_same_s3_event_twice_is_one_batch(aws: Aws) -> None:
     assert first is not None and second is not None
     assert first.batch_id == second.batch_id
     assert len(chunk_messages(aws)) == 2
-    batches, _ = aws.ledger.list_batches(10, None)
+    batches, _ = aws.ledger.batches.list(10, None)
     assert len(batches) == 1
 
 
@@ -101,7 +101,7 @@ def test_an_ingest_cut_off_half_way_resumes_without_sending_a_chunk_twice(aws: A
     created = upload(aws, "uploads/big.csv", csv_bytes(35))
     with pytest.raises(TimeoutError):
         ingestor(aws, chunk_rows=1, queue=FailingAfter(aws.chunk_queue, sends=2)).ingest(created)
-    batch = aws.ledger.get_batch(ingestor(aws).ingest(created).batch_id)  # type: ignore[union-attr]
+    batch = aws.ledger.batches.get(ingestor(aws).ingest(created).batch_id)  # type: ignore[union-attr]
     assert batch is not None and batch.status is BatchStatus.RUNNING
     indexes = [m.chunk.index for m in chunk_messages(aws)]
     assert sorted(indexes) == list(range(35))
@@ -157,7 +157,8 @@ def test_an_on_done_lost_by_a_dying_ingest_is_sent_by_its_retry(aws: Aws) -> Non
     from datetime import timedelta
 
     from rowcall.finishing import BatchFinisher
-    from rowcall.ledger import REOFFER_AFTER_S, Ledger
+    from rowcall.ledger import Ledger
+    from rowcall.ledger.batches import REOFFER_AFTER_S
     from rowcall.models import utcnow
     from rowcall.queues import DoneQueue
 

@@ -133,7 +133,10 @@ def test_code_layers_timeouts_and_async_retries(deployed: Deployed) -> None:
         "WebhookFunction": 3,
         "RecorderFunction": 2,
         "NotifierFunction": 1,
+        "SafetyNetFunction": 1,
     }
+    (schedule,) = deployed.wiring.schedule_triggers
+    assert (schedule.function_id, schedule.every_s) == ("SafetyNetFunction", 60.0)
 
 
 def test_translation_swaps_local_folders_for_s3(deployed: Deployed) -> None:

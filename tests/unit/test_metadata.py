@@ -12,7 +12,7 @@ from rowcall.metadata import (
     row_key,
     spec_from_metadata,
 )
-from rowcall.models import RunInput
+from rowcall.models import RowOutcome, RowStatus, RunInput
 from rowcall.outbound import DestinationPolicy
 
 from .conftest import Aws
@@ -124,7 +124,8 @@ def test_a_key_too_long_for_a_ledger_item_is_cut_so_the_row_can_still_be_stored(
     fields = ["A1", "k" * 1024 * 1024, "", ""]
     key = row_key(HEADER, fields, spec(**{"key-column": "prompt"}), 1)
     assert len(key) <= MAX_KEY_CHARS and key.startswith("k" * 900) and key.endswith(" characters)")
-    assert aws.ledger.row_started("b1", 0, 1, run_id=None, attempt=1, line=2, key=key)
+    refused = RowOutcome(status=RowStatus.FAILED, error_code="invalid_input")
+    assert aws.ledger.rows.finish("b1", 0, 1, refused, attempt=1, line=2, key=key)
     assert row_key(HEADER, ["A1", "k" * MAX_KEY_CHARS, "", ""], spec(**{"key-column": "prompt"}), 1) == (
         "k" * MAX_KEY_CHARS
     )

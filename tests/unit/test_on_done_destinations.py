@@ -78,7 +78,7 @@ def test_a_name_that_now_resolves_to_a_forbidden_address_is_not_sent_to_and_not_
         assert "cloud instance metadata" in result.detail
         assert hook.got == []
         assert aws.drain(aws.done_queue_url) == []  # no retry scheduled
-        batch = aws.ledger.get_batch(batch_id)
+        batch = aws.ledger.batches.get(batch_id)
         assert batch is not None and (batch.notification.status, batch.notification.attempts) == ("failed", 1)
         assert batch.notification.sns_published and batch.notification.results_written
     finally:
@@ -89,7 +89,7 @@ def test_a_name_that_does_not_resolve_at_delivery_is_retried(aws: Aws) -> None:
     batch_id, message = finished(aws, "https://not-yet.test/done")
     result = delivery(aws, DestinationPolicy(resolver=Dns({}))).deliver(message)
     assert (result.status, result.attempts, result.detail) == ("retrying", 1, "ConnectError")
-    batch = aws.ledger.get_batch(batch_id)
+    batch = aws.ledger.batches.get(batch_id)
     assert batch is not None and batch.notification.status == "retrying"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -98,11 +97,7 @@ def replay(
         provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
     )
     messages = [FinishedRun.model_validate_json(b) for b in aws.drain(aws.finished_run_queue_url)]
-
-    async def record_all() -> None:
-        await asyncio.gather(*(recorder.record(m) for m in messages))
-
-    asyncio.run(record_all())
+    assert not recorder.record([(str(n), m) for n, m in enumerate(messages)]).failed
 
 
 ROWS = b'sku,prompt,style\nA1,=SUM(1),plain\nA2,a dog,"bold, loud"\nA3,x\nA4,a fox,\nA5,an owl,\nA6,a bee,\n'
@@ -121,7 +116,7 @@ def test_every_row_starts_once_and_a_redelivered_chunk_starts_nothing(aws: Aws, 
         assert (stats["creates"], stats["unique_idempotency_keys"], stats["duplicate_creates"]) == (5, 5, 0)
         received = callbacks.wait_for(lambda got: len(got) == 5)
         replay(aws, provider, received + received, random.Random(3))  # duplicated and out of order
-        batch = aws.ledger.get_batch(batch_id)
+        batch = aws.ledger.batches.get(batch_id)
         assert batch is not None
         assert (batch.status, batch.completed_count, batch.failed_count, batch.rows_skipped) == (
             BatchStatus.COMPLETED,
@@ -154,7 +149,7 @@ def test_an_unknown_technique_fails_the_batch_on_its_first_rows(aws: Aws, callba
         batch_id = ingest(aws, body, **{"technique-id": "missing-tech"})
         for message in chunk_messages(aws):
             starter(aws, provider, callbacks).start_chunk(message, lambda: 300.0)
-        batch = aws.ledger.get_batch(batch_id)
+        batch = aws.ledger.batches.get(batch_id)
         assert batch is not None and (batch.status, batch.reason) == (
             BatchStatus.FAILED,
             "technique_not_found",
@@ -280,7 +275,7 @@ def test_a_failing_endpoint_is_retried_later_with_the_same_webhook_id(aws: Aws, 
         assert delivery(aws, clock).deliver(retry).status == "delivered"
         assert len({r.headers["webhook-id"] for r in hook.got}) == 1 and len(hook.got) == 2
         assert json.loads(hook.got[-1].body)["data"]["status"] == "partial"
-        batch = aws.ledger.get_batch(batch_id)
+        batch = aws.ledger.batches.get(batch_id)
         assert batch is not None and batch.notification.status == "delivered"
         assert batch.notification.attempts == 2
     finally:
@@ -331,9 +326,9 @@ def test_a_refused_row_fails_with_the_providers_code_and_the_batch_still_finishe
         assert starter(aws, scripted, callbacks).start_chunk(message, lambda: 300.0).refused == 1
     finally:
         scripted.close()
-    batch = aws.ledger.get_batch(batch_id)
+    batch = aws.ledger.batches.get(batch_id)
     assert batch is not None and (batch.status, batch.failed_count) == (BatchStatus.PARTIAL, 1)
-    (row,) = aws.ledger.rows_of_chunk(batch_id, 0)
+    (row,) = aws.ledger.rows.rows_of_chunk(batch_id, 0)
     assert (row.status.value, row.error_code, row.line, row.key) == ("failed", "invalid_input", 2, "1")
     assert len(aws.drain(aws.done_queue_url)) == 1
 
@@ -346,14 +341,14 @@ def test_a_chunk_delivered_twice_at_once_asks_the_provider_once(aws: Aws, callba
         batch_id = ingest(aws, ROWS)
         first = chunk_messages(aws)[0]
         # Another delivery of the same chunk is still at work.
-        assert aws.ledger.claim_chunk(batch_id, 0, holder="other", until_epoch=time.time() + 60)
+        assert aws.ledger.chunks.claim(batch_id, 0, holder="other", until_epoch=time.time() + 60)
         with pytest.raises(ChunkBusy):
             starter(aws, provider, callbacks).start_chunk(first, lambda: 300.0)
         assert provider.stats()["creates"] == 0
-        aws.ledger.release_chunk(batch_id, 0, holder="other")
+        aws.ledger.chunks.release(batch_id, 0, holder="other")
         assert starter(aws, provider, callbacks).start_chunk(first, lambda: 300.0).started == 4
         # A holder that died frees the chunk when its time is up.
-        assert aws.ledger.claim_chunk(batch_id, 1, holder="dead", until_epoch=time.time() - 5)
-        assert aws.ledger.claim_chunk(batch_id, 1, holder="next", until_epoch=time.time() + 60)
+        assert aws.ledger.chunks.claim(batch_id, 1, holder="dead", until_epoch=time.time() - 5)
+        assert aws.ledger.chunks.claim(batch_id, 1, holder="next", until_epoch=time.time() + 60)
     finally:
         provider.stop()

@@ -7,7 +7,6 @@ instead of waiting five minutes.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -129,23 +128,19 @@ def test_the_worker_uses_a_rotated_api_key_and_callback_secret_after_the_max_age
     assert CallbackSigner("cb-old").verify(batch_id, "0-1", token) is None
 
 
-def test_the_recorder_fetches_with_a_rotated_api_key_in_the_same_event_loop(
+def test_the_recorder_fetches_with_a_rotated_api_key_after_the_max_age(
     aws: Aws, provider: ScriptedProvider, clock: Clock
 ) -> None:
     _, batch_id, _ = start_one_row(aws, provider)
     finished = FinishedRun(
         batch_id=batch_id, chunk=0, record=1, attempt=1, run_id="run_1", status=RowStatus.COMPLETED
     )
-
-    async def record_twice() -> None:
-        # One loop, as Powertools keeps across invocations: the recorder keeps one client in it.
-        recorder = compose.outcome_recorder()
-        await recorder.record(finished)
-        rotate()
-        clock.advance(compose.SECRET_MAX_AGE_S + 1)
-        await recorder.record(finished)
-
-    asyncio.run(record_twice())
+    recorder = compose.outcome_recorder()
+    recorder.record([("m1", finished)])
+    rotate()
+    clock.advance(compose.SECRET_MAX_AGE_S + 1)
+    recorder.record([("m2", finished)])
+    assert compose.outcome_recorder() is recorder
     gets = [r["auth"] for r in provider.requests if r["method"] == "GET"]
     assert gets == ["Bearer key-old", "Bearer key-new"]
 

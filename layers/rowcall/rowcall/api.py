@@ -43,18 +43,18 @@ class BatchQueries:
 
     def view(self, batch: BatchState) -> dict[str, Any]:
         settled = batch.status in (BatchStatus.COMPLETED, BatchStatus.PARTIAL)
-        counters = [] if settled else self._ledger.chunk_counters(batch.batch_id)
+        counters = [] if settled else self._ledger.chunks.counters(batch.batch_id)
         return batch_view(batch, counters, utcnow())
 
     def get(self, batch_id: str) -> dict[str, Any]:
-        batch = self._ledger.get_batch(batch_id)
+        batch = self._ledger.batches.get(batch_id)
         if batch is None:
             raise ApiError(404, "batch_not_found", f"no batch {batch_id!r}")
         return self.view(batch)
 
     def list(self, limit: int, cursor: str | None) -> dict[str, Any]:
         try:
-            batches, next_cursor = self._ledger.list_batches(limit, cursor)
+            batches, next_cursor = self._ledger.batches.list(limit, cursor)
         except ValueError:
             raise ApiError(
                 400, "invalid_cursor", "cursor is not one this API returned", {"cursor": "invalid"}

@@ -21,10 +21,12 @@ from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySchedule
 from rowcall.runs import RunStarter
+from rowcall.safety_net import SafetyNet, SafetyNetTimes
 from rowcall.settings import (
     IngestSettings,
     NotifierSettings,
     RecorderSettings,
+    SafetyNetSettings,
     WebhookSettings,
     WorkerSettings,
 )
@@ -160,6 +162,24 @@ def on_done_delivery() -> OnDoneDelivery:
         http=webhook_client(DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks)),
         signer=WebhookSigner(secret_source(settings.webhook_secret_param)),
         topic_arn=settings.topic_arn,
+    )
+
+
+@cache
+def safety_net() -> SafetyNet:
+    settings = SafetyNetSettings.from_env()
+    ledger = _ledger(settings.table_name)
+    return SafetyNet(
+        ledger=ledger,
+        finisher=_finisher(ledger, settings.done_queue_url),
+        chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
+        done_queue=DoneQueue(_sqs(), settings.done_queue_url),
+        provider=ProviderConnection(
+            base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
+        ),
+        times=SafetyNetTimes(
+            reconcile_after_s=settings.reconcile_after_s, callback_deadline_s=settings.callback_deadline_s
+        ),
     )
 
 

@@ -1,9 +1,29 @@
-"""After a row finishes: settle its chunk, finish the batch once, hand the on-done to the queue."""
+"""Recording outcomes and what follows: rows written, their chunk counted once per batch of
+outcomes, a finished chunk settled from a recount, the batch finished once, its on-done queued.
+
+Every caller, duplicates included, runs the settle/finish steps: a caller that died half way
+through them is completed by whichever event comes next (or by the safety net).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from rowcall.ledger import Ledger
+from rowcall.models import ChunkCounter, RowOutcome, RowStatus
 from rowcall.queues import DoneQueue
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One row's outcome, for the attempt it belongs to."""
+
+    record: int
+    attempt: int
+    outcome: RowOutcome
+    line: int | None = None
+    key: str | None = None
 
 
 class BatchFinisher:
@@ -11,22 +31,55 @@ class BatchFinisher:
         self._ledger = ledger
         self._done = done_queue
 
-    def after_row_finished(self, batch_id: str, chunk: int) -> None:
-        """Run after every outcome, duplicates included: a caller that died half way through
-        this is completed by whichever callback comes next."""
-        counter = self._ledger.chunk_counter(batch_id, chunk)
+    def record_outcomes(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> int:
+        """Write each row's outcome (once per attempt), then count the rows that moved in one
+        `ADD` on their chunk. How many rows moved."""
+        completed = failed = 0
+        for result in results:
+            moved = self._ledger.rows.finish(
+                batch_id,
+                chunk,
+                result.record,
+                result.outcome,
+                attempt=result.attempt,
+                line=result.line,
+                key=result.key,
+            )
+            if moved:
+                completed += result.outcome.status is RowStatus.COMPLETED
+                failed += result.outcome.status is RowStatus.FAILED
+        if completed or failed:
+            counter = self._ledger.chunks.add_outcomes(batch_id, chunk, completed=completed, failed=failed)
+        else:
+            counter = self._ledger.chunks.counter(batch_id, chunk)
+        self.after_outcomes(batch_id, counter)
+        return completed + failed
+
+    def after_outcomes(self, batch_id: str, counter: ChunkCounter | None) -> None:
         if counter is None or counter.finished < counter.rows:
             return
         if not counter.settled:
-            self._ledger.settle_chunk(batch_id, counter)
+            rows = self._ledger.rows.rows_of_chunk(batch_id, counter.index)
+            if self._ledger.chunks.settle(batch_id, counter, rows) is False:
+                return  # the counter ran ahead of the rows; it says what they say now
         self.finish_if_done(batch_id)
 
+    def recount(self, batch_id: str, chunk: int) -> None:
+        """For a chunk gone quiet: the counter may have missed outcomes (a crash between a row
+        write and its count); the recount settles it if its rows are all finished."""
+        counter = self._ledger.chunks.counter(batch_id, chunk)
+        if counter is None or counter.settled:
+            return
+        rows = self._ledger.rows.rows_of_chunk(batch_id, chunk)
+        if self._ledger.chunks.settle(batch_id, counter, rows):
+            self.finish_if_done(batch_id)
+
     def finish_if_done(self, batch_id: str) -> None:
-        message = self._ledger.finish_if_done(batch_id)
+        message = self._ledger.batches.finish_if_done(batch_id)
         if message is not None:
             self._done.send(message)
 
     def fail(self, batch_id: str, reason: str, message: str) -> None:
-        done = self._ledger.fail_batch(batch_id, reason, message)
+        done = self._ledger.batches.fail(batch_id, reason, message)
         if done is not None:
             self._done.send(done)

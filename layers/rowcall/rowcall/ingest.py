@@ -96,7 +96,8 @@ class Ingestor:
         destinations: DestinationPolicy | None = None,
     ) -> None:
         self._s3 = s3
-        self._ledger = ledger
+        self._batches = ledger.batches
+        self._row_errors = ledger.row_errors
         self._chunks = chunk_queue
         self._finisher = finisher
         self._limits = limits
@@ -123,23 +124,23 @@ class Ingestor:
                 scan = self._scan(batch)
             except FileRejected as rejected:
                 return self._reject(batch, rejected)
-            if not self._ledger.record_plan(
+            if not self._batches.record_plan(
                 batch.batch_id, header=scan.header, chunks=scan.chunks, rows_skipped=scan.rows_skipped
             ):
-                return self._ledger.get_batch(batch.batch_id)  # another delivery got there first
+                return self._batches.get(batch.batch_id)  # another delivery got there first
             self._enqueue(batch.batch_id, scan.chunks, already_sent=0)
         elif batch.status is BatchStatus.INGESTING:
-            plan = self._ledger.chunk_plan(batch.batch_id)
+            plan = self._batches.chunk_plan(batch.batch_id)
             self._enqueue(batch.batch_id, plan, already_sent=batch.chunks_enqueued)
         else:
             # Seen before. The delivery that moved it on may have died before finishing it (an
             # empty batch) or before handing over its on-done: both are picked up here, once.
             self._finisher.finish_if_done(batch.batch_id)
-            return self._ledger.get_batch(batch.batch_id)
-        if self._ledger.mark_running(batch.batch_id):
+            return self._batches.get(batch.batch_id)
+        if self._batches.mark_running(batch.batch_id):
             logger.info("batch running", extra={"batch_id": batch.batch_id})
         self._finisher.finish_if_done(batch.batch_id)
-        return self._ledger.get_batch(batch.batch_id)
+        return self._batches.get(batch.batch_id)
 
     def _open(self, created: ObjectCreated) -> tuple[BatchState, int, InvalidMetadata | None] | None:
         """The batch of this object version: new, or as an earlier delivery left it."""
@@ -171,7 +172,7 @@ class Ingestor:
                 technique_id=self._limits.default_technique_id, name=metadata.get("batch-name") or created.key
             )
         now = iso(utcnow())
-        batch, created_now = self._ledger.open_batch(
+        batch, created_now = self._batches.open(
             BatchState(
                 batch_id=batch_id_for(created.bucket, created.key, source.version, created.sequencer),
                 name=spec.name,
@@ -225,7 +226,7 @@ class Ingestor:
                     errors.append(record.error)
                     scan.rows_skipped += 1
                     if len(errors) >= ROW_ERROR_FLUSH:
-                        self._ledger.record_row_errors(batch_id, errors)
+                        self._row_errors.record(batch_id, errors)
                         errors = []
                     continue
                 rows += 1
@@ -244,7 +245,7 @@ class Ingestor:
             # Also when the file is rejected part way: its row errors are then exactly those
             # before the line that rejected it, not whichever happened to be flushed.
             if errors:
-                self._ledger.record_row_errors(batch_id, errors)
+                self._row_errors.record(batch_id, errors)
         if first is not None and last is not None:
             scan.chunks.append(_chunk(len(scan.chunks), first, last, rows_in_chunk))
         logger.info(
@@ -266,7 +267,7 @@ class Ingestor:
         for start in range(already_sent, len(chunks), SEND_BATCH_LIMIT):
             group = chunks[start : start + SEND_BATCH_LIMIT]
             self._chunks.send([ChunkMessage(batch_id=batch_id, chunk=c) for c in group])
-            self._ledger.record_enqueued(batch_id, start + len(group))
+            self._batches.record_enqueued(batch_id, start + len(group))
 
     def _reject(self, batch: BatchState, rejected: FileRejected) -> BatchState | None:
         logger.warning(
@@ -274,7 +275,7 @@ class Ingestor:
             extra={"batch_id": batch.batch_id, "reason": rejected.reason, "detail": rejected.message},
         )
         self._finisher.fail(batch.batch_id, rejected.reason, rejected.message)
-        return self._ledger.get_batch(batch.batch_id)
+        return self._batches.get(batch.batch_id)
 
 
 def _chunk(index: int, first: CsvRecord, last: CsvRecord, rows: int) -> ChunkPlan:

@@ -284,11 +284,21 @@ class BatchState(BaseModel):
 
 
 class ChunkCounter(BaseModel):
+    """A chunk's counter item. `completed`/`failed` are added per batch of outcomes and only say
+    when to recount; a settled chunk's counts are the recount's."""
+
+    model_config = ConfigDict(extra="ignore")
+
     index: int
     rows: int
     completed: int = 0
     failed: int = 0
+    started: int = 0
     settled: bool = False
+    created_at: float | None = None
+    last_outcome_at: float | None = None
+    last_start_at: float | None = None
+    worker_until: int | None = None
 
     @property
     def finished(self) -> int:

@@ -88,21 +88,21 @@ class OnDoneDelivery:
 
     def deliver(self, message: DoneMessage) -> DeliveryResult:
         now = self._clock()
-        batch = self._ledger.claim_notification(message, lease_seconds=LEASE_S, now_epoch=now)
+        batch = self._ledger.notifications.claim(message, lease_seconds=LEASE_S, now_epoch=now)
         if batch is None:
             return self._not_claimed(message, now)
         notification = batch.notification
         if not notification.results_written:
             csv_key, err_key = upload_results(self._s3, self._ledger, batch)
-            self._ledger.record_results(batch.batch_id, message.finish_seq, csv_key, err_key)
+            self._ledger.notifications.record_results(batch.batch_id, message.finish_seq, csv_key, err_key)
             batch = batch.model_copy(update={"results": ResultsLocation(csv_key=csv_key, errors_key=err_key)})
         body = self._body(batch)
         if not notification.sns_published:
             self._publish(batch, message, body)
-            self._ledger.record_notification_step(batch.batch_id, message.finish_seq, "sns_published")
+            self._ledger.notifications.record_step(batch.batch_id, message.finish_seq, "sns_published")
         url = batch.spec.on_done_url
         if url is None:
-            self._ledger.settle_notification(
+            self._ledger.notifications.settle(
                 batch.batch_id, message.finish_seq, status="delivered", attempts=notification.attempts + 1
             )
             return DeliveryResult("delivered", notification.attempts + 1, "sns only")
@@ -115,7 +115,7 @@ class OnDoneDelivery:
         when the retry message of a failed attempt was never sent (the sender died after
         recording the attempt), the redelivered earlier message sends it again.
         """
-        batch = self._ledger.get_batch(message.batch_id)
+        batch = self._ledger.batches.get(message.batch_id)
         if batch is None or batch.finish_seq != message.finish_seq:
             return DeliveryResult("not_claimed")
         notification = batch.notification
@@ -151,7 +151,7 @@ class OnDoneDelivery:
         )
 
     def _refused(self, batch: BatchState, message: DoneMessage, attempts: int, reason: str) -> DeliveryResult:
-        self._ledger.settle_notification(
+        self._ledger.notifications.settle(
             batch.batch_id, message.finish_seq, status="failed", attempts=attempts
         )
         logger.error("on-done refused", extra={"batch_id": batch.batch_id, "reason": reason})
@@ -174,13 +174,13 @@ class OnDoneDelivery:
         except httpx.HTTPError as exc:
             detail, delivered = f"{type(exc).__name__}", False
         if delivered:
-            self._ledger.settle_notification(
+            self._ledger.notifications.settle(
                 batch.batch_id, message.finish_seq, status="delivered", attempts=attempts
             )
             logger.info("on-done delivered", extra={"batch_id": batch.batch_id, "attempts": attempts})
             return DeliveryResult("delivered", attempts, detail)
         if attempts > len(self._schedule):
-            self._ledger.settle_notification(
+            self._ledger.notifications.settle(
                 batch.batch_id, message.finish_seq, status="failed", attempts=attempts
             )
             logger.error(
@@ -188,7 +188,7 @@ class OnDoneDelivery:
             )
             return DeliveryResult("failed", attempts, detail)
         delay = self._schedule[attempts - 1]
-        self._ledger.settle_notification(
+        self._ledger.notifications.settle(
             batch.batch_id,
             message.finish_seq,
             status="retrying",

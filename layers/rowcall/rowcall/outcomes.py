@@ -8,13 +8,14 @@ comes from the webhook, so it costs the provider nothing.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import httpx
 from aws_lambda_powertools import Logger
 
-from rowcall.finishing import BatchFinisher
+from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.ledger import Ledger
 from rowcall.models import FinishedRun, RowOutcome, RowStatus, RunObject
 from rowcall.provider import ProviderClient, ProviderConnection, ProviderUnavailable, RunNotFound
@@ -29,33 +30,37 @@ class RunNotFinished(Exception):
     """The provider says the run is still going, though its terminal webhook came: try later."""
 
 
-@dataclass(frozen=True)
-class RecordResult:
-    recorded: bool
-    status: RowStatus
-    fetched: bool
+@dataclass
+class RecordReport:
+    """What one received batch of finished runs came to."""
+
+    failed: set[str] = field(default_factory=set)
+    """Message ids to retry: their outcome could not be fetched or written."""
+    recorded: int = 0
+    fetched: int = 0
+    dropped: int = 0
 
 
-def fetched_outcome(run: RunObject | RunNotFound, finished: FinishedRun) -> RowOutcome:
-    """What the provider's answer to the one GET of a completed run means for its row."""
+def fetched_outcome(run: RunObject | RunNotFound, run_id: str) -> RowOutcome:
+    """What the provider's answer to the one GET of a run (`run_id`) means for its row."""
     if isinstance(run, RunNotFound):
         return RowOutcome(
             status=RowStatus.FAILED,
-            run_id=finished.run_id,
+            run_id=run_id,
             error_code="run_not_found",
             error_message=run.message or "the provider does not know this run",
         )
-    if run.run_id != finished.run_id:
-        raise ProviderUnavailable(f"asked for run {finished.run_id}, the provider answered {run.run_id}")
+    if run.run_id != run_id:
+        raise ProviderUnavailable(f"asked for run {run_id}, the provider answered {run.run_id}")
     terminal = run.terminal_status
     if terminal is None:
         raise RunNotFinished(f"run {run.run_id} is {run.status}")
     if terminal is RowStatus.COMPLETED:
         outputs = [o.model_dump(exclude_none=True) for o in run.outputs]
-        return RowOutcome(status=RowStatus.COMPLETED, run_id=finished.run_id, outputs=outputs)
+        return RowOutcome(status=RowStatus.COMPLETED, run_id=run_id, outputs=outputs)
     return RowOutcome(
         status=RowStatus.FAILED,
-        run_id=finished.run_id,
+        run_id=run_id,
         error_code=run.error_code or "run_failed",
         error_message=run.error_message,
     )
@@ -71,61 +76,70 @@ def reported_failure(finished: FinishedRun) -> RowOutcome:
 
 
 class OutcomeRecorder:
-    """Records the runs of one received batch concurrently: their GETs are in flight together."""
+    """Records one received batch of finished runs: the GETs of its completed runs in flight
+    together, then each chunk's outcomes written and counted together (one `ADD` per chunk)."""
 
     def __init__(self, *, ledger: Ledger, finisher: BatchFinisher, provider: ProviderConnection) -> None:
         self._ledger = ledger
         self._finisher = finisher
         self._provider = provider
         self._techniques: OrderedDict[str, str] = OrderedDict()
-        self._client: tuple[asyncio.AbstractEventLoop, ProviderClient] | None = None
 
-    async def record(self, finished: FinishedRun) -> RecordResult:
-        if finished.status is RowStatus.FAILED:
-            outcome = reported_failure(finished)
-        else:
-            technique_id = await asyncio.to_thread(self._technique_of, finished.batch_id)
-            if technique_id is None:
-                # Not a batch of ours (or deleted): nothing to record, nothing to retry.
-                logger.warning("run of an unknown batch dropped", extra={"batch_id": finished.batch_id})
-                return RecordResult(False, finished.status, False)
-            run = await self._provider_client().get_run(technique_id, finished.run_id)
-            outcome = fetched_outcome(run, finished)
-        recorded = await asyncio.to_thread(self._write, finished, outcome)
-        return RecordResult(recorded, outcome.status, finished.status is RowStatus.COMPLETED)
+    def record(self, messages: Sequence[tuple[str, FinishedRun]]) -> RecordReport:
+        report = RecordReport()
+        resolved = asyncio.run(self._resolve_all([m for _, m in messages]))
+        groups: dict[tuple[str, int], list[tuple[str, RowResult]]] = defaultdict(list)
+        for (message_id, finished), outcome in zip(messages, resolved, strict=True):
+            if isinstance(outcome, BaseException):
+                logger.warning(
+                    "outcome not resolved, retried later",
+                    extra={"run_id": finished.run_id, "problem": f"{type(outcome).__name__}: {outcome}"},
+                )
+                report.failed.add(message_id)
+            elif outcome is None:
+                report.dropped += 1
+            else:
+                report.fetched += finished.status is RowStatus.COMPLETED
+                result = RowResult(record=finished.record, attempt=finished.attempt, outcome=outcome)
+                groups[(finished.batch_id, finished.chunk)].append((message_id, result))
+        for (batch_id, chunk), group in groups.items():
+            try:
+                report.recorded += self._finisher.record_outcomes(batch_id, chunk, [r for _, r in group])
+            except Exception:
+                # Row writes are conditional, so the retry repeats none; a count missed here
+                # is found by the recount when the chunk settles or goes quiet.
+                logger.exception("outcomes not written, retried later", extra={"batch_id": batch_id})
+                report.failed.update(message_id for message_id, _ in group)
+        return report
 
-    def _write(self, finished: FinishedRun, outcome: RowOutcome) -> bool:
-        recorded = self._ledger.row_finished(
-            finished.batch_id, finished.chunk, finished.record, outcome, attempt=finished.attempt
-        )
-        if not recorded:
-            logger.info("outcome changed nothing", extra={"run_id": finished.run_id})
-        # Also when nothing changed: completes what a crashed earlier delivery left half done.
-        self._finisher.after_row_finished(finished.batch_id, finished.chunk)
-        return recorded
-
-    def _technique_of(self, batch_id: str) -> str | None:
-        if batch_id in self._techniques:
-            self._techniques.move_to_end(batch_id)
-            return self._techniques[batch_id]
-        batch = self._ledger.get_batch(batch_id)
-        if batch is None:
-            return None
-        self._techniques[batch_id] = batch.spec.technique_id
-        if len(self._techniques) > TECHNIQUE_CACHE_SIZE:
-            self._techniques.popitem(last=False)
-        return batch.spec.technique_id
-
-    def _provider_client(self) -> ProviderClient:
-        """One keep-alive client per event loop (Powertools keeps one loop across invocations)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client[0] is not loop:
-            http = httpx.AsyncClient(timeout=self._provider.timeout_s, follow_redirects=False)
+    async def _resolve_all(self, messages: Sequence[FinishedRun]) -> list[RowOutcome | BaseException | None]:
+        async with httpx.AsyncClient(timeout=self._provider.timeout_s, follow_redirects=False) as http:
             client = ProviderClient(
                 http,
                 base_url=self._provider.base_url,
                 api_key=self._provider.api_key,
                 retry=self._provider.retry,
             )
-            self._client = (loop, client)
-        return self._client[1]
+            return await asyncio.gather(*(self._resolve(client, m) for m in messages), return_exceptions=True)
+
+    async def _resolve(self, client: ProviderClient, finished: FinishedRun) -> RowOutcome | None:
+        """The row's outcome; None for a run of a batch this ledger does not have."""
+        if finished.status is RowStatus.FAILED:
+            return reported_failure(finished)
+        technique_id = await asyncio.to_thread(self._technique_of, finished.batch_id)
+        if technique_id is None:
+            logger.warning("run of an unknown batch dropped", extra={"batch_id": finished.batch_id})
+            return None
+        return fetched_outcome(await client.get_run(technique_id, finished.run_id), finished.run_id)
+
+    def _technique_of(self, batch_id: str) -> str | None:
+        if batch_id in self._techniques:
+            self._techniques.move_to_end(batch_id)
+            return self._techniques[batch_id]
+        batch = self._ledger.batches.get(batch_id)
+        if batch is None:
+            return None
+        self._techniques[batch_id] = batch.spec.technique_id
+        if len(self._techniques) > TECHNIQUE_CACHE_SIZE:
+            self._techniques.popitem(last=False)
+        return batch.spec.technique_id

@@ -38,7 +38,7 @@ def errors_key(batch_id: str) -> str:
 
 def _rows_in_file_order(ledger: Ledger, batch: BatchState) -> Iterator[RowState]:
     for chunk in range(batch.chunk_count or 0):
-        yield from ledger.rows_of_chunk(batch.batch_id, chunk)
+        yield from ledger.rows.rows_of_chunk(batch.batch_id, chunk)
 
 
 def _outcome_cells(row: RowState | None) -> list[str]:
@@ -84,7 +84,7 @@ def upload_results(s3: S3Client, ledger: Ledger, batch: BatchState) -> tuple[str
     csv_key, err_key = results_key(batch.batch_id), errors_key(batch.batch_id)
     for key, fill in (
         (csv_key, lambda f: write_results_csv(s3, ledger, batch, f)),
-        (err_key, lambda f: write_errors_csv(ledger.row_errors(batch.batch_id), f)),
+        (err_key, lambda f: write_errors_csv(ledger.row_errors.of_batch(batch.batch_id), f)),
     ):
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b") as spool:
             text = io.TextIOWrapper(spool, encoding="utf-8", newline="")

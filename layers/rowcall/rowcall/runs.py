@@ -14,7 +14,7 @@ import httpx
 from aws_lambda_powertools import Logger
 
 from rowcall.csvsplit import data_records, split_lines
-from rowcall.finishing import BatchFinisher
+from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
 from rowcall.ledger import Ledger
 from rowcall.metadata import row_inputs, row_key
@@ -37,6 +37,7 @@ from rowcall.provider import (
     RunRefused,
 )
 from rowcall.source import read_source
+from rowcall.start_log import StartLog
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -47,6 +48,28 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # Stop starting rows this long before the invocation's deadline; the rest go with the retry.
 DEADLINE_MARGIN_S = 20.0
+LEASE_S = 30.0
+
+
+class _Lease:
+    """Renews a worker's hold on its chunk every third of its length while the worker runs."""
+
+    def __init__(self, ledger: Ledger, batch_id: str, chunk: int, holder: str) -> None:
+        self._ledger = ledger
+        self._batch_id = batch_id
+        self._chunk = chunk
+        self._holder = holder
+
+    async def keep(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            await asyncio.to_thread(
+                self._ledger.chunks.claim,
+                self._batch_id,
+                self._chunk,
+                holder=self._holder,
+                until_epoch=time.time() + LEASE_S,
+            )
 
 
 @dataclass(frozen=True)
@@ -103,7 +126,7 @@ class RunStarter:
 
     def start_chunk(self, message: ChunkMessage, time_left_s: Callable[[], float]) -> ChunkReport:
         report = ChunkReport()
-        batch = self._ledger.get_batch(message.batch_id)
+        batch = self._ledger.batches.get(message.batch_id)
         if batch is None or batch.status not in OPEN_BATCH_STATUSES or batch.header is None:
             report.not_open = batch.status.value if batch else "unknown_batch"
             logger.info("chunk not started: batch is not open", extra={"status": report.not_open})
@@ -113,12 +136,15 @@ class RunStarter:
             return report
         chunk = message.chunk.index
         holder = uuid.uuid4().hex
-        # Held at most as long as this invocation can run; a holder that dies frees it then.
-        until = time.time() + time_left_s()
-        if not self._ledger.claim_chunk(batch.batch_id, chunk, holder=holder, until_epoch=until):
+        # A short lease, renewed while the worker is at it: a worker that dies (killed, timed
+        # out) frees its chunk within LEASE_S for the redelivery or the safety net.
+        until = time.time() + min(time_left_s(), LEASE_S)
+        if not self._ledger.chunks.claim(batch.batch_id, chunk, holder=holder, until_epoch=until):
             raise ChunkBusy(f"chunk {chunk} is being started by another delivery")
+        refused: list[RowResult] = []
         try:
-            known = self._ledger.known_rows(batch.batch_id, chunk)
+            known = {r.record for r in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk)}
+            known.update(self._ledger.rows.starts(batch.batch_id, chunk))
             jobs = []
             for job in self._jobs(batch, message.chunk):
                 if job.record in known:
@@ -126,9 +152,17 @@ class RunStarter:
                 else:
                     jobs.append(job)
             if jobs:
-                asyncio.run(self._start_all(batch, jobs, report, time_left_s))
+                starts = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
+                try:
+                    lease = _Lease(self._ledger, batch.batch_id, chunk, holder)
+                    asyncio.run(self._start_all(batch, jobs, report, time_left_s, starts, refused, lease))
+                finally:
+                    starts.flush()
         finally:
-            self._ledger.release_chunk(batch.batch_id, chunk, holder=holder)
+            self._ledger.chunks.release(batch.batch_id, chunk, holder=holder)
+        if refused:
+            # One write per refused row and one count: never stranded `running` by a crash.
+            self._finisher.record_outcomes(batch.batch_id, chunk, refused)
         logger.info("chunk processed", extra={"chunk": chunk, **report.__dict__})
         if report.deferred:
             raise ChunkIncomplete(
@@ -158,9 +192,17 @@ class RunStarter:
             )
 
     async def _start_all(
-        self, batch: BatchState, jobs: list[RowJob], report: ChunkReport, time_left_s: Callable[[], float]
+        self,
+        batch: BatchState,
+        jobs: list[RowJob],
+        report: ChunkReport,
+        time_left_s: Callable[[], float],
+        starts: StartLog,
+        refused: list[RowResult],
+        lease: _Lease,
     ) -> None:
         gate = asyncio.Semaphore(self._concurrency)
+        renewing = asyncio.create_task(lease.keep())
         async with httpx.AsyncClient(timeout=self._provider.timeout_s) as http:
             client = ProviderClient(
                 http,
@@ -176,12 +218,21 @@ class RunStarter:
                     if time_left_s() < DEADLINE_MARGIN_S:
                         report.deferred += 1
                         return
-                    await self._start_row(client, batch, job, report)
+                    await self._start_row(client, batch, job, report, starts, refused)
 
-            await asyncio.gather(*(start(job) for job in jobs))
+            try:
+                await asyncio.gather(*(start(job) for job in jobs))
+            finally:
+                renewing.cancel()
 
     async def _start_row(
-        self, client: ProviderClient, batch: BatchState, job: RowJob, report: ChunkReport
+        self,
+        client: ProviderClient,
+        batch: BatchState,
+        job: RowJob,
+        report: ChunkReport,
+        starts: StartLog,
+        refused: list[RowResult],
     ) -> None:
         attempt = 1
         request = CreateRunRequest(
@@ -197,43 +248,31 @@ class RunStarter:
             return
         if isinstance(outcome, RunCreated | RunAlreadyCreated):
             run_id = outcome.run.run_id if isinstance(outcome, RunCreated) else None
-            await asyncio.to_thread(
-                self._ledger.row_started,
-                batch.batch_id,
-                job.chunk,
-                job.record,
-                run_id=run_id,
-                attempt=attempt,
-                line=job.line,
-                key=job.key,
-            )
+            await starts.add(job.record, attempt, run_id, job.line)
             if isinstance(outcome, RunCreated):
                 report.started += 1
             else:
                 report.already_started += 1
             return
-        await asyncio.to_thread(self._refused, batch, job, outcome, report)
-
-    def _refused(self, batch: BatchState, job: RowJob, refusal: RunRefused, report: ChunkReport) -> None:
-        if refusal.batch_reason is not None:
-            if report.batch_refusal is None:
-                report.batch_refusal = refusal.batch_reason
-                logger.warning("provider refused the batch", extra={"reason": refusal.batch_reason})
-                self._finisher.fail(
-                    batch.batch_id,
-                    refusal.batch_reason,
-                    f"provider answered {refusal.status_code} {refusal.code}",
-                )
+        if outcome.batch_reason is not None:
+            await asyncio.to_thread(self._refuse_batch, batch, outcome, report)
             return
         report.refused += 1
-        outcome = RowOutcome(
-            status=RowStatus.FAILED, error_code=refusal.code, error_message=refusal.message or None
+        failure = RowOutcome(
+            status=RowStatus.FAILED, error_code=outcome.code, error_message=outcome.message or None
         )
-        # One write: a row marked started first could be stranded `running` by a crash here.
-        self._ledger.row_finished(
-            batch.batch_id, job.chunk, job.record, outcome, attempt=1, line=job.line, key=job.key
+        refused.append(RowResult(job.record, attempt, failure, line=job.line, key=job.key))
+
+    def _refuse_batch(self, batch: BatchState, refusal: RunRefused, report: ChunkReport) -> None:
+        if report.batch_refusal is not None:
+            return
+        report.batch_refusal = refusal.batch_reason
+        logger.warning("provider refused the batch", extra={"reason": refusal.batch_reason})
+        self._finisher.fail(
+            batch.batch_id,
+            refusal.batch_reason or "provider_refused",
+            f"provider answered {refusal.status_code} {refusal.code}",
         )
-        self._finisher.after_row_finished(batch.batch_id, job.chunk)
 
     def _callback_url(self, batch_id: str, row_id: str, attempt: int) -> str:
         token = self._signer.token(batch_id, row_id, attempt)

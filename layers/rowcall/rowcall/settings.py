@@ -57,3 +57,12 @@ class NotifierSettings(_EnvSettings):
     topic_arn: str = Field(alias="TOPIC_ARN")
     webhook_secret_param: str = Field(alias="WEBHOOK_SECRET_PARAM")
     allow_loopback_webhooks: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
+
+
+class SafetyNetSettings(_EnvSettings):
+    chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
+    done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    provider_url: str = Field(alias="PROVIDER_URL")
+    provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
+    reconcile_after_s: float = Field(alias="RECONCILE_AFTER_SECONDS", gt=0)
+    callback_deadline_s: float = Field(alias="CALLBACK_DEADLINE_SECONDS", gt=0)

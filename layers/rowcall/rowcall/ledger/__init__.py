@@ -1,0 +1,53 @@
+"""The ledger: one DynamoDB table, one module per aggregate over one table helper.
+
+What can happen twice is answered here. Each transition states the state it starts from in its
+condition, so a duplicate S3 event, a redelivered chunk or a duplicate webhook finds its work
+done and changes nothing; racing writers are ordered by DynamoDB, and exactly one of them wins.
+Use cases take the aggregates they need; `Ledger` only builds them over one table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from rowcall.ledger.batches import BatchLedger
+from rowcall.ledger.chunks import ChunkLedger
+from rowcall.ledger.notifications import NotificationLedger
+from rowcall.ledger.row_errors import RowErrorLedger
+from rowcall.ledger.rows import RowLedger, StartedRun
+from rowcall.ledger.table import RetryPolicy, Table
+from rowcall.models import utcnow
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+class Ledger:
+    def __init__(
+        self,
+        dynamodb: DynamoDBClient,
+        table: str,
+        clock: Callable[[], datetime] = utcnow,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.table = Table(dynamodb, table, retry)
+        self.chunks = ChunkLedger(self.table, clock)
+        self.batches = BatchLedger(self.table, self.chunks, clock)
+        self.rows = RowLedger(self.table, clock)
+        self.row_errors = RowErrorLedger(self.table)
+        self.notifications = NotificationLedger(self.table, clock)
+
+
+__all__ = [
+    "BatchLedger",
+    "ChunkLedger",
+    "Ledger",
+    "NotificationLedger",
+    "RetryPolicy",
+    "RowErrorLedger",
+    "RowLedger",
+    "StartedRun",
+    "Table",
+]

@@ -1,0 +1,158 @@
+"""Chunk items: a chunk's plan, its counters of finished rows, its worker lease, its place in the
+index of open work.
+
+Counting is one `ADD` per chunk per batch of outcomes, not a transaction per row: a row's
+outcome is one conditional row write, then its chunk's counter goes up by how many rows that
+batch of writes actually moved. A crash between the two, or an `ADD` repeated after a lost
+answer, makes the counter wrong; so the counter only says *when to look*: a chunk is settled
+into its batch from a recount of its rows, and the safety net recounts a chunk gone quiet.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from rowcall.ledger.keys import (
+    OPEN_INDEX,
+    OPEN_PARTITION,
+    batch_key,
+    batch_pk,
+    chunk_key,
+    open_chunk_sk,
+)
+from rowcall.ledger.table import Table
+from rowcall.models import ChunkCounter, ChunkPlan, RowState, RowStatus, iso, utcnow
+
+
+def _counter(stored: dict[str, Any]) -> ChunkCounter:
+    return ChunkCounter.model_validate(stored)
+
+
+class ChunkLedger:
+    def __init__(self, table: Table, clock: Callable[[], datetime] = utcnow) -> None:
+        self._table = table
+        self._clock = clock
+
+    def create(self, batch_id: str, chunk: ChunkPlan) -> None:
+        """Only ever created: a second delivery of the S3 event, still planning while rows of
+        the first are finishing, must not zero counts that outcomes have already added."""
+        self._table.put(
+            {
+                **chunk_key(batch_id, chunk.index),
+                "index": chunk.index,
+                "rows": chunk.rows,
+                "completed": 0,
+                "failed": 0,
+                "started": 0,
+                "created_at": time.time(),
+                "open_pk": OPEN_PARTITION,
+                "open_sk": open_chunk_sk(batch_id, chunk.index),
+            },
+            condition="attribute_not_exists(pk)",
+        )
+
+    def counter(self, batch_id: str, chunk: int) -> ChunkCounter | None:
+        stored = self._table.get(chunk_key(batch_id, chunk))
+        return _counter(stored) if stored else None
+
+    def counters(self, batch_id: str) -> list[ChunkCounter]:
+        return [_counter(c) for c in self._table.prefixed(batch_pk(batch_id), "CHUNK#")]
+
+    def open_chunks(self) -> Iterable[tuple[str, int]]:
+        """(batch_id, chunk) of every chunk not yet settled, across all batches."""
+        for entry in self._table.query_all(
+            "open_pk = :open AND begins_with(open_sk, :chunks)",
+            {":open": OPEN_PARTITION, ":chunks": "CHUNK#"},
+            index=OPEN_INDEX,
+        ):
+            _, batch_id, chunk = entry["open_sk"].split("#")
+            yield batch_id, int(chunk)
+
+    def add_outcomes(self, batch_id: str, chunk: int, *, completed: int, failed: int) -> ChunkCounter | None:
+        """Count outcomes the caller's row writes moved; the counter as it now stands."""
+        stored = self._table.update(
+            chunk_key(batch_id, chunk),
+            "ADD #completed :c, #failed :f SET #last_outcome_at = :now",
+            condition="attribute_exists(#rows)",
+            values={":c": completed, ":f": failed, ":now": time.time()},
+        )
+        return _counter(stored) if stored else None
+
+    def add_started(self, batch_id: str, chunk: int, started: int) -> None:
+        self._table.update(
+            chunk_key(batch_id, chunk),
+            "ADD #started :n SET #last_start_at = :now",
+            condition="attribute_exists(#rows)",
+            values={":n": started, ":now": time.time()},
+        )
+
+    def settle(self, batch_id: str, counter: ChunkCounter, rows: Iterable[RowState]) -> bool | None:
+        """Fold a finished chunk into its batch's counts, once, from a recount of its rows.
+
+        True: settled now. False: it is not finished after all, and the counter now says what
+        the rows say (unless an outcome came in meanwhile). None: settled already.
+        """
+        if counter.settled:
+            return None
+        completed = failed = 0
+        for row in rows:
+            completed += row.status is RowStatus.COMPLETED
+            failed += row.status is RowStatus.FAILED
+        if completed + failed < counter.rows:
+            self._table.update(
+                chunk_key(batch_id, counter.index),
+                "SET #completed = :c, #failed = :f",
+                condition="#completed = :was_c AND #failed = :was_f AND attribute_not_exists(#settled)",
+                values={":c": completed, ":f": failed, ":was_c": counter.completed, ":was_f": counter.failed},
+            )
+            return False
+        settled = self._table.transact(
+            [
+                self._table.update_item(
+                    chunk_key(batch_id, counter.index),
+                    "SET #settled = :true, #completed = :c, #failed = :f REMOVE #open_pk, #open_sk",
+                    condition="attribute_not_exists(#settled)",
+                    values={":true": True, ":c": completed, ":f": failed},
+                ),
+                self._table.update_item(
+                    batch_key(batch_id),
+                    "ADD #chunks_settled :one, #completed_count :c, #failed_count :f SET #updated_at = :now",
+                    values={":one": 1, ":c": completed, ":f": failed, ":now": iso(self._clock())},
+                ),
+            ]
+        )
+        return True if settled else None
+
+    def close(self, batch_id: str, chunk: int) -> None:
+        """Out of the index of open work: its batch ended without it (failed or canceled)."""
+        self._table.update(
+            chunk_key(batch_id, chunk), "REMOVE #open_pk, #open_sk", condition="attribute_exists(#rows)"
+        )
+
+    def claim(self, batch_id: str, chunk: int, *, holder: str, until_epoch: float) -> bool:
+        """One worker at a time per chunk: a copy of the message delivered at the same moment
+        would otherwise ask the provider again for every row the first is still starting."""
+        claimed = self._table.update(
+            chunk_key(batch_id, chunk),
+            "SET #worker = :holder, #worker_until = :until",
+            condition="attribute_exists(#rows) AND "
+            "(attribute_not_exists(#worker_until) OR #worker_until < :now OR #worker = :holder)",
+            values={
+                ":holder": holder,
+                ":until": math.ceil(until_epoch),
+                ":now": int(self._clock().timestamp()),
+            },
+        )
+        return claimed is not None
+
+    def release(self, batch_id: str, chunk: int, *, holder: str) -> None:
+        self._table.update(
+            chunk_key(batch_id, chunk),
+            "REMOVE #worker, #worker_until",
+            condition="#worker = :holder",
+            values={":holder": holder},
+        )

@@ -1,0 +1,121 @@
+"""Row items: a row is written once, when its outcome is known (or when it is refused).
+
+One row, one conditional write of about half a kilobyte (one write unit): the condition makes a
+duplicate, late or earlier-attempt outcome a no-op, and no row is ever written twice for one
+attempt. Counting the outcome is the chunk's business (`ChunkLedger.add_outcomes`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rowcall.ledger.keys import row_key, rows_pk
+from rowcall.ledger.table import Table
+from rowcall.models import RowOutcome, RowState, RowStatus, iso, utcnow
+
+# Keeps a failed row's item under 1 KB (one write unit) whatever the provider says.
+MAX_ERROR_MESSAGE = 500
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """A run the worker started for a row (kept per chunk, a page of rows per item)."""
+
+    record: int
+    attempt: int
+    run_id: str | None
+    line: int
+    started_at: float
+
+
+def _row_state(stored: dict[str, Any]) -> RowState:
+    batch_id, chunk = stored["pk"].removeprefix("BATCH#").split("#CHUNK#")
+    return RowState.model_validate(
+        stored | {"batch_id": batch_id, "chunk": int(chunk), "record": int(stored["sk"].removeprefix("ROW#"))}
+    )
+
+
+class RowLedger:
+    def __init__(self, table: Table, clock: Callable[[], datetime] = utcnow) -> None:
+        self._table = table
+        self._clock = clock
+
+    def finish(
+        self,
+        batch_id: str,
+        chunk: int,
+        record: int,
+        outcome: RowOutcome,
+        *,
+        attempt: int,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> bool:
+        """pending|running -> completed|failed for this attempt (and this run, once it has one).
+
+        False when the row was finished already or is waiting for another attempt or run.
+        """
+        values: dict[str, Any] = {
+            ":status": outcome.status.value,
+            ":attempt": attempt,
+            ":now": iso(self._clock()),
+            ":pending": RowStatus.PENDING.value,
+            ":running": RowStatus.RUNNING.value,
+        }
+        sets = ["#status = :status", "#attempt = :attempt", "#updated_at = :now"]
+        described = {
+            "outputs": outcome.outputs or None,
+            "error_code": outcome.error_code,
+            "error_message": (outcome.error_message or "")[:MAX_ERROR_MESSAGE] or None,
+            "line": line,
+            "key": key,
+            "run_id": outcome.run_id,
+        }
+        for name, value in described.items():
+            if value is not None:
+                sets.append(f"#{name} = :{name}")
+                values[f":{name}"] = value
+        condition = (
+            "(attribute_not_exists(#status) OR #status IN (:pending, :running))"
+            " AND (attribute_not_exists(#attempt) OR #attempt = :attempt)"
+        )
+        if outcome.run_id:
+            condition += " AND (attribute_not_exists(#run_id) OR #run_id = :run_id)"
+        written = self._table.update(
+            row_key(batch_id, chunk, record), "SET " + ", ".join(sets), condition=condition, values=values
+        )
+        return written is not None
+
+    def rows_of_chunk(self, batch_id: str, chunk: int) -> Iterator[RowState]:
+        for stored in self._table.prefixed(rows_pk(batch_id, chunk), "ROW#"):
+            yield _row_state(stored)
+
+    def record_starts(self, batch_id: str, chunk: int, started: Sequence[StartedRun], page_id: str) -> None:
+        """One item per page of started runs, so a chunk's starts cost a few write units, not one
+        per row. The safety net reads them to ask the provider about a run that went silent."""
+        if not started:
+            return
+        runs = [[s.record, s.attempt, s.run_id, s.line, round(s.started_at, 3)] for s in started]
+        self._table.put_many(
+            [
+                {
+                    "pk": rows_pk(batch_id, chunk),
+                    "sk": f"START#{page_id}",
+                    "runs": json.dumps(runs, separators=(",", ":")),
+                }
+            ]
+        )
+
+    def starts(self, batch_id: str, chunk: int) -> dict[int, StartedRun]:
+        """The latest start of each row of the chunk that the worker recorded."""
+        found: dict[int, StartedRun] = {}
+        for page in self._table.prefixed(rows_pk(batch_id, chunk), "START#"):
+            for record, attempt, run_id, line, at in json.loads(page["runs"]):
+                previous = found.get(record)
+                if previous is None or (attempt, at) >= (previous.attempt, previous.started_at):
+                    found[record] = StartedRun(record, attempt, run_id, line, at)
+        return found

@@ -1,0 +1,262 @@
+"""The safety net: a scheduled sweep over the work that is waiting, and only that.
+
+It reads the sparse index of open chunks and open batches (never a scan that grows with
+history) and repairs what can strand a batch:
+- a run silent longer than `reconcile_after_s` (FLORA gave its webhook up, or never sent it) is
+  asked for once (`GET` of the run); its answer is recorded through the same exactly-once path as
+  a webhook; a run still unknown after `callback_deadline_s` fails with `callback_timeout`;
+- a chunk whose counter missed outcomes (a crash between a row write and its count) is recounted
+  and settled;
+- rows never started because their chunk's message was dead-lettered, lost with a killed worker
+  or never consumed: the chunk message is sent again (workers skip rows already started);
+- a finished batch whose on-done is stuck is handed to the notifier again (its claim drops
+  duplicates); an ingest cut off for good ends its batch `failed` (`ingest_interrupted`).
+With no faults it finds nothing to do and asks the provider nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import httpx
+from aws_lambda_powertools import Logger
+
+from rowcall.finishing import BatchFinisher, RowResult
+from rowcall.ledger import Ledger, StartedRun
+from rowcall.ledger.keys import rows_pk
+from rowcall.models import (
+    BatchState,
+    BatchStatus,
+    ChunkCounter,
+    ChunkMessage,
+    DoneMessage,
+    RowOutcome,
+    RowStatus,
+    RunObject,
+)
+from rowcall.outcomes import RunNotFinished, fetched_outcome
+from rowcall.provider import ProviderClient, ProviderConnection, ProviderUnavailable, RunNotFound
+from rowcall.queues import ChunkQueue, DoneQueue
+
+logger = Logger(child=True)
+
+# An ingest runs at most 15 minutes and Lambda retries it twice; quiet this long, it is gone.
+INGEST_STALL_S = 3 * 15 * 60 + 300
+# The notifier's claim lease; past it, a delivery that held it has died.
+NOTIFY_STALL_S = 330
+
+
+@dataclass(frozen=True)
+class SafetyNetTimes:
+    reconcile_after_s: float
+    callback_deadline_s: float
+
+
+@dataclass
+class SweepReport:
+    open_chunks: int = 0
+    asked: int = 0
+    recorded: int = 0
+    timed_out: int = 0
+    recounted: int = 0
+    chunks_resent: int = 0
+    on_dones_resent: int = 0
+    ingests_failed: int = 0
+    closed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def findings(self) -> int:
+        return (
+            self.recorded + self.timed_out + self.chunks_resent + self.on_dones_resent + self.ingests_failed
+        )
+
+
+class SafetyNet:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        finisher: BatchFinisher,
+        chunk_queue: ChunkQueue,
+        done_queue: DoneQueue,
+        provider: ProviderConnection,
+        times: SafetyNetTimes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ledger = ledger
+        self._finisher = finisher
+        self._chunk_queue = chunk_queue
+        self._done_queue = done_queue
+        self._provider = provider
+        self._times = times
+        self._clock = clock
+
+    def sweep(self) -> SweepReport:
+        report = SweepReport()
+        batches: dict[str, BatchState | None] = {}
+        for batch_id, chunk in list(self._ledger.chunks.open_chunks()):
+            report.open_chunks += 1
+            if batch_id not in batches:
+                batches[batch_id] = self._ledger.batches.get(batch_id)
+            try:
+                self._sweep_chunk(batches[batch_id], batch_id, chunk, report)
+            except Exception as exc:  # one chunk's trouble must not stop the sweep
+                logger.exception("chunk sweep failed", extra={"batch_id": batch_id, "chunk": chunk})
+                report.problems.append(f"{batch_id}/{chunk}: {type(exc).__name__}")
+        for batch_id in self._ledger.batches.open_batches():
+            try:
+                self._sweep_batch(batch_id, report)
+            except Exception as exc:
+                logger.exception("batch sweep failed", extra={"batch_id": batch_id})
+                report.problems.append(f"{batch_id}: {type(exc).__name__}")
+        return report
+
+    # -- chunks ------------------------------------------------------------------------------
+    def _sweep_chunk(self, batch: BatchState | None, batch_id: str, chunk: int, report: SweepReport) -> None:
+        counter = self._ledger.chunks.counter(batch_id, chunk)
+        if counter is None or counter.settled:
+            return
+        if batch is None or batch.status in (BatchStatus.FAILED, BatchStatus.CANCELED):
+            self._ledger.chunks.close(batch_id, chunk)  # nothing more will run here
+            report.closed += 1
+            return
+        now = self._clock()
+        finished = {row.record for row in self._ledger.rows.rows_of_chunk(batch_id, chunk)}
+        if len(finished) >= counter.rows:
+            self._finisher.recount(batch_id, chunk)
+            report.recounted += 1
+            return
+        started = self._ledger.rows.starts(batch_id, chunk)
+        silent = [
+            run
+            for record, run in started.items()
+            if record not in finished and now - run.started_at >= self._times.reconcile_after_s
+        ]
+        if silent:
+            self._reconcile(batch, chunk, silent, report)
+        never_started = len(started.keys() | finished) < counter.rows
+        if never_started and self._stalled(counter, now) and batch.status is not BatchStatus.PAUSED:
+            plan = {c.index: c for c in self._ledger.batches.chunk_plan(batch_id)}
+            self._chunk_queue.send([ChunkMessage(batch_id=batch_id, chunk=plan[chunk])])
+            report.chunks_resent += 1
+        if counter.finished < len(finished) and self._quiet(counter, now):
+            self._finisher.recount(batch_id, chunk)  # outcomes written but never counted
+            report.recounted += 1
+
+    def _quiet(self, counter: ChunkCounter, now: float) -> bool:
+        last = max(counter.last_outcome_at or 0, counter.last_start_at or 0, counter.created_at or 0)
+        return now - last >= self._times.reconcile_after_s
+
+    def _stalled(self, counter: ChunkCounter, now: float) -> bool:
+        """No worker holds it and nothing has happened to it for a while."""
+        leased = counter.worker_until is not None and counter.worker_until >= now
+        return not leased and self._quiet(counter, now)
+
+    def _reconcile(
+        self, batch: BatchState, chunk: int, silent: list[StartedRun], report: SweepReport
+    ) -> None:
+        asked = self._asked(batch.batch_id, chunk)
+        now = self._clock()
+        results: list[RowResult] = []
+        to_ask = [run for run in silent if run.run_id and str(run.record) not in asked]
+        answers = asyncio.run(self._ask(batch.spec.technique_id, to_ask)) if to_ask else []
+        for run, answer in zip(to_ask, answers, strict=True):
+            report.asked += 1
+            outcome = self._answered(run, answer)
+            if outcome is not None:
+                results.append(RowResult(run.record, run.attempt, outcome))
+        newly_asked = {str(run.record): now for run in to_ask}
+        deadline = self._times.callback_deadline_s
+        for run in silent:
+            if run in to_ask:
+                continue
+            if now - run.started_at >= self._times.callback_deadline_s:
+                timeout = RowOutcome(
+                    status=RowStatus.FAILED,
+                    run_id=run.run_id,
+                    error_code="callback_timeout",
+                    error_message=f"no webhook and no answer {deadline:.0f} s after its start",
+                )
+                results.append(RowResult(run.record, run.attempt, timeout))
+                report.timed_out += 1
+        if newly_asked:
+            self._remember_asked(batch.batch_id, chunk, asked | newly_asked)
+        if results:
+            report.recorded += self._finisher.record_outcomes(batch.batch_id, chunk, results)
+
+    def _answered(self, run: StartedRun, answer: object) -> RowOutcome | None:
+        """The run's outcome from the one GET; None while it is still going (asked once: its
+        webhook or the deadline decides) or when the provider could not be asked."""
+        if not isinstance(answer, RunObject | RunNotFound) or run.run_id is None:
+            logger.warning("safety net could not ask for a run", extra={"run_id": run.run_id})
+            return None
+        try:
+            return fetched_outcome(answer, run.run_id)
+        except (RunNotFinished, ProviderUnavailable):
+            return None
+
+    async def _ask(self, technique_id: str, runs: list[StartedRun]) -> list[object]:
+        async with httpx.AsyncClient(timeout=self._provider.timeout_s, follow_redirects=False) as http:
+            client = ProviderClient(
+                http,
+                base_url=self._provider.base_url,
+                api_key=self._provider.api_key,
+                retry=self._provider.retry,
+            )
+            gate = asyncio.Semaphore(8)
+
+            async def ask(run: StartedRun) -> RunObject | RunNotFound:
+                async with gate:
+                    assert run.run_id is not None
+                    return await client.get_run(technique_id, run.run_id)
+
+            return list(await asyncio.gather(*(ask(r) for r in runs), return_exceptions=True))
+
+    def _asked(self, batch_id: str, chunk: int) -> dict[str, float]:
+        stored = self._ledger.table.get({"pk": rows_pk(batch_id, chunk), "sk": "ASKED"})
+        return dict(json.loads(stored["runs"])) if stored else {}
+
+    def _remember_asked(self, batch_id: str, chunk: int, asked: dict[str, float]) -> None:
+        """Which silent runs were asked for already, so each is asked once."""
+        self._ledger.table.put(
+            {"pk": rows_pk(batch_id, chunk), "sk": "ASKED", "runs": json.dumps(asked, separators=(",", ":"))}
+        )
+
+    # -- batches -----------------------------------------------------------------------------
+    def _sweep_batch(self, batch_id: str, report: SweepReport) -> None:
+        batch = self._ledger.batches.get(batch_id)
+        if batch is None:
+            return
+        now = self._clock()
+        if batch.status in (BatchStatus.VALIDATING, BatchStatus.INGESTING):
+            if now - _epoch(batch.updated_at) >= INGEST_STALL_S:
+                self._finisher.fail(
+                    batch_id, "ingest_interrupted", "the upload's ingest stopped and did not resume"
+                )
+                report.ingests_failed += 1
+            return
+        if not batch.status.is_terminal:
+            return
+        notification = batch.notification
+        stuck = (notification.status == "pending" and self._ledger.batches.on_done_stranded(batch)) or (
+            notification.status in ("sending", "retrying")
+            and (notification.lease_until or 0) + NOTIFY_STALL_S <= now
+        )
+        if stuck:
+            self._done_queue.send(
+                DoneMessage(batch_id=batch_id, finish_seq=batch.finish_seq, attempt=notification.attempts)
+            )
+            report.on_dones_resent += 1
+
+
+def _epoch(moment: str) -> float:
+    return datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
+
+
+__all__ = ["ProviderUnavailable", "SafetyNet", "SafetyNetTimes", "SweepReport"]
