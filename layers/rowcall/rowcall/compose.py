@@ -11,6 +11,7 @@ import httpx
 from aws_lambda_powertools.utilities import parameters
 
 from rowcall.api import BatchQueries
+from rowcall.batch_actions import BatchActions
 from rowcall.callbacks import CallbackIntake
 from rowcall.finishing import BatchFinisher
 from rowcall.identity import CallbackSigner, secret_list
@@ -23,6 +24,7 @@ from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySc
 from rowcall.runs import RunStarter
 from rowcall.safety_net import SafetyNet, SafetyNetTimes
 from rowcall.settings import (
+    ApiSettings,
     IngestSettings,
     NotifierSettings,
     RecorderSettings,
@@ -121,6 +123,12 @@ def callback_intake() -> CallbackIntake:
         callback_secrets=_secrets(settings.callback_secret_param),
         provider_signing_secrets=_secrets(settings.provider_webhook_secret_param),
     )
+
+
+@cache
+def batch_actions() -> BatchActions:
+    settings = ApiSettings.from_env()
+    return BatchActions(_ledger(settings.table_name), ChunkQueue(_sqs(), settings.chunk_queue_url))
 
 
 @cache

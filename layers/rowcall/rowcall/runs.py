@@ -93,6 +93,7 @@ class ChunkReport:
     deferred: int = 0
     skipped_known: int = 0
     batch_refusal: str | None = None
+    paused: bool = False
     not_open: str | None = None
 
 
@@ -213,7 +214,7 @@ class RunStarter:
 
             async def start(job: RowJob) -> None:
                 async with gate:
-                    if report.batch_refusal:
+                    if report.batch_refusal or report.paused:
                         return
                     if time_left_s() < DEADLINE_MARGIN_S:
                         report.deferred += 1
@@ -257,11 +258,24 @@ class RunStarter:
         if outcome.batch_reason is not None:
             await asyncio.to_thread(self._refuse_batch, batch, outcome, report)
             return
+        if outcome.pauses_batch:
+            await asyncio.to_thread(self._pause_batch, batch, outcome, report)
+            return
         report.refused += 1
         failure = RowOutcome(
             status=RowStatus.FAILED, error_code=outcome.code, error_message=outcome.message or None
         )
         refused.append(RowResult(job.record, attempt, failure, line=job.line, key=job.key))
+
+    def _pause_batch(self, batch: BatchState, refusal: RunRefused, report: ChunkReport) -> None:
+        """Nothing more starts (this chunk's other rows stop here, other chunks find the batch
+        paused); runs already started finish and are counted; resume sends the chunks again."""
+        if report.paused:
+            return
+        report.paused = True
+        message = refusal.message or f"provider answered {refusal.status_code} {refusal.code}"
+        if self._ledger.batches.pause(batch.batch_id, "insufficient_credits", message):
+            logger.warning("batch paused", extra={"reason": refusal.code})
 
     def _refuse_batch(self, batch: BatchState, refusal: RunRefused, report: ChunkReport) -> None:
         if report.batch_refusal is not None:

@@ -43,6 +43,12 @@ class WebhookSettings(_EnvSettings):
     provider_webhook_secret_param: str = Field(alias="PROVIDER_WEBHOOK_SECRET_PARAM")
 
 
+class ApiSettings(_EnvSettings):
+    """The management API's actions (the webhook function serves them)."""
+
+    chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
+
+
 class RecorderSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     provider_url: str = Field(alias="PROVIDER_URL")
