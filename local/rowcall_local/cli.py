@@ -75,7 +75,7 @@ STACK_FLAGS = (
     _Flag(
         "max-in-flight",
         _at_least(1),
-        "cap on runs started but not finished (recorded, not enforced yet)",
+        "cap on runs started but not finished, across all batches (template MaxInFlight)",
         "N",
     ),
     _Flag(

@@ -84,7 +84,6 @@ class StackOptions:
     max_rows: int | None = None
     max_bytes: int | None = None
     max_in_flight: int | None = None
-    """Recorded, not enforced yet."""
     reconcile_after_s: float | None = None
     callback_deadline_s: float | None = None
     chunk_rows: int | None = None
@@ -248,8 +247,6 @@ class LocalStack:
         self._start_event_sources(wiring, self.runtime)
         self.info = self._describe(wiring)
         write_json_atomically(self.stack_json, self.info)
-        if opts.max_in_flight is not None:
-            log.info("recorded, not enforced yet: max_in_flight=%s", opts.max_in_flight)
 
     def _parameters(self, sam: SamTemplate) -> dict[str, str]:
         assert self._http is not None
@@ -261,6 +258,7 @@ class LocalStack:
             "ReconcileAfterSeconds": _whole(self.options.reconcile_after_s),
             "CallbackDeadlineSeconds": _whole(self.options.callback_deadline_s),
             "ChunkRows": self.options.chunk_rows,
+            "MaxInFlight": self.options.max_in_flight,
             **self.options.parameters,
         }
         return {k: str(v) for k, v in wanted.items() if v is not None and sam.declares_parameter(k)}

@@ -72,8 +72,8 @@ def _ledger(table: str) -> Ledger:
     return Ledger(_dynamodb(), table)
 
 
-def _finisher(ledger: Ledger, done_queue_url: str) -> BatchFinisher:
-    return BatchFinisher(ledger, DoneQueue(_sqs(), done_queue_url))
+def _finisher(ledger: Ledger, done_queue_url: str, max_in_flight: int) -> BatchFinisher:
+    return BatchFinisher(ledger, DoneQueue(_sqs(), done_queue_url), capped=max_in_flight > 0)
 
 
 @cache
@@ -84,7 +84,7 @@ def ingestor() -> Ingestor:
         s3=_s3(),
         ledger=ledger,
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
-        finisher=_finisher(ledger, settings.done_queue_url),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
         limits=IngestLimits(
             max_rows=settings.max_rows,
             max_bytes=settings.max_bytes,
@@ -101,13 +101,15 @@ def run_starter() -> RunStarter:
     return RunStarter(
         s3=_s3(),
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret(settings.provider_api_key_param)
         ),
         signer=CallbackSigner(secret_list(secret(settings.callback_secret_param))),
         callback_base_url=settings.callback_base_url,
         concurrency=settings.run_concurrency,
+        chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
+        max_in_flight=settings.max_in_flight,
     )
 
 
@@ -137,7 +139,7 @@ def outcome_recorder() -> OutcomeRecorder:
     ledger = _ledger(settings.table_name)
     return OutcomeRecorder(
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret(settings.provider_api_key_param)
         ),
@@ -170,7 +172,7 @@ def safety_net() -> SafetyNet:
     ledger = _ledger(settings.table_name)
     return SafetyNet(
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
         done_queue=DoneQueue(_sqs(), settings.done_queue_url),
         provider=ProviderConnection(

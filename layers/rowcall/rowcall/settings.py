@@ -13,6 +13,7 @@ class _EnvSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     table_name: str = Field(alias="TABLE_NAME")
+    max_in_flight: int = Field(alias="MAX_IN_FLIGHT", default=0, ge=0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -30,6 +31,7 @@ class IngestSettings(_EnvSettings):
 
 class WorkerSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
     provider_url: str = Field(alias="PROVIDER_URL")
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
     callback_secret_param: str = Field(alias="CALLBACK_SECRET_PARAM")
