@@ -1,6 +1,7 @@
 """HTTP API: run callbacks (HMAC token in the URL) and the management API (IAM at the gateway)."""
 
 import base64
+import json
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -10,8 +11,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from rowcall.api import ApiError, page_limit
-from rowcall.compose import batch_queries, callback_intake
+from rowcall.api import ApiError, not_found, page_limit
+from rowcall.batch_actions import BatchNotFound, WrongState
+from rowcall.compose import batch_actions, batch_queries, callback_intake
 from rowcall.flora_signature import SIGNATURE_HEADER
 from rowcall.models import RunWebhook
 
@@ -68,6 +70,19 @@ def list_batches() -> dict[str, Any]:
 def get_batch(batch_id: str) -> dict[str, Any]:
     metrics.add_metric(name="ApiReads", unit=MetricUnit.Count, value=1)
     return batch_queries().get(batch_id)
+
+
+@app.post("/batches/<batch_id>/resume")
+def resume_batch(batch_id: str) -> Response[Any]:
+    try:
+        batch = batch_actions().resume(batch_id)
+    except BatchNotFound:
+        raise not_found(batch_id) from None
+    except WrongState as wrong:
+        raise ApiError(409, "batch_not_paused", str(wrong)) from None
+    metrics.add_metric(name="BatchesResumed", unit=MetricUnit.Count, value=1)
+    body = batch_queries().view(batch)
+    return Response(status_code=202, content_type="application/json", body=json.dumps(body))
 
 
 def error_response(error: ApiError) -> Response[Any]:

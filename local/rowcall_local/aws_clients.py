@@ -49,6 +49,9 @@ class AwsEndpoint:
         client: SSMClient = self._client("ssm")
         return client
 
+    def sts(self) -> Any:
+        return self._client("sts")
+
     def environment(self) -> dict[str, str]:
         """What a process needs in its environment to talk to this endpoint with boto3."""
         return {

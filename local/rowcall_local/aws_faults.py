@@ -1,7 +1,8 @@
 """`--aws-fault-rate`: the embedded AWS answers a fraction of the functions' requests as AWS does under load.
 
 Installed in the moto server process (moto_process.py). Only requests signed with a function's
-credentials (access key `fn-<LogicalId>`, given by the local runtime) are candidates; the local
+credentials (access key `fn-<LogicalId>`, given by the local runtime, or under --enforce-iam the
+credentials it assumed from the function's role as session `fn-<LogicalId>`) are candidates; the local
 runtime's own requests (event sources) and a test's requests never are. The errors are AWS's own:
 
 - DynamoDB (developer guide, "Error handling with DynamoDB"): `ThrottlingException` and
@@ -30,6 +31,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from rowcall_local.aws_clients import ACCESS_KEY_ID
 
 FUNCTION_KEY_PREFIX = "fn-"
 CONTROL_PATH = "/_rowcall/faults"
@@ -95,6 +98,18 @@ def _sqs_internal_error(json_protocol: bool, after_applying: bool) -> Fault:
     return Fault("InternalError", 500, headers, body, after_applying)
 
 
+def is_function_key(access_key: str) -> bool:
+    """A function's own key (`fn-<LogicalId>`), or, under --enforce-iam, credentials assumed from
+    its role with the session name `fn-<LogicalId>` (iam_enforcement.py)."""
+    if access_key.startswith(FUNCTION_KEY_PREFIX):
+        return True
+    if access_key == ACCESS_KEY_ID:
+        return False
+    from rowcall_local.iam_enforcement import assumed_role_session
+
+    return (assumed_role_session(access_key) or "").startswith(FUNCTION_KEY_PREFIX)
+
+
 class FaultInjector:
     """Decides, for each request a function signed, whether AWS's error answers it instead."""
 
@@ -118,7 +133,7 @@ class FaultInjector:
 
     def choose(self, environ: dict[str, Any]) -> Fault | None:
         found = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
-        if not found or not found.group(1).startswith(FUNCTION_KEY_PREFIX):
+        if not found or not is_function_key(found.group(1)):
             return None
         service = found.group(2)
         operation = environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2]

@@ -55,6 +55,15 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _switch(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text}: expected on or off")
+
+
 @dataclass(frozen=True)
 class _Flag:
     name: str
@@ -75,7 +84,7 @@ STACK_FLAGS = (
     _Flag(
         "max-in-flight",
         _at_least(1),
-        "cap on runs started but not finished (recorded, not enforced yet)",
+        "cap on runs started but not finished, across all batches (template MaxInFlight)",
         "N",
     ),
     _Flag(
@@ -104,6 +113,12 @@ STACK_FLAGS = (
         _rate,
         "fraction of the functions' AWS requests answered with AWS's errors under load",
         "RATE",
+    ),
+    _Flag(
+        "enforce-iam",
+        _switch,
+        "run each function with its own role's credentials; the embedded AWS denies what the role lacks",
+        "on|off",
     ),
 )
 
@@ -159,6 +174,7 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         chunk_rows=args.chunk_rows,
         schedule_every_s=args.schedule_every_s,
         aws_fault_rate=args.aws_fault_rate or 0.0,
+        enforce_iam=bool(args.enforce_iam),
     )
 
 

@@ -8,19 +8,23 @@ import os
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from rowcall_local import aws_faults, moto_fidelity
+from rowcall_local import aws_faults, iam_enforcement, moto_fidelity
 from rowcall_local.child_process import SPAWN, detach_from_terminal_signals, redirect_output, start_child
 
 log = logging.getLogger(__name__)
 
 
-def _serve(conn: Connection, log_path: str, fault_rate: float = 0.0, fault_seed: int = 0) -> None:
+def _serve(
+    conn: Connection, log_path: str, fault_rate: float = 0.0, fault_seed: int = 0, enforce_iam: bool = False
+) -> None:
     detach_from_terminal_signals()
     redirect_output(Path(log_path))
     # moto's request recorder writes to its working directory unless told otherwise.
     os.environ.setdefault("MOTO_RECORDER_FILEPATH", str(Path(log_path).with_name("moto_recording.jsonl")))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     moto_fidelity.apply_all()
+    if enforce_iam:
+        iam_enforcement.install()
     aws_faults.install(fault_rate, fault_seed)
     from moto.server import ThreadedMotoServer
 
@@ -35,14 +39,17 @@ def _serve(conn: Connection, log_path: str, fault_rate: float = 0.0, fault_seed:
 class MotoProcess:
     """Starts and stops one moto server process on 127.0.0.1."""
 
-    def __init__(self, log_path: Path, fault_rate: float = 0.0, fault_seed: int = 0) -> None:
+    def __init__(
+        self, log_path: Path, fault_rate: float = 0.0, fault_seed: int = 0, enforce_iam: bool = False
+    ) -> None:
         """`fault_rate`: fraction of the functions' requests answered with AWS's errors under load
-        (aws_faults.py); deterministic for one `fault_seed`."""
+        (aws_faults.py); deterministic for one `fault_seed`. `enforce_iam`: requests not signed with
+        the runtime's own key are authorized against moto's IAM (iam_enforcement.py)."""
         self._log_path = log_path
         self._conn, child_conn = SPAWN.Pipe()
         self._process = SPAWN.Process(
             target=_serve,
-            args=(child_conn, str(log_path), fault_rate, fault_seed),
+            args=(child_conn, str(log_path), fault_rate, fault_seed, enforce_iam),
             name="moto",
             daemon=True,
         )

@@ -55,6 +55,7 @@ PROVIDER_WEBHOOK_SECRET_PARAMETER = "ProviderWebhookSecretParameter"
 # The on-done receivers of the demo and the tests listen on 127.0.0.1 over http, which the
 # functions refuse unless the template is told, through this parameter, that loopback is fine.
 ALLOW_LOOPBACK_PARAMETER = "AllowLoopbackWebhooks"
+BUCKET_PREFIX_PARAMETER = "BucketPrefix"
 
 # What a Lambda execution environment has besides its function's variables, taken from ours.
 INHERITED_ENVIRONMENT = frozenset(
@@ -87,7 +88,6 @@ class StackOptions:
     max_rows: int | None = None
     max_bytes: int | None = None
     max_in_flight: int | None = None
-    """Recorded, not enforced yet."""
     reconcile_after_s: float | None = None
     callback_deadline_s: float | None = None
     chunk_rows: int | None = None
@@ -100,6 +100,9 @@ class StackOptions:
     aws_fault_rate: float = 0.0
     """Fraction of the functions' AWS requests answered with AWS's errors under load (aws_faults.py)."""
     aws_fault_seed: int = 0
+    enforce_iam: bool = False
+    """Run each function with credentials assumed from its own role, and have the embedded AWS
+    authorize them against it (iam_enforcement.py): a missing grant is AccessDenied, as on AWS."""
 
 
 def _whole(seconds: float | None) -> int | None:
@@ -132,6 +135,33 @@ def instance_count(function: FunctionWiring, wiring: StackWiring) -> int:
     return min([count, *caps])
 
 
+def function_key(function: FunctionWiring) -> dict[str, str]:
+    """A key of the function's own (`fn-<LogicalId>`): the fault injector tells its requests by it."""
+    return {"AWS_ACCESS_KEY_ID": f"{FUNCTION_KEY_PREFIX}{function.logical_id}"}
+
+
+ROLE_SESSION_SECONDS = 43200
+"""moto never expires assumed-role credentials; the longest AWS allows, should a later moto start to."""
+
+
+def role_credentials(aws: AwsEndpoint, function: FunctionWiring) -> dict[str, str]:
+    """Credentials of the function's execution role, as Lambda gives a function: `sts:AssumeRole`
+    on the role the deployed template gives it. The session is named `fn-<LogicalId>`, which is
+    how the fault injector and the IAM decisions tell the function's requests apart."""
+    if not function.role_arn:
+        raise RuntimeError(f"{function.logical_id}: the deployed function has no role to assume")
+    assumed = aws.sts().assume_role(
+        RoleArn=function.role_arn,
+        RoleSessionName=f"{FUNCTION_KEY_PREFIX}{function.logical_id}",
+        DurationSeconds=ROLE_SESSION_SECONDS,
+    )["Credentials"]
+    return {
+        "AWS_ACCESS_KEY_ID": assumed["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": assumed["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": assumed["SessionToken"],
+    }
+
+
 def put_secret_parameters(
     aws: AwsEndpoint, sam: SamTemplate, parameters: Mapping[str, str], stack_secrets: StackSecrets
 ) -> dict[str, str]:
@@ -153,6 +183,17 @@ def put_secret_parameters(
             ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
             stored[parameter] = name
     return stored
+
+
+def _topic_the_functions_publish_to(wiring: StackWiring) -> str:
+    """The on-done topic: the one topic a function is given (the alarm topic is CloudWatch's)."""
+    named = {v for f in wiring.functions.values() for v in f.environment.values()}
+    topics = [
+        wiring.physical_ids[k]
+        for k, t in wiring.resource_types.items()
+        if t == "AWS::SNS::Topic" and wiring.physical_ids[k] in named
+    ]
+    return topics[0] if len(topics) == 1 else ""
 
 
 def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
@@ -217,7 +258,9 @@ class LocalStack:
 
     def _start(self) -> None:
         opts = self.options
-        self._moto = MotoProcess(self.logs_dir / "moto.log", opts.aws_fault_rate, opts.aws_fault_seed)
+        self._moto = MotoProcess(
+            self.logs_dir / "moto.log", opts.aws_fault_rate, opts.aws_fault_seed, opts.enforce_iam
+        )
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             moto_url = pool.submit(self._moto.start)
             sam = SamTemplate.load(opts.template)
@@ -239,10 +282,15 @@ class LocalStack:
         physical = deploy_stack(self.aws, opts.stack_name, cfn, parameters)
         put_secret_parameters(self.aws, sam, parameters, self.secrets)
         wiring = self.wiring = read_wiring(sam, cfn, physical, self.aws, opts.stack_name)
+        credentials = {
+            f.logical_id: role_credentials(self.aws, f) if opts.enforce_iam else function_key(f)
+            for f in wiring.functions.values()
+        }
         self.runtime = FunctionRuntime(
             {
                 f.logical_id: FunctionPool(
-                    self._instance_spec(f), opts.instances.get(f.logical_id) or instance_count(f, wiring)
+                    self._instance_spec(f, credentials[f.logical_id]),
+                    opts.instances.get(f.logical_id) or instance_count(f, wiring),
                 )
                 for f in wiring.functions.values()
             }
@@ -251,13 +299,13 @@ class LocalStack:
         self._start_event_sources(wiring, self.runtime)
         self.info = self._describe(wiring)
         write_json_atomically(self.stack_json, self.info)
-        if opts.max_in_flight is not None:
-            log.info("recorded, not enforced yet: max_in_flight=%s", opts.max_in_flight)
 
     def _parameters(self, sam: SamTemplate) -> dict[str, str]:
         assert self._http is not None
         wanted: dict[str, str | int | None] = {
+            # The emulator speaks plain http on loopback; on AWS the parameter takes only https.
             PROVIDER_URL_PARAMETER: self.provider.url if self.provider else None,
+            BUCKET_PREFIX_PARAMETER: self.options.stack_name,
             CALLBACK_URL_PARAMETER: self._http.url,
             MAX_ROWS_PARAMETER: self.options.max_rows,
             MAX_BYTES_PARAMETER: self.options.max_bytes,
@@ -265,11 +313,12 @@ class LocalStack:
             "ReconcileAfterSeconds": _whole(self.options.reconcile_after_s),
             "CallbackDeadlineSeconds": _whole(self.options.callback_deadline_s),
             "ChunkRows": self.options.chunk_rows,
+            "MaxInFlight": self.options.max_in_flight,
             **self.options.parameters,
         }
         return {k: str(v) for k, v in wanted.items() if v is not None and sam.declares_parameter(k)}
 
-    def _instance_spec(self, function: FunctionWiring) -> InstanceSpec:
+    def _instance_spec(self, function: FunctionWiring, credentials: Mapping[str, str]) -> InstanceSpec:
         inherited = {k: v for k, v in os.environ.items() if k in INHERITED_ENVIRONMENT}
         environment = {
             **inherited,
@@ -283,8 +332,8 @@ class LocalStack:
             "_HANDLER": function.handler,
             "POWERTOOLS_TRACE_DISABLED": "true",
             **self.aws.environment(),
-            # Its own key, so the embedded AWS knows the function's requests from the runtime's.
-            "AWS_ACCESS_KEY_ID": f"{FUNCTION_KEY_PREFIX}{function.logical_id}",
+            # Its own credentials, so the embedded AWS knows the function's requests from the runtime's.
+            **credentials,
             **function.environment,
         }
         return InstanceSpec(
@@ -371,7 +420,7 @@ class LocalStack:
             "region": self.options.region,
             "bucket": bucket or "",
             "table": wiring.only_physical_id("AWS::DynamoDB::Table") or "",
-            "topic_arn": wiring.only_physical_id("AWS::SNS::Topic") or "",
+            "topic_arn": _topic_the_functions_publish_to(wiring),
             "api_url": self._http.url,
             "api_token": self.secrets.api_token,
             "provider_url": self.provider.url if self.provider else "",

@@ -23,6 +23,7 @@ class FunctionWiring:
     logical_id: str
     name: str
     arn: str
+    role_arn: str
     handler: str
     code_dir: Path
     layer_dirs: tuple[Path, ...]
@@ -165,6 +166,7 @@ class _Reader:
             logical_id=function_id,
             name=config["FunctionName"],
             arn=config["FunctionArn"],
+            role_arn=config.get("Role", ""),
             handler=config["Handler"],
             code_dir=self.sam.code_dir(function_id),
             layer_dirs=tuple(self.sam.layer_dirs(function_id)),

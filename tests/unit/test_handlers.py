@@ -83,6 +83,8 @@ def environment(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         compose.ingestor,
         compose.run_starter,
         compose.outcome_recorder,
+        compose.batch_actions,
+        compose.safety_net,
     )
     for factory in factories:
         factory.cache_clear()

@@ -37,7 +37,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         sam = SamTemplate.load(PROJECT_ROOT / "template.yaml")
         cfn = sam.translate(f"{STACK}-artifacts", aws.region)
         upload_placeholder_artifacts(aws, f"{STACK}-artifacts", sam.local_artifacts())
-        parameters = {"ProviderBaseUrl": PROVIDER_URL, "CallbackBaseUrl": CALLBACK_URL}
+        parameters = {"ProviderBaseUrl": PROVIDER_URL, "CallbackBaseUrl": CALLBACK_URL, "BucketPrefix": STACK}
         physical = deploy_stack(aws, STACK, cfn, parameters)
         yield Deployed(sam, cfn, read_wiring(sam, cfn, physical, aws, STACK), aws)
     finally:
@@ -114,6 +114,9 @@ def test_function_environments_are_resolved_by_moto(deployed: Deployed) -> None:
     for function in functions.values():
         assert all(isinstance(v, str) for v in function.environment.values())
         assert function.handler == "app.lambda_handler"
+        # Each runs on its own role (assumed under --enforce-iam), read back from moto.
+        role = function.role_arn.rsplit("/", 1)[1]
+        assert role.startswith(f"{STACK}-{function.logical_id.removesuffix('Function')}Role-")
 
 
 def test_code_layers_timeouts_and_async_retries(deployed: Deployed) -> None:
@@ -132,11 +135,22 @@ def test_code_layers_timeouts_and_async_retries(deployed: Deployed) -> None:
         "WorkerFunction": 2,
         "WebhookFunction": 3,
         "RecorderFunction": 2,
-        "NotifierFunction": 1,
+        "NotifierFunction": 2,
         "SafetyNetFunction": 1,
     }
     (schedule,) = deployed.wiring.schedule_triggers
     assert (schedule.function_id, schedule.every_s) == ("SafetyNetFunction", 60.0)
+
+
+def test_what_moto_cannot_deploy_is_skipped_and_the_rest_is_deployed(deployed: Deployed) -> None:
+    """moto's CloudFormation has no AWS::CloudWatch::Alarm (nor ApiGatewayV2, ...): those are skipped
+    (cfn_deploy logs them); the log groups, the alarm topic and its key are deployed."""
+    types = deployed.wiring.resource_types
+    assert "AWS::CloudWatch::Alarm" not in types.values()
+    assert "AWS::ApiGatewayV2::Api" not in types.values()
+    for function_id in deployed.wiring.functions:
+        assert types[f"{function_id}LogGroup"] == "AWS::Logs::LogGroup"
+    assert types["AlarmTopic"] == "AWS::SNS::Topic" and types["AlarmKey"] == "AWS::KMS::Key"
 
 
 def test_translation_swaps_local_folders_for_s3(deployed: Deployed) -> None:

@@ -79,6 +79,7 @@ def clock(aws: Aws, provider: ScriptedProvider, monkeypatch: pytest.MonkeyPatch)
     for key, value in {
         "TABLE_NAME": aws.table,
         "DONE_QUEUE_URL": aws.done_queue_url,
+        "CHUNK_QUEUE_URL": aws.chunk_queue_url,
         "TOPIC_ARN": aws.topic_arn,
         "PROVIDER_URL": provider.url,
         "CALLBACK_BASE_URL": "https://api.example",

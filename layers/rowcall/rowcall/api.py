@@ -37,6 +37,10 @@ def page_limit(raw: str | None) -> int:
     return int(raw)
 
 
+def not_found(batch_id: str) -> ApiError:
+    return ApiError(404, "batch_not_found", f"no batch {batch_id!r}")
+
+
 class BatchQueries:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
@@ -49,7 +53,7 @@ class BatchQueries:
     def get(self, batch_id: str) -> dict[str, Any]:
         batch = self._ledger.batches.get(batch_id)
         if batch is None:
-            raise ApiError(404, "batch_not_found", f"no batch {batch_id!r}")
+            raise not_found(batch_id)
         return self.view(batch)
 
     def list(self, limit: int, cursor: str | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import boto3
 from aws_lambda_powertools.utilities import parameters
 
 from rowcall.api import BatchQueries
+from rowcall.batch_actions import BatchActions
 from rowcall.callbacks import CallbackIntake
 from rowcall.finishing import BatchFinisher
 from rowcall.identity import CallbackSigner, secret_list
@@ -23,6 +24,7 @@ from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySc
 from rowcall.runs import RunStarter
 from rowcall.safety_net import SafetyNet, SafetyNetTimes
 from rowcall.settings import (
+    ApiSettings,
     IngestSettings,
     NotifierSettings,
     RecorderSettings,
@@ -77,8 +79,8 @@ def _ledger(table: str) -> Ledger:
     return Ledger(_dynamodb(), table)
 
 
-def _finisher(ledger: Ledger, done_queue_url: str) -> BatchFinisher:
-    return BatchFinisher(ledger, DoneQueue(_sqs(), done_queue_url))
+def _finisher(ledger: Ledger, done_queue_url: str, max_in_flight: int) -> BatchFinisher:
+    return BatchFinisher(ledger, DoneQueue(_sqs(), done_queue_url), capped=max_in_flight > 0)
 
 
 @cache
@@ -89,7 +91,7 @@ def ingestor() -> Ingestor:
         s3=_s3(),
         ledger=ledger,
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
-        finisher=_finisher(ledger, settings.done_queue_url),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
         limits=IngestLimits(
             max_rows=settings.max_rows,
             max_bytes=settings.max_bytes,
@@ -107,13 +109,15 @@ def run_starter() -> RunStarter:
     return RunStarter(
         s3=_s3(),
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
         signer=CallbackSigner(_secrets(settings.callback_secret_param)),
         callback_base_url=settings.callback_base_url,
         concurrency=settings.run_concurrency,
+        chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
+        max_in_flight=settings.max_in_flight,
     )
 
 
@@ -133,12 +137,18 @@ def callback_intake() -> CallbackIntake:
 
 
 @cache
+def batch_actions() -> BatchActions:
+    settings = ApiSettings.from_env()
+    return BatchActions(_ledger(settings.table_name), ChunkQueue(_sqs(), settings.chunk_queue_url))
+
+
+@cache
 def outcome_recorder() -> OutcomeRecorder:
     settings = RecorderSettings.from_env()
     ledger = _ledger(settings.table_name)
     return OutcomeRecorder(
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
@@ -171,7 +181,7 @@ def safety_net() -> SafetyNet:
     ledger = _ledger(settings.table_name)
     return SafetyNet(
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
         done_queue=DoneQueue(_sqs(), settings.done_queue_url),
         provider=ProviderConnection(

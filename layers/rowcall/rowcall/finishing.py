@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rowcall.ledger import Ledger
+from rowcall.ledger import Ledger, release_shard
 from rowcall.models import ChunkCounter, RowOutcome, RowStatus
 from rowcall.queues import DoneQueue
 
@@ -27,9 +27,11 @@ class RowResult:
 
 
 class BatchFinisher:
-    def __init__(self, ledger: Ledger, done_queue: DoneQueue) -> None:
+    def __init__(self, ledger: Ledger, done_queue: DoneQueue, *, capped: bool = False) -> None:
         self._ledger = ledger
         self._done = done_queue
+        # Under the in-flight cap, each run holds a slot until its outcome is recorded here.
+        self._capped = capped
 
     def record_outcomes(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> int:
         """Write each row's outcome (once per attempt), then count the rows that moved in one
@@ -50,6 +52,8 @@ class BatchFinisher:
                 failed += result.outcome.status is RowStatus.FAILED
         if completed or failed:
             counter = self._ledger.chunks.add_outcomes(batch_id, chunk, completed=completed, failed=failed)
+            if self._capped:
+                self._ledger.slots.release(completed + failed, release_shard(batch_id, chunk))
         else:
             counter = self._ledger.chunks.counter(batch_id, chunk)
         self.after_outcomes(batch_id, counter)

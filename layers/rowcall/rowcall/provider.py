@@ -16,6 +16,8 @@ from rowcall.models import CreateRunRequest, RunObject
 
 # Provider answers that say the whole batch cannot run, whatever the row: reason codes of §4.
 BATCH_FATAL_CODES = {401: "provider_unauthorized", 403: "provider_unauthorized", 404: "technique_not_found"}
+# The account cannot pay: nothing more can start until it is topped up, then the batch resumes.
+PAUSING_STATUS = 402
 
 
 class ProviderErrorBody(BaseModel):
@@ -47,6 +49,10 @@ class RunRefused:
     code: str
     message: str
     batch_reason: str | None
+
+    @property
+    def pauses_batch(self) -> bool:
+        return self.status_code == PAUSING_STATUS
 
 
 CreateOutcome = RunCreated | RunAlreadyCreated | RunRefused

@@ -20,17 +20,25 @@ class ChunkQueue:
         self._sqs = sqs
         self._url = url
 
-    def send(self, messages: Sequence[ChunkMessage]) -> None:
+    def send(self, messages: Sequence[ChunkMessage], delay_seconds: int = 0) -> None:
         """Send up to ten chunks; entries SQS refuses are sent again until none is left."""
         if len(messages) > SEND_BATCH_LIMIT:
             raise ValueError(f"at most {SEND_BATCH_LIMIT} messages per send")
         pending = {str(m.chunk.index): m for m in messages}
+        delay = max(0, min(delay_seconds, MAX_DELAY_SECONDS))
         for _ in range(5):
             if not pending:
                 return
             got = self._sqs.send_message_batch(
                 QueueUrl=self._url,
-                Entries=[{"Id": i, "MessageBody": m.model_dump_json()} for i, m in pending.items()],
+                Entries=[
+                    {
+                        "Id": i,
+                        "MessageBody": m.model_dump_json(),
+                        "DelaySeconds": delay,
+                    }
+                    for i, m in pending.items()
+                ],
             )
             for sent in got.get("Successful", []):
                 pending.pop(sent["Id"], None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from aws_lambda_powertools import Logger
 from rowcall.csvsplit import data_records, split_lines
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
-from rowcall.ledger import Ledger
+from rowcall.ledger import Ledger, release_shard
 from rowcall.metadata import row_inputs, row_key
 from rowcall.models import (
     OPEN_BATCH_STATUSES,
@@ -36,6 +37,7 @@ from rowcall.provider import (
     RunCreated,
     RunRefused,
 )
+from rowcall.queues import ChunkQueue
 from rowcall.source import read_source
 from rowcall.start_log import StartLog
 
@@ -49,6 +51,10 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # Stop starting rows this long before the invocation's deadline; the rest go with the retry.
 DEADLINE_MARGIN_S = 20.0
 LEASE_S = 30.0
+# Under the cap a chunk starts at most cap / 4 rows per delivery before yielding to others, and
+# a chunk that finds no free slot comes back after a few seconds.
+FAIR_SHARE_DIVISOR = 4
+SLOT_WAIT_S = (2, 5)
 
 
 class _Lease:
@@ -93,7 +99,9 @@ class ChunkReport:
     deferred: int = 0
     skipped_known: int = 0
     batch_refusal: str | None = None
+    paused: bool = False
     not_open: str | None = None
+    waiting_for_slots: int = 0
 
 
 class ChunkIncomplete(Exception):
@@ -115,6 +123,8 @@ class RunStarter:
         signer: CallbackSigner,
         callback_base_url: str,
         concurrency: int,
+        chunk_queue: ChunkQueue | None = None,
+        max_in_flight: int = 0,
     ) -> None:
         self._s3 = s3
         self._ledger = ledger
@@ -123,6 +133,8 @@ class RunStarter:
         self._signer = signer
         self._callback_base = callback_base_url.rstrip("/")
         self._concurrency = concurrency
+        self._chunk_queue = chunk_queue
+        self._cap = max_in_flight
 
     def start_chunk(self, message: ChunkMessage, time_left_s: Callable[[], float]) -> ChunkReport:
         report = ChunkReport()
@@ -164,6 +176,11 @@ class RunStarter:
             # One write per refused row and one count: never stranded `running` by a crash.
             self._finisher.record_outcomes(batch.batch_id, chunk, refused)
         logger.info("chunk processed", extra={"chunk": chunk, **report.__dict__})
+        if report.waiting_for_slots and not report.deferred and self._chunk_queue is not None:
+            # Waits in SQS, not in a sleeping Lambda: a new delayed message, so waiting never
+            # counts towards the queue's maxReceiveCount.
+            self._chunk_queue.send([message], delay_seconds=random.randint(*SLOT_WAIT_S))
+            return report
         if report.deferred:
             raise ChunkIncomplete(
                 f"{report.deferred} rows of chunk {message.chunk.index} are left for a retry"
@@ -201,29 +218,76 @@ class RunStarter:
         refused: list[RowResult],
         lease: _Lease,
     ) -> None:
-        gate = asyncio.Semaphore(self._concurrency)
         renewing = asyncio.create_task(lease.keep())
-        async with httpx.AsyncClient(timeout=self._provider.timeout_s) as http:
-            client = ProviderClient(
-                http,
-                base_url=self._provider.base_url,
-                api_key=self._provider.api_key,
-                retry=self._provider.retry,
-            )
+        try:
+            async with httpx.AsyncClient(timeout=self._provider.timeout_s) as http:
+                client = ProviderClient(
+                    http,
+                    base_url=self._provider.base_url,
+                    api_key=self._provider.api_key,
+                    retry=self._provider.retry,
+                )
+                if self._cap:
+                    await self._start_under_cap(client, batch, jobs, report, time_left_s, starts, refused)
+                else:
+                    await self._start_group(client, batch, jobs, report, time_left_s, starts, refused)
+        finally:
+            renewing.cancel()
 
-            async def start(job: RowJob) -> None:
-                async with gate:
-                    if report.batch_refusal:
-                        return
-                    if time_left_s() < DEADLINE_MARGIN_S:
-                        report.deferred += 1
-                        return
-                    await self._start_row(client, batch, job, report, starts, refused)
+    async def _start_under_cap(
+        self,
+        client: ProviderClient,
+        batch: BatchState,
+        jobs: list[RowJob],
+        report: ChunkReport,
+        time_left_s: Callable[[], float],
+        starts: StartLog,
+        refused: list[RowResult],
+    ) -> None:
+        """Slots first, a grant at a time; a chunk takes at most a fair share of the cap per
+        delivery and then goes back to the queue behind the other batches' chunks."""
+        share = max(1, self._cap // FAIR_SHARE_DIVISOR)
+        remaining = list(jobs)
+        taken = 0
+        while remaining and not (report.batch_refusal or report.paused):
+            wanted = min(len(remaining), self._concurrency, share - taken)
+            granted = await asyncio.to_thread(self._ledger.slots.acquire, wanted, self._cap) if wanted else 0
+            if granted == 0:
+                break
+            taken += granted
+            group, remaining = remaining[:granted], remaining[granted:]
+            before = report.started + report.refused
+            await self._start_group(client, batch, group, report, time_left_s, starts, refused)
+            # A slot is held by each run started, and given back when its outcome is recorded
+            # (a refusal's outcome too); the rest of the grant goes back now.
+            unused = granted - (report.started + report.refused - before)
+            if unused:
+                shard = release_shard(batch.batch_id, group[0].chunk)
+                await asyncio.to_thread(self._ledger.slots.release, unused, shard)
+        report.waiting_for_slots = len(remaining) if not (report.batch_refusal or report.paused) else 0
 
-            try:
-                await asyncio.gather(*(start(job) for job in jobs))
-            finally:
-                renewing.cancel()
+    async def _start_group(
+        self,
+        client: ProviderClient,
+        batch: BatchState,
+        jobs: list[RowJob],
+        report: ChunkReport,
+        time_left_s: Callable[[], float],
+        starts: StartLog,
+        refused: list[RowResult],
+    ) -> None:
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def start(job: RowJob) -> None:
+            async with gate:
+                if report.batch_refusal or report.paused:
+                    return
+                if time_left_s() < DEADLINE_MARGIN_S:
+                    report.deferred += 1
+                    return
+                await self._start_row(client, batch, job, report, starts, refused)
+
+        await asyncio.gather(*(start(job) for job in jobs))
 
     async def _start_row(
         self,
@@ -257,11 +321,24 @@ class RunStarter:
         if outcome.batch_reason is not None:
             await asyncio.to_thread(self._refuse_batch, batch, outcome, report)
             return
+        if outcome.pauses_batch:
+            await asyncio.to_thread(self._pause_batch, batch, outcome, report)
+            return
         report.refused += 1
         failure = RowOutcome(
             status=RowStatus.FAILED, error_code=outcome.code, error_message=outcome.message or None
         )
         refused.append(RowResult(job.record, attempt, failure, line=job.line, key=job.key))
+
+    def _pause_batch(self, batch: BatchState, refusal: RunRefused, report: ChunkReport) -> None:
+        """Nothing more starts (this chunk's other rows stop here, other chunks find the batch
+        paused); runs already started finish and are counted; resume sends the chunks again."""
+        if report.paused:
+            return
+        report.paused = True
+        message = refusal.message or f"provider answered {refusal.status_code} {refusal.code}"
+        if self._ledger.batches.pause(batch.batch_id, "insufficient_credits", message):
+            logger.warning("batch paused", extra={"reason": refusal.code})
 
     def _refuse_batch(self, batch: BatchState, refusal: RunRefused, report: ChunkReport) -> None:
         if report.batch_refusal is not None:

@@ -13,6 +13,7 @@ class _EnvSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     table_name: str = Field(alias="TABLE_NAME")
+    max_in_flight: int = Field(alias="MAX_IN_FLIGHT", default=0, ge=0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -33,6 +34,7 @@ class IngestSettings(_EnvSettings):
 
 class WorkerSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
     provider_url: str = Field(alias="PROVIDER_URL")
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
     callback_secret_param: str = Field(alias="CALLBACK_SECRET_PARAM")
@@ -44,6 +46,12 @@ class WebhookSettings(_EnvSettings):
     finished_run_queue_url: str = Field(alias="FINISHED_RUN_QUEUE_URL")
     callback_secret_param: str = Field(alias="CALLBACK_SECRET_PARAM")
     provider_webhook_secret_param: str = Field(alias="PROVIDER_WEBHOOK_SECRET_PARAM")
+
+
+class ApiSettings(_EnvSettings):
+    """The management API's actions (the webhook function serves them)."""
+
+    chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
 
 
 class RecorderSettings(_EnvSettings):

@@ -17,6 +17,7 @@ from rowcall.ledger.chunks import ChunkLedger
 from rowcall.ledger.notifications import NotificationLedger
 from rowcall.ledger.row_errors import RowErrorLedger
 from rowcall.ledger.rows import RowLedger, StartedRun
+from rowcall.ledger.slots import SlotLedger, release_shard
 from rowcall.ledger.table import RetryPolicy, Table
 from rowcall.models import utcnow
 
@@ -38,6 +39,7 @@ class Ledger:
         self.rows = RowLedger(self.table, clock)
         self.row_errors = RowErrorLedger(self.table)
         self.notifications = NotificationLedger(self.table, clock)
+        self.slots = SlotLedger(self.table)
 
 
 __all__ = [
@@ -48,6 +50,8 @@ __all__ = [
     "RetryPolicy",
     "RowErrorLedger",
     "RowLedger",
+    "SlotLedger",
     "StartedRun",
     "Table",
+    "release_shard",
 ]

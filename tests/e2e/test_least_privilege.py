@@ -1,0 +1,99 @@
+"""Every function on its own role, and a batch with provider faults still runs clean (real local stack).
+
+`rowcall up --enforce-iam on` runs each function with credentials assumed from the role the
+deployed template gives it, and the embedded AWS authorizes them against that role
+(`local/rowcall_local/iam_enforcement.py`). What it proves, and what it cannot:
+
+- S3 and SQS grants are checked on their resources (bucket/key, queue ARN), as moto does.
+- DynamoDB, SNS and SSM grants are checked on the table (or index), topic and parameter ARN too;
+  moto alone checks those only at action level (facts.md, "moto CloudFormation and IAM"), so
+  iam_enforcement.py supplies the resource IAM would use, and a transaction's items' own actions.
+- Not exercised locally: the SQS event source mappings' polling (the local runtime polls with
+  its own key), Lambda's failure destination, logs and X-Ray; `tests/unit/test_iam_policies.py`
+  holds those grants to their shape instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from rowcall_local.webhook_receiver import WebhookReceiver
+
+from .conftest import LocalStack, running_stack
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 200
+FUNCTIONS = {"IngestFunction", "WorkerFunction", "WebhookFunction", "RecorderFunction", "NotifierFunction"}
+# The runtime's log line for an invocation that ended in an error (function_pool.FunctionRuntime).
+FUNCTION_ERROR = re.compile(r"\w+Function [0-9a-f-]{36} failed: ")
+
+
+@pytest.fixture(scope="module")
+def enforced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    flags = {
+        "--enforce-iam": "on",
+        "--provider-delay-ms": "0:200",
+        "--provider-fail-rate": "0.2",
+        "--provider-duplicate-callback-rate": "0.3",
+    }
+    with running_stack(
+        tmp_path_factory.mktemp("rowcall-iam"), *[x for kv in flags.items() for x in kv]
+    ) as stack:
+        yield stack
+
+
+def test_a_faulty_batch_runs_with_each_function_on_its_own_role(enforced: LocalStack) -> None:
+    hook = WebhookReceiver()
+    try:
+        out = io.StringIO(newline="")
+        writer = csv.writer(out)
+        writer.writerow(["id", "prompt"])
+        writer.writerows([f"K{n}", f"prompt {n}"] for n in range(ROWS))
+        key = "uploads/least-privilege.csv"
+        enforced.s3.put_object(
+            Bucket=enforced.info["bucket"],
+            Key=key,
+            Body=out.getvalue().encode(),
+            Metadata={"key-column": "id", "on-done-url": hook.url + "/done"},
+        )
+        batch = enforced.batch_for(key)
+        done = enforced.wait_terminal(batch["batch_id"], timeout_s=240)
+        assert done["status"] == "partial"
+        assert done["completed_count"] + done["failed_count"] == ROWS
+        assert 0 < done["failed_count"] < ROWS
+        done = enforced.wait_notified(batch["batch_id"])
+        assert done["notification"]["status"] == "delivered"
+        assert len(hook.wait_for(lambda got: len(got) >= 1)) == 1
+        # The management API (webhook function) reads through its role too.
+        with enforced.api as api:
+            assert api.get(f"/batches/{batch['batch_id']}").json()["batch_id"] == batch["batch_id"]
+            assert api.get("/batches", params={"limit": 5}).status_code == 200
+        results = enforced.s3.get_object(Bucket=enforced.info["bucket"], Key=done["results"]["csv_key"])
+        assert len(list(csv.DictReader(io.StringIO(results["Body"].read().decode())))) == ROWS
+        assert enforced.provider_stats()["callbacks_sent"] > ROWS  # duplicates were delivered
+
+        decisions = httpx.get(enforced.info["aws_endpoint_url"] + "/_rowcall/iam", timeout=10).json()
+        assert decisions["enforced"]
+        assert decisions["denied"] == []
+        # Every function's requests went through its role, not around it.
+        assert {s.removeprefix("fn-") for s in decisions["allowed"]} == FUNCTIONS
+        assert "sns:Publish" in decisions["allowed"]["fn-NotifierFunction"]
+        assert "OnDoneTopic" in enforced.info["topic_arn"]  # stack.json names it, not the alarm topic
+        assert "ssm:GetParameter" in decisions["allowed"]["fn-WorkerFunction"]
+
+        logs = enforced.state_dir / "logs"
+        for function in FUNCTIONS:
+            text = (logs / f"{function}.log").read_text(errors="replace")
+            assert "AccessDenied" not in text, f"{function}: {text[text.find('AccessDenied') - 500 :][:1500]}"
+            assert "Traceback" not in text, f"{function} raised: {text[text.find('Traceback') :][:1500]}"
+        up = (enforced.state_dir / "up.log").read_text(errors="replace")
+        assert not FUNCTION_ERROR.search(up), up[-3000:]
+    finally:
+        hook.close()
