@@ -48,6 +48,16 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _crash_spec(text: str) -> dict[str, float]:
+    function, _, seconds = text.partition(":")
+    try:
+        return {function: _positive_seconds(seconds)}
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"{text}: expected FUNCTION:SECONDS, e.g. WorkerFunction:2"
+        ) from None
+
+
 def _positive_seconds(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -100,6 +110,12 @@ STACK_FLAGS = (
         "SECONDS",
     ),
     _Flag("chunk-rows", _at_least(1), "rows per chunk message (template ChunkRows)", "N"),
+    _Flag(
+        "crash-once",
+        _crash_spec,
+        "test only: kill FUNCTION's first invocation still running after SECONDS (a crash half way)",
+        "FUNCTION:SECONDS",
+    ),
     _Flag(
         "schedule-every-s",
         _positive_seconds,
@@ -173,6 +189,7 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         callback_deadline_s=args.callback_deadline_s,
         chunk_rows=args.chunk_rows,
         schedule_every_s=args.schedule_every_s,
+        crash_once=args.crash_once or {},
         aws_fault_rate=args.aws_fault_rate or 0.0,
         enforce_iam=bool(args.enforce_iam),
     )

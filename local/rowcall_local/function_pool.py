@@ -121,6 +121,11 @@ class _Instance:
     def pid(self) -> int | None:
         return self._process.pid if self._process.is_alive() else None
 
+    def crash(self) -> None:
+        """SIGKILL the process mid-invocation, as a crash would; the waiting invoke sees it die."""
+        if self._process.is_alive():
+            self._process.kill()
+
     def kill(self) -> None:
         if self._process.is_alive():
             self._process.kill()
@@ -131,9 +136,11 @@ class _Instance:
 class FunctionPool:
     """N execution environments of one function; `invoke` waits for an idle one."""
 
-    def __init__(self, spec: InstanceSpec, size: int) -> None:
+    def __init__(self, spec: InstanceSpec, size: int, *, crash_once_after_s: float | None = None) -> None:
         self.spec = spec
         self.size = size
+        # Test-only: the first invocation still running this long is killed (a crash half way).
+        self._crash_after_s = crash_once_after_s
         self._idle: queue.Queue[_Instance] = queue.Queue()
         self._all: set[_Instance] = set()
         self._lock = threading.Lock()
@@ -152,12 +159,27 @@ class FunctionPool:
     def invoke(self, event: Any) -> Invocation:
         request_id = str(uuid.uuid4())
         instance = self._take_idle()
+        crash: threading.Timer | None = None
+        if self._crash_after_s is not None:
+            crash = threading.Timer(self._crash_after_s, instance.crash)
+            crash.daemon = True
+            self._crash_after_s = None
+            crash.start()
+            log.warning(
+                "%s: this invocation will be killed after %.1fs (test switch)",
+                self.spec.function_id,
+                crash.interval,
+            )
         try:
             status, payload = instance.invoke(request_id, event)
         except InstanceLost as lost:
             self._replace(instance)
+            if crash is not None:
+                crash.cancel()
             error = InvocationError(type=lost.error_type, message=lost.message, traceback="")
             return Invocation(self.spec.function_id, request_id, error=error)
+        if crash is not None:
+            crash.cancel()
         self._idle.put(instance)
         if status == "ok":
             return Invocation(self.spec.function_id, request_id, payload=payload)

@@ -91,6 +91,8 @@ class StackOptions:
     reconcile_after_s: float | None = None
     callback_deadline_s: float | None = None
     chunk_rows: int | None = None
+    crash_once: Mapping[str, float] = field(default_factory=dict)
+    """Test-only: function logical id -> seconds after which its first invocation is killed."""
     schedule_every_s: float | None = None
     """Fire scheduled functions this often instead of at the template's rate (tests, demos)."""
     parameters: Mapping[str, str] = field(default_factory=dict)
@@ -291,6 +293,7 @@ class LocalStack:
                 f.logical_id: FunctionPool(
                     self._instance_spec(f, credentials[f.logical_id]),
                     opts.instances.get(f.logical_id) or instance_count(f, wiring),
+                    crash_once_after_s=opts.crash_once.get(f.logical_id),
                 )
                 for f in wiring.functions.values()
             }

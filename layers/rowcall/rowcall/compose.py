@@ -118,6 +118,7 @@ def run_starter() -> RunStarter:
         concurrency=settings.run_concurrency,
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
         max_in_flight=settings.max_in_flight,
+        intent_valid_s=settings.reconcile_after_s,
     )
 
 

@@ -125,6 +125,7 @@ class RunStarter:
         concurrency: int,
         chunk_queue: ChunkQueue | None = None,
         max_in_flight: int = 0,
+        intent_valid_s: float = 900.0,
     ) -> None:
         self._s3 = s3
         self._ledger = ledger
@@ -135,6 +136,7 @@ class RunStarter:
         self._concurrency = concurrency
         self._chunk_queue = chunk_queue
         self._cap = max_in_flight
+        self._intent_valid_s = intent_valid_s
 
     def start_chunk(self, message: ChunkMessage, time_left_s: Callable[[], float]) -> ChunkReport:
         report = ChunkReport()
@@ -157,6 +159,12 @@ class RunStarter:
         try:
             known = {r.record for r in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk)}
             known.update(self._ledger.rows.starts(batch.batch_id, chunk))
+            # Rows a crashed delivery was about to create may have runs: leave them to their
+            # webhooks until the intent is stale, then create (a 409 then says the run exists).
+            fresh_after = time.time() - self._intent_valid_s
+            known.update(
+                r for r, at in self._ledger.rows.intents(batch.batch_id, chunk).items() if at > fresh_after
+            )
             jobs = []
             for job in self._jobs(batch, message.chunk):
                 if job.record in known:
@@ -276,18 +284,20 @@ class RunStarter:
         starts: StartLog,
         refused: list[RowResult],
     ) -> None:
-        gate = asyncio.Semaphore(self._concurrency)
-
         async def start(job: RowJob) -> None:
-            async with gate:
-                if report.batch_refusal or report.paused:
-                    return
-                if time_left_s() < DEADLINE_MARGIN_S:
-                    report.deferred += 1
-                    return
-                await self._start_row(client, batch, job, report, starts, refused)
+            if report.batch_refusal or report.paused:
+                return
+            await self._start_row(client, batch, job, report, starts, refused)
 
-        await asyncio.gather(*(start(job) for job in jobs))
+        for first in range(0, len(jobs), self._concurrency):
+            if report.batch_refusal or report.paused:
+                return
+            if time_left_s() < DEADLINE_MARGIN_S:
+                report.deferred += len(jobs) - first
+                return
+            group = jobs[first : first + self._concurrency]
+            await asyncio.to_thread(starts.intend, [job.record for job in group])
+            await asyncio.gather(*(start(job) for job in group))
 
     async def _start_row(
         self,

@@ -33,6 +33,7 @@ class IngestSettings(_EnvSettings):
 
 
 class WorkerSettings(_EnvSettings):
+    reconcile_after_s: float = Field(alias="RECONCILE_AFTER_SECONDS", default=900, gt=0)
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
     provider_url: str = Field(alias="PROVIDER_URL")

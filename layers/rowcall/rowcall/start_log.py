@@ -37,6 +37,13 @@ class StartLog:
                 page, self._pending = self._pending[:PAGE_ROWS], self._pending[PAGE_ROWS:]
                 await asyncio.to_thread(self._write, page)
 
+    def intend(self, records: list[int]) -> None:
+        """Before their creates are sent (one page per group of rows)."""
+        self._pages += 1
+        self._rows.record_intents(
+            self._batch_id, self._chunk, records, f"{self._holder}-{self._pages:05d}", time.time()
+        )
+
     def flush(self) -> None:
         """What is still pending (outside the event loop, e.g. after it was cut short)."""
         while self._pending:

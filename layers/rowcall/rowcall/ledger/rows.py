@@ -110,6 +110,32 @@ class RowLedger:
             ]
         )
 
+    def record_intents(
+        self, batch_id: str, chunk: int, records: Sequence[int], page_id: str, at: float
+    ) -> None:
+        """Rows about to be created: a worker killed between the provider's answer and its start
+        page leaves rows that may or may not have a run. Their retry waits instead of asking again
+        (which FLORA would answer 409 without the run id) until the intent is stale."""
+        if records:
+            self._table.put_many(
+                [
+                    {
+                        "pk": rows_pk(batch_id, chunk),
+                        "sk": f"INTENT#{page_id}",
+                        "records": json.dumps(list(records)),
+                        "at": round(at, 3),
+                    }
+                ]
+            )
+
+    def intents(self, batch_id: str, chunk: int) -> dict[int, float]:
+        """Each row's latest intent to create a run, and when."""
+        found: dict[int, float] = {}
+        for page in self._table.prefixed(rows_pk(batch_id, chunk), "INTENT#"):
+            for record in json.loads(page["records"]):
+                found[record] = max(found.get(record, 0.0), float(page["at"]))
+        return found
+
     def starts(self, batch_id: str, chunk: int) -> dict[int, StartedRun]:
         """The latest start of each row of the chunk that the worker recorded."""
         found: dict[int, StartedRun] = {}

@@ -1,0 +1,137 @@
+"""Every fault at once, through `rowcall up`: provider faults (429, 5xx, failed runs, duplicate and
+dropped webhooks), AWS faults (throttling, conflicts, 500s), the in-flight cap, the same S3 event
+twice, every chunk message twice, and a worker killed half way through a chunk. The outcome is
+still exact, and there is exactly one on-done."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from rowcall.ledger import Ledger
+from rowcall.models import ChunkMessage
+from rowcall_local.webhook_receiver import WebhookReceiver
+
+from .conftest import LocalStack, running_stack
+from .test_faults import aws_client, queue_url
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 2000
+CHUNK_ROWS = 150  # 14 chunks
+CAP = 24  # two workers, two chunks each, 16 creates at once would reach 64
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    flags = {
+        "--provider-delay-ms": "20:300",
+        "--provider-fail-rate": "0.1",
+        "--provider-429-rate": "0.05",
+        "--provider-5xx-rate": "0.05",
+        "--provider-duplicate-callback-rate": "0.3",
+        "--provider-drop-callback-rate": "0.02",
+        "--max-in-flight": str(CAP),
+        "--aws-fault-rate": "0.02",
+        "--chunk-rows": str(CHUNK_ROWS),
+        "--reconcile-after-s": "8",
+        "--callback-deadline-s": "180",
+        "--schedule-every-s": "2",
+        "--crash-once": "WorkerFunction:4",
+    }
+    state = tmp_path_factory.mktemp("rowcall-chaos")
+    with running_stack(state, *[x for kv in flags.items() for x in kv]) as stack:
+        yield stack
+
+
+def provider_truth(stack: LocalStack) -> dict[str, int]:
+    """How the provider's runs really ended, from its own newest-first run list."""
+    counts: dict[str, int] = {}
+    cursor: str | None = None
+    headers = {"Authorization": f"Bearer {stack.info['provider_api_key']}"}
+    while True:
+        params: dict[str, Any] = {"limit": 100} | ({"cursor": cursor} if cursor else {})
+        url = f"{stack.info['provider_url']}/technique-runs"
+        page = httpx.get(url, params=params, headers=headers, timeout=10).json()
+        for run in page["technique_runs"]:
+            counts[run["status"]] = counts.get(run["status"], 0) + 1
+        cursor = page["meta"].get("next_cursor")
+        if not cursor:
+            return counts
+
+
+def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: LocalStack) -> None:
+    hook = WebhookReceiver()
+    try:
+        out = io.StringIO(newline="")
+        writer = csv.writer(out)
+        writer.writerow(["id", "prompt"])
+        writer.writerows([f"K{n}", f"prompt {n}"] for n in range(ROWS))
+        key = "uploads/chaos.csv"
+        bucket = chaos.info["bucket"]
+        chaos.s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=out.getvalue().encode(),
+            Metadata={"key-column": "id", "on-done-url": hook.url + "/done"},
+        )
+        sqs = aws_client(chaos, "sqs")
+        event = {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {
+                        "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                        "object": {"key": key, "size": len(out.getvalue())},
+                    },
+                }
+            ]
+        }
+        sqs.send_message(QueueUrl=queue_url(sqs, "-s3"), MessageBody=json.dumps(event))
+        batch = chaos.batch_for(key)
+        chaos.wait_batch(batch["batch_id"], lambda b: b["status"] not in ("validating", "ingesting"), 120)
+        ledger = Ledger(aws_client(chaos, "dynamodb"), chaos.info["table"])
+        plan = ledger.batches.chunk_plan(batch["batch_id"])
+        assert len(plan) >= 10
+        chunk_queue = queue_url(sqs, "ChunkQueue")
+        for chunk in plan:  # SQS is at-least-once too
+            message = ChunkMessage(batch_id=batch["batch_id"], chunk=chunk)
+            sqs.send_message(QueueUrl=chunk_queue, MessageBody=message.model_dump_json())
+
+        done = chaos.wait_terminal(batch["batch_id"], timeout_s=420)
+        done = chaos.wait_notified(batch["batch_id"], timeout_s=120)
+        stats = chaos.provider_stats()
+        truth = provider_truth(chaos)
+        assert done["total_count"] == ROWS
+        assert done["completed_count"] + done["failed_count"] == ROWS
+        assert (done["completed_count"], done["failed_count"]) == (truth["completed"], truth["failed"])
+        assert stats["unique_idempotency_keys"] == ROWS, "a row got two runs"
+        assert stats["duplicate_creates"] == 0, "a row's run was asked for twice"
+        assert stats["polls"] == 0
+        assert stats["gets"] <= ROWS + 2 * stats["deliveries_given_up"]
+        assert stats["max_in_flight"] <= CAP
+
+        body = chaos.s3.get_object(Bucket=bucket, Key=done["results"]["csv_key"])["Body"].read().decode()
+        rows = list(csv.DictReader(io.StringIO(body, newline="")))
+        assert [r["id"] for r in rows] == [f"K{n}" for n in range(ROWS)]
+        assert len({r["run_id"] for r in rows}) == ROWS and all(r["run_id"] for r in rows)
+        assert len(hook.wait_for(lambda got: len(got) >= 1)) == 1
+        listed = chaos.api.get("/batches", params={"limit": 100}).json()["items"]
+        batches = [b for b in listed if b["source"]["key"] == key]
+        assert len(batches) == 1, "the duplicate S3 event made a second batch"
+
+        # The faults did happen.
+        faults = httpx.get(chaos.info["aws_endpoint_url"] + "/_rowcall/faults", timeout=10).json()
+        assert sum(faults["injected"].values()) > 0, faults
+        assert stats["creates"] > ROWS and stats["callbacks_sent"] > ROWS
+        log = (chaos.state_dir / "up.log").read_text()
+        assert "killed after" in log and "WorkerFunction" in log
+    finally:
+        hook.close()
