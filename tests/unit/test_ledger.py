@@ -297,3 +297,17 @@ def test_a_cursor_for_another_index_is_refused() -> None:
     forged = base64.urlsafe_b64encode(json.dumps({"pk": "BATCH#x", "sk": "META"}).encode()).decode()
     with pytest.raises(ValueError):
         decode_cursor(forged)
+
+
+def test_slots_are_never_granted_past_the_cap_even_when_asked_at_once(aws: Aws) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    slots = aws.ledger.slots
+    with ThreadPoolExecutor(8) as pool:
+        granted = list(pool.map(lambda _: slots.acquire(4, 10), range(8)))
+    assert sum(granted) == 10
+    acquired, released = slots.held()
+    assert acquired - released == 10
+    assert slots.acquire(1, 10) == 0  # full: wait for a release
+    slots.release(3, shard=2)
+    assert slots.acquire(5, 10) == 3

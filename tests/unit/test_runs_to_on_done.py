@@ -15,6 +15,7 @@ from standardwebhooks import Webhook
 
 from rowcall.callbacks import CallbackIntake
 from rowcall.identity import CallbackSigner
+from rowcall.ledger import NO_RUN, StartedRun
 from rowcall.models import BatchStatus, DoneMessage, FinishedRun, RunWebhook
 from rowcall.ondone import OnDoneDelivery
 from rowcall.outbound import webhook_client
@@ -350,5 +351,29 @@ def test_a_chunk_delivered_twice_at_once_asks_the_provider_once(aws: Aws, callba
         # A holder that died frees the chunk when its time is up.
         assert aws.ledger.chunks.claim(batch_id, 1, holder="dead", until_epoch=time.time() - 5)
         assert aws.ledger.chunks.claim(batch_id, 1, holder="next", until_epoch=time.time() + 60)
+    finally:
+        provider.stop()
+
+
+def test_rows_a_crashed_worker_was_creating_wait_for_their_webhooks_not_a_second_create(
+    aws: Aws, callbacks: Receiver
+) -> None:
+    provider = start_provider()
+    try:
+        batch_id = ingest(aws, ROWS)
+        first = chunk_messages(aws)[0]
+        rows = aws.ledger.rows
+        # A worker died after sending creates for records 1 and 2 (intent written, no start page);
+        # record 4's create had been answered 402 (its intent resolved: no run).
+        rows.record_intents(batch_id, 0, [1, 2, 4], "dead-00001", time.time())
+        rows.record_starts(batch_id, 0, [StartedRun(4, 1, NO_RUN, 5, time.time() + 0.001)], "dead-00002")
+        report = starter(aws, provider, callbacks).start_chunk(first, lambda: 300.0)
+        assert (report.skipped_known, report.started) == (2, 2)  # 4 and 5 start, 1 and 2 wait
+        # Once the intent is stale, the rows are created (a 409 would say a run exists).
+        stale = starter(aws, provider, callbacks)
+        stale._intent_valid_s = 0.0
+        aws.drain(aws.chunk_queue_url)
+        assert stale.start_chunk(first, lambda: 300.0).started == 2
+        assert provider.stats()["duplicate_creates"] == 0
     finally:
         provider.stop()

@@ -7,10 +7,12 @@ through them is completed by whichever event comes next (or by the safety net).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rowcall.ledger import Ledger, release_shard
+from rowcall.ledger import Ledger
+from rowcall.ledger.slots import RELEASE_SHARDS
 from rowcall.models import ChunkCounter, RowOutcome, RowStatus
 from rowcall.queues import DoneQueue
 
@@ -52,12 +54,16 @@ class BatchFinisher:
                 failed += result.outcome.status is RowStatus.FAILED
         if completed or failed:
             counter = self._ledger.chunks.add_outcomes(batch_id, chunk, completed=completed, failed=failed)
-            if self._capped:
-                self._ledger.slots.release(completed + failed, release_shard(batch_id, chunk))
         else:
             counter = self._ledger.chunks.counter(batch_id, chunk)
         self.after_outcomes(batch_id, counter)
         return completed + failed
+
+    def release_slots(self, runs_ended: int) -> None:
+        """Under the in-flight cap: the slots of runs whose outcomes were just recorded, in one
+        write per received batch, to any of the release counters (only their sum matters)."""
+        if self._capped and runs_ended > 0:
+            self._ledger.slots.release(runs_ended, random.randrange(RELEASE_SHARDS))
 
     def after_outcomes(self, batch_id: str, counter: ChunkCounter | None) -> None:
         if counter is None or counter.finished < counter.rows:

@@ -110,6 +110,7 @@ class OutcomeRecorder:
                 # is found by the recount when the chunk settles or goes quiet.
                 logger.exception("outcomes not written, retried later", extra={"batch_id": batch_id})
                 report.failed.update(message_id for message_id, _ in group)
+        self._finisher.release_slots(report.recorded)
         return report
 
     async def _resolve_all(self, messages: Sequence[FinishedRun]) -> list[RowOutcome | BaseException | None]:

@@ -17,7 +17,7 @@ from aws_lambda_powertools import Logger
 from rowcall.csvsplit import data_records, split_lines
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
-from rowcall.ledger import Ledger, release_shard
+from rowcall.ledger import NO_RUN, Ledger, release_shard
 from rowcall.metadata import row_inputs, row_key
 from rowcall.models import (
     OPEN_BATCH_STATUSES,
@@ -158,13 +158,16 @@ class RunStarter:
         refused: list[RowResult] = []
         try:
             known = {r.record for r in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk)}
-            known.update(self._ledger.rows.starts(batch.batch_id, chunk))
-            # Rows a crashed delivery was about to create may have runs: leave them to their
-            # webhooks until the intent is stale, then create (a 409 then says the run exists).
+            starts = self._ledger.rows.starts(batch.batch_id, chunk)
+            known.update(record for record, entry in starts.items() if entry.has_run)
+            # Rows a crashed delivery was about to create, with nothing said of them since, may
+            # have runs: leave them to their webhooks until the intent is stale, then create (a
+            # 409 then says the run exists).
             fresh_after = time.time() - self._intent_valid_s
-            known.update(
-                r for r, at in self._ledger.rows.intents(batch.batch_id, chunk).items() if at > fresh_after
-            )
+            for record, at in self._ledger.rows.intents(batch.batch_id, chunk).items():
+                since = starts.get(record)
+                if at > fresh_after and (since is None or since.started_at < at):
+                    known.add(record)
             jobs = []
             for job in self._jobs(batch, message.chunk):
                 if job.record in known:
@@ -172,12 +175,12 @@ class RunStarter:
                 else:
                     jobs.append(job)
             if jobs:
-                starts = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
+                started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
                 try:
                     lease = _Lease(self._ledger, batch.batch_id, chunk, holder)
-                    asyncio.run(self._start_all(batch, jobs, report, time_left_s, starts, refused, lease))
+                    asyncio.run(self._start_all(batch, jobs, report, time_left_s, started, refused, lease))
                 finally:
-                    starts.flush()
+                    started.flush()
         finally:
             self._ledger.chunks.release(batch.batch_id, chunk, holder=holder)
         if refused:
@@ -264,11 +267,11 @@ class RunStarter:
                 break
             taken += granted
             group, remaining = remaining[:granted], remaining[granted:]
-            before = report.started + report.refused
+            before = report.started
             await self._start_group(client, batch, group, report, time_left_s, starts, refused)
-            # A slot is held by each run started, and given back when its outcome is recorded
-            # (a refusal's outcome too); the rest of the grant goes back now.
-            unused = granted - (report.started + report.refused - before)
+            # A slot is held by each run started, and given back when its outcome is recorded;
+            # the rest of the grant (refused, deferred, already started) goes back now.
+            unused = granted - (report.started - before)
             if unused:
                 shard = release_shard(batch.batch_id, group[0].chunk)
                 await asyncio.to_thread(self._ledger.slots.release, unused, shard)
@@ -286,6 +289,7 @@ class RunStarter:
     ) -> None:
         async def start(job: RowJob) -> None:
             if report.batch_refusal or report.paused:
+                await starts.add(job.record, 1, NO_RUN, job.line)  # its intent resolved: no run
                 return
             await self._start_row(client, batch, job, report, starts, refused)
 
@@ -319,6 +323,7 @@ class RunStarter:
         except ProviderUnavailable as exc:
             logger.warning("row deferred", extra={"row_id": job.row_id, "problem": str(exc)})
             report.deferred += 1
+            await starts.add(job.record, attempt, NO_RUN, job.line)
             return
         if isinstance(outcome, RunCreated | RunAlreadyCreated):
             run_id = outcome.run.run_id if isinstance(outcome, RunCreated) else None
@@ -330,9 +335,11 @@ class RunStarter:
             return
         if outcome.batch_reason is not None:
             await asyncio.to_thread(self._refuse_batch, batch, outcome, report)
+            await starts.add(job.record, attempt, NO_RUN, job.line)
             return
         if outcome.pauses_batch:
             await asyncio.to_thread(self._pause_batch, batch, outcome, report)
+            await starts.add(job.record, attempt, NO_RUN, job.line)
             return
         report.refused += 1
         failure = RowOutcome(

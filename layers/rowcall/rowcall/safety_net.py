@@ -132,7 +132,7 @@ class SafetyNet:
             self._finisher.recount(batch_id, chunk)
             report.recounted += 1
             return
-        started = self._ledger.rows.starts(batch_id, chunk)
+        started = {r: s for r, s in self._ledger.rows.starts(batch_id, chunk).items() if s.has_run}
         silent = [
             run
             for record, run in started.items()
@@ -188,7 +188,9 @@ class SafetyNet:
         if newly_asked:
             self._remember_asked(batch.batch_id, chunk, asked | newly_asked)
         if results:
-            report.recorded += self._finisher.record_outcomes(batch.batch_id, chunk, results)
+            recorded = self._finisher.record_outcomes(batch.batch_id, chunk, results)
+            self._finisher.release_slots(recorded)
+            report.recorded += recorded
 
     def _answered(self, run: StartedRun, answer: object) -> RowOutcome | None:
         """The run's outcome from the one GET; None while it is still going (asked once: its

@@ -16,7 +16,7 @@ from rowcall.ledger.batches import BatchLedger
 from rowcall.ledger.chunks import ChunkLedger
 from rowcall.ledger.notifications import NotificationLedger
 from rowcall.ledger.row_errors import RowErrorLedger
-from rowcall.ledger.rows import RowLedger, StartedRun
+from rowcall.ledger.rows import NO_RUN, RowLedger, StartedRun
 from rowcall.ledger.slots import SlotLedger, release_shard
 from rowcall.ledger.table import RetryPolicy, Table
 from rowcall.models import utcnow
@@ -43,6 +43,7 @@ class Ledger:
 
 
 __all__ = [
+    "NO_RUN",
     "BatchLedger",
     "ChunkLedger",
     "Ledger",

@@ -21,15 +21,25 @@ from rowcall.models import RowOutcome, RowState, RowStatus, iso, utcnow
 MAX_ERROR_MESSAGE = 500
 
 
+# A start page entry saying the row's create did not make a run (refused for now: 402, the
+# provider unavailable, the batch refused): it resolves the row's intent without a run.
+NO_RUN = ""
+
+
 @dataclass(frozen=True)
 class StartedRun:
-    """A run the worker started for a row (kept per chunk, a page of rows per item)."""
+    """What the worker's create did for a row (kept per chunk, a page of rows per item): a run
+    (`run_id`), a run whose id FLORA did not say (None, a 409), or no run (`NO_RUN`)."""
 
     record: int
     attempt: int
     run_id: str | None
     line: int
     started_at: float
+
+    @property
+    def has_run(self) -> bool:
+        return self.run_id != NO_RUN
 
 
 def _row_state(stored: dict[str, Any]) -> RowState:
@@ -137,7 +147,8 @@ class RowLedger:
         return found
 
     def starts(self, batch_id: str, chunk: int) -> dict[int, StartedRun]:
-        """The latest start of each row of the chunk that the worker recorded."""
+        """The latest entry of each row of the chunk that the worker recorded (runs, and rows
+        whose create made none: see `StartedRun.has_run`)."""
         found: dict[int, StartedRun] = {}
         for page in self._table.prefixed(rows_pk(batch_id, chunk), "START#"):
             for record, attempt, run_id, line, at in json.loads(page["runs"]):

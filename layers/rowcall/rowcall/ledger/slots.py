@@ -12,9 +12,19 @@ import zlib
 
 from rowcall.ledger.table import Table
 
-SLOTS_PK = "SLOTS"
+SLOTS = "SLOTS"
 RELEASE_SHARDS = 4
 ACQUIRE_TRIES = 5
+
+
+# Each counter its own partition key: taken and given back at thousands a second, they must not
+# share a partition's ~1,000 write units a second.
+def _acquired_key() -> dict[str, str]:
+    return {"pk": f"{SLOTS}#ACQUIRED", "sk": SLOTS}
+
+
+def _released_key(shard: int) -> dict[str, str]:
+    return {"pk": f"{SLOTS}#RELEASED#{shard}", "sk": SLOTS}
 
 
 def release_shard(batch_id: str, chunk: int) -> int:
@@ -27,10 +37,10 @@ class SlotLedger:
 
     def held(self) -> tuple[int, int]:
         """(acquired, released) as last written."""
-        acquired = self._table.get({"pk": SLOTS_PK, "sk": "ACQUIRED"}) or {}
+        acquired = self._table.get(_acquired_key()) or {}
         released = 0
         for shard in range(RELEASE_SHARDS):
-            released += (self._table.get({"pk": SLOTS_PK, "sk": f"RELEASED#{shard}"}) or {}).get("n", 0)
+            released += (self._table.get(_released_key(shard)) or {}).get("n", 0)
         return int(acquired.get("n", 0)), int(released)
 
     def acquire(self, wanted: int, cap: int) -> int:
@@ -42,7 +52,7 @@ class SlotLedger:
                 return 0
             # acquired + grant <= cap + released, written as DynamoDB conditions allow.
             taken = self._table.update(
-                {"pk": SLOTS_PK, "sk": "ACQUIRED"},
+                _acquired_key(),
                 "ADD #n :grant",
                 condition="attribute_not_exists(#n) OR #n <= :limit",
                 values={":grant": grant, ":limit": cap + released - grant},
@@ -53,4 +63,4 @@ class SlotLedger:
 
     def release(self, count: int, shard: int) -> None:
         if count > 0:
-            self._table.update({"pk": SLOTS_PK, "sk": f"RELEASED#{shard}"}, "ADD #n :n", values={":n": count})
+            self._table.update(_released_key(shard), "ADD #n :n", values={":n": count})
