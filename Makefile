@@ -62,11 +62,14 @@ unit: $(BIN)/rowcall
 e2e: $(BIN)/rowcall
 	$(BIN)/pytest tests/e2e -q
 
+# Two workers, a test file each at a time: the end-to-end files spend most of their time waiting
+# on their stacks, so two of them (or one and the unit tests) share the two cores well.
 test: lint
-	$(BIN)/pytest tests -q
+	$(BIN)/pytest tests -q -n 2 --dist loadfile
 
 bench: $(BIN)/rowcall
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/hot_items.py
 
 clean:
 	rm -rf $(VENV) .rowcall .mypy_cache .ruff_cache .pytest_cache
