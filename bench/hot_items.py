@@ -22,9 +22,9 @@ from moto import mock_aws
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rowcall.finishing import BatchFinisher, RowResult  # noqa: E402
-from rowcall.ledger import Ledger  # noqa: E402
-from rowcall.models import (  # noqa: E402
+from rowcall.finishing import BatchFinisher, RowResult
+from rowcall.ledger import Ledger
+from rowcall.models import (
     BatchSpec,
     BatchState,
     BatchStatus,
@@ -33,7 +33,7 @@ from rowcall.models import (  # noqa: E402
     RowStatus,
     SourceObject,
 )
-from rowcall.queues import DoneQueue  # noqa: E402
+from rowcall.queues import DoneQueue
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "template.yaml"
 RECEIVE_BATCH = 10  # the recorder's SQS batch size (FIFO's maximum)
