@@ -42,6 +42,8 @@ def run_callback(batch_id: str, row_id: str) -> dict[str, Any]:
         webhook = RunWebhook.model_validate_json(raw)
     except ValidationError as exc:
         raise _rejected(400, "invalid_body", "callback body is not a run webhook", _fields(exc)) from None
+    if not intake.knows_batch(batch_id):
+        raise _rejected(404, "batch_not_found", f"no batch {batch_id!r}")
     intake.accept(batch_id, row_id, attempt, webhook)
     metrics.add_metric(name="CallbacksAccepted", unit=MetricUnit.Count, value=1)
     return {"accepted": True}

@@ -150,7 +150,34 @@ def test_an_oversized_callback_is_413_before_it_is_parsed(webhook: ModuleType) -
     assert response["statusCode"] == 413
 
 
+def open_sample_batch(aws: Aws) -> None:
+    from rowcall.models import BatchSpec, BatchState, BatchStatus, SourceObject
+
+    aws.ledger.batches.open(
+        BatchState(
+            batch_id="b_k3v7yqzq5d2ttvqmq3xw3gq2",
+            name="sample",
+            source=SourceObject(bucket=aws.bucket, key="uploads/sample.csv"),
+            spec=BatchSpec(technique_id="tech", name="sample"),
+            status=BatchStatus.RUNNING,
+            created_at="2026-11-24T22:00:00.000Z",
+            updated_at="2026-11-24T22:00:00.000Z",
+        )
+    )
+
+
+def test_a_signed_webhook_for_an_unknown_batch_is_404_and_queues_nothing(
+    webhook: ModuleType, aws: Aws
+) -> None:
+    response = webhook.lambda_handler(signed_callback(event("webhook-callback.json")["body"]), Context())
+    assert response["statusCode"] == 404
+    assert json.loads(response["body"])["error"]["code"] == "batch_not_found"
+    assert aws.drain(aws.finished_run_queue_url) == []
+
+
 def test_a_run_webhook_queues_one_message_per_run_and_writes_nothing(webhook: ModuleType, aws: Aws) -> None:
+    open_sample_batch(aws)
+    items_before = aws.dynamodb.scan(TableName=aws.table)["Count"]
     body = event("webhook-callback.json")["body"]
     for _ in range(2):  # a retried delivery
         response = webhook.lambda_handler(signed_callback(body), Context())
@@ -167,7 +194,7 @@ def test_a_run_webhook_queues_one_message_per_run_and_writes_nothing(webhook: Mo
         "error_code": None,
         "error_message": None,
     }
-    assert aws.dynamodb.scan(TableName=aws.table)["Count"] == 0
+    assert aws.dynamodb.scan(TableName=aws.table)["Count"] == items_before
 
 
 def test_the_recorder_reports_a_message_that_failed_and_keeps_the_rest(environment: None, aws: Aws) -> None:

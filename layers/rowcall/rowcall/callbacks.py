@@ -9,6 +9,7 @@ the outcomes of many runs together.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from rowcall.flora_signature import verify_signature
@@ -17,6 +18,7 @@ from rowcall.models import FinishedRun, RowStatus, RunWebhook
 from rowcall.queues import FinishedRunQueue
 
 SecretSource = Callable[[], Sequence[str]]
+KNOWN_BATCHES = 1024
 
 
 class CallbackIntake:
@@ -26,8 +28,11 @@ class CallbackIntake:
         finished_runs: FinishedRunQueue,
         callback_secrets: SecretSource,
         provider_signing_secrets: SecretSource,
+        batch_exists: Callable[[str], bool] = lambda _: True,
     ) -> None:
         self._finished_runs = finished_runs
+        self._batch_exists = batch_exists
+        self._known_batches: OrderedDict[str, None] = OrderedDict()
         # Read on every callback (the sources cache for a few minutes), so a rotated secret is
         # seen by every warm container within that time.
         self._callback_secrets = callback_secrets
@@ -38,6 +43,18 @@ class CallbackIntake:
         if not token or parse_row_id(row_id) is None:
             return None
         return CallbackSigner(self._callback_secrets()).verify(batch_id, row_id, token)
+
+    def knows_batch(self, batch_id: str) -> bool:
+        """A batch of this ledger (one read per batch and container, not one per webhook)."""
+        if batch_id in self._known_batches:
+            self._known_batches.move_to_end(batch_id)
+            return True
+        if not self._batch_exists(batch_id):
+            return False
+        self._known_batches[batch_id] = None
+        if len(self._known_batches) > KNOWN_BATCHES:
+            self._known_batches.popitem(last=False)
+        return True
 
     def signed_by_provider(self, signature: str | None, raw_body: bytes) -> bool:
         return verify_signature(signature, raw_body, self._provider_secrets())

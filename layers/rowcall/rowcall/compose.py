@@ -130,7 +130,9 @@ def _secrets(name: str) -> Callable[[], list[str]]:
 @cache
 def callback_intake() -> CallbackIntake:
     settings = WebhookSettings.from_env()
+    batches = _ledger(settings.table_name).batches
     return CallbackIntake(
+        batch_exists=lambda batch_id: batches.get(batch_id) is not None,
         finished_runs=FinishedRunQueue(_sqs(), settings.finished_run_queue_url),
         callback_secrets=_secrets(settings.callback_secret_param),
         provider_signing_secrets=_secrets(settings.provider_webhook_secret_param),
