@@ -150,9 +150,11 @@ class ChunkLedger:
         return claimed is not None
 
     def release(self, batch_id: str, chunk: int, *, holder: str) -> None:
+        # The delivery's end is activity too: a chunk cycling through the queue (waiting for
+        # slots, deferred) is never mistaken by the safety net for one whose message was lost.
         self._table.update(
             chunk_key(batch_id, chunk),
-            "REMOVE #worker, #worker_until",
+            "SET #last_start_at = :now REMOVE #worker, #worker_until",
             condition="#worker = :holder",
-            values={":holder": holder},
+            values={":holder": holder, ":now": time.time()},
         )
