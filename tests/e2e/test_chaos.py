@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ from rowcall.models import ChunkMessage
 from rowcall_local.webhook_receiver import WebhookReceiver
 
 from .conftest import LocalStack, running_stack
-from .test_faults import aws_client, queue_url
+from .test_faults import aws_client, deliver_s3_event_again, queue_url
 
 pytestmark = pytest.mark.e2e
 
@@ -82,19 +81,7 @@ def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: L
             Metadata={"key-column": "id", "on-done-url": hook.url + "/done"},
         )
         sqs = aws_client(chaos, "sqs")
-        event = {
-            "Records": [
-                {
-                    "eventSource": "aws:s3",
-                    "eventName": "ObjectCreated:Put",
-                    "s3": {
-                        "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                        "object": {"key": key, "size": len(out.getvalue())},
-                    },
-                }
-            ]
-        }
-        sqs.send_message(QueueUrl=queue_url(sqs, "-s3"), MessageBody=json.dumps(event))
+        deliver_s3_event_again(sqs, bucket, key, len(out.getvalue()))
         batch = chaos.batch_for(key)
         chaos.wait_batch(batch["batch_id"], lambda b: b["status"] not in ("validating", "ingesting"), 120)
         ledger = Ledger(aws_client(chaos, "dynamodb"), chaos.info["table"])

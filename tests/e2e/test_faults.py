@@ -54,6 +54,23 @@ def queue_url(sqs, suffix: str) -> str:  # type: ignore[no-untyped-def]
     return str(url)
 
 
+def deliver_s3_event_again(sqs, bucket: str, key: str, size: int) -> None:  # type: ignore[no-untyped-def]
+    """S3 is at-least-once: the same ObjectCreated once more, through the real event source."""
+    event = {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": {"key": key, "size": size},
+                },
+            }
+        ]
+    }
+    sqs.send_message(QueueUrl=queue_url(sqs, "-s3"), MessageBody=json.dumps(event))
+
+
 def test_duplicates_retries_and_failures_still_give_exact_counts_and_one_on_done(faulty: LocalStack) -> None:
     hook = WebhookReceiver()
     try:
@@ -71,20 +88,7 @@ def test_duplicates_retries_and_failures_still_give_exact_counts_and_one_on_done
         )
         sqs = aws_client(faulty, "sqs")
         # S3 is at-least-once: deliver the same ObjectCreated again through the real event source.
-        s3_queue = queue_url(sqs, "-s3")
-        event = {
-            "Records": [
-                {
-                    "eventSource": "aws:s3",
-                    "eventName": "ObjectCreated:Put",
-                    "s3": {
-                        "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                        "object": {"key": key, "size": len(out.getvalue())},
-                    },
-                }
-            ]
-        }
-        sqs.send_message(QueueUrl=s3_queue, MessageBody=json.dumps(event))
+        deliver_s3_event_again(sqs, bucket, key, len(out.getvalue()))
         batch = faulty.batch_for(key)
         # SQS is at-least-once too: send every chunk of the batch a second time.
         ledger = Ledger(aws_client(faulty, "dynamodb"), faulty.info["table"])

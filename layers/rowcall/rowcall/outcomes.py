@@ -115,12 +115,7 @@ class OutcomeRecorder:
 
     async def _resolve_all(self, messages: Sequence[FinishedRun]) -> list[RowOutcome | BaseException | None]:
         async with httpx.AsyncClient(timeout=self._provider.timeout_s, follow_redirects=False) as http:
-            client = ProviderClient(
-                http,
-                base_url=self._provider.base_url,
-                api_key=self._provider.api_key,
-                retry=self._provider.retry,
-            )
+            client = self._provider.client(http)
             return await asyncio.gather(*(self._resolve(client, m) for m in messages), return_exceptions=True)
 
     async def _resolve(self, client: ProviderClient, finished: FinishedRun) -> RowOutcome | None:

@@ -95,6 +95,10 @@ class ProviderConnection:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_s: float = 15.0
 
+    def client(self, http: httpx.AsyncClient) -> ProviderClient:
+        """A client of this provider over `http` (one per event loop and invocation)."""
+        return ProviderClient(http, base_url=self.base_url, api_key=self.api_key, retry=self.retry)
+
 
 def _error_of(response: httpx.Response) -> ProviderErrorBody:
     try:

@@ -232,12 +232,7 @@ class RunStarter:
         renewing = asyncio.create_task(lease.keep())
         try:
             async with httpx.AsyncClient(timeout=self._provider.timeout_s) as http:
-                client = ProviderClient(
-                    http,
-                    base_url=self._provider.base_url,
-                    api_key=self._provider.api_key,
-                    retry=self._provider.retry,
-                )
+                client = self._provider.client(http)
                 if self._cap:
                     await self._start_under_cap(client, batch, jobs, report, time_left_s, starts, refused)
                 else:

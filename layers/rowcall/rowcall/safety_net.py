@@ -40,7 +40,7 @@ from rowcall.models import (
     RunObject,
 )
 from rowcall.outcomes import RunNotFinished, fetched_outcome
-from rowcall.provider import ProviderClient, ProviderConnection, ProviderUnavailable, RunNotFound
+from rowcall.provider import ProviderConnection, ProviderUnavailable, RunNotFound
 from rowcall.queues import ChunkQueue, DoneQueue
 
 logger = Logger(child=True)
@@ -205,12 +205,7 @@ class SafetyNet:
 
     async def _ask(self, technique_id: str, runs: list[StartedRun]) -> list[object]:
         async with httpx.AsyncClient(timeout=self._provider.timeout_s, follow_redirects=False) as http:
-            client = ProviderClient(
-                http,
-                base_url=self._provider.base_url,
-                api_key=self._provider.api_key,
-                retry=self._provider.retry,
-            )
+            client = self._provider.client(http)
             gate = asyncio.Semaphore(8)
 
             async def ask(run: StartedRun) -> RunObject | RunNotFound:
