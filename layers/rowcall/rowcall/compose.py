@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import boto3
 from aws_lambda_powertools.utilities import parameters
+from botocore.config import Config
 
 from rowcall.api import BatchQueries
 from rowcall.batch_actions import BatchActions
@@ -29,10 +30,12 @@ from rowcall.settings import (
     NotifierSettings,
     RecorderSettings,
     SafetyNetSettings,
+    UploadSettings,
     WebhookSettings,
     WorkerSettings,
 )
 from rowcall.signing import WebhookSigner
+from rowcall.uploads import Uploads
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -143,6 +146,21 @@ def callback_intake() -> CallbackIntake:
 def batch_actions() -> BatchActions:
     settings = ApiSettings.from_env()
     return BatchActions(_ledger(settings.table_name), ChunkQueue(_sqs(), settings.chunk_queue_url))
+
+
+@cache
+def uploads() -> Uploads:
+    settings = UploadSettings.from_env()
+    # SigV4 explicitly: it is what carries the signed headers (size, type, metadata) in a presigned
+    # URL, and botocore would otherwise presign with SigV2 in some regions.
+    s3: S3Client = boto3.client("s3", config=Config(signature_version="s3v4"))
+    return Uploads(
+        s3=s3,
+        bucket=settings.bucket_name,
+        max_bytes=settings.max_bytes,
+        default_technique_id=settings.default_technique_id,
+        destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
+    )
 
 
 @cache

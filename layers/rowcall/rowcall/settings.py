@@ -55,6 +55,15 @@ class ApiSettings(_EnvSettings):
     chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
 
 
+class UploadSettings(_EnvSettings):
+    """POST /uploads (the webhook function serves it): where uploads go and what ingest will accept."""
+
+    bucket_name: str = Field(alias="DATA_BUCKET")
+    max_bytes: int = Field(alias="MAX_BYTES", gt=0)
+    default_technique_id: str = Field(alias="DEFAULT_TECHNIQUE_ID")
+    allow_loopback_webhooks: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
+
+
 class RecorderSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     provider_url: str = Field(alias="PROVIDER_URL")

@@ -1,0 +1,190 @@
+"""POST /uploads: a presigned S3 PUT under `uploads/`, bound to the declared size, `text/csv` and the batch's
+metadata (contract §3, §4).
+
+The metadata travels as signed `x-amz-meta-*` headers: the uploader must send exactly these, so what
+ingest reads is what was checked here. It is checked with the same code ingest runs
+(`metadata.spec_from_metadata`), so a bad batch is refused now with 400 rather than failing later.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+from rowcall.api import ApiError
+from rowcall.metadata import InvalidMetadata, spec_from_metadata
+from rowcall.models import iso, utcnow
+from rowcall.outbound import DestinationPolicy
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+UPLOAD_PREFIX = "uploads/"
+CONTENT_TYPE = "text/csv"
+# Contract §4: the URL is valid 5 minutes.
+UPLOAD_URL_VALID_S = 300
+# S3 user guide, "Working with object metadata": user-defined metadata is at most 2 KB, counted as the
+# UTF-8 bytes of each key and value.
+MAX_METADATA_BYTES = 2048
+MAX_FILENAME_CHARS = 200
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+# Printable ASCII: S3 returns other metadata characters RFC 2047-encoded, and a signed header
+# with them is not one every HTTP client sends unchanged.
+_PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]*$")
+
+
+class UploadRequest(BaseModel):
+    """The body of POST /uploads. The optional fields are contract §3's metadata, in JSON form:
+    `input_columns` a list, `input_types` an object column -> type, `static_inputs` a list of
+    `{id, type, value}`; `batch_name` defaults to the filename."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    filename: str = Field(min_length=1, max_length=1024)
+    size_bytes: StrictInt = Field(gt=0)
+    technique_id: str | None = Field(default=None, min_length=1)
+    key_column: str | None = Field(default=None, min_length=1)
+    input_columns: list[str] | None = Field(default=None, min_length=1)
+    input_types: dict[str, str] | None = None
+    static_inputs: list[dict[str, Any]] | None = None
+    on_done_url: str | None = Field(default=None, min_length=1)
+    batch_name: str | None = Field(default=None, min_length=1)
+
+    def metadata(self) -> dict[str, str]:
+        """Contract §3's metadata keys (without `x-amz-meta-`), in the syntax ingest reads."""
+        for column in self.input_columns or []:
+            if ";" in column:
+                raise _refused("input_columns", f"{column!r}: a column name with ';' cannot be listed")
+        for column, kind in (self.input_types or {}).items():
+            if ";" in column or "=" in column or ";" in kind:
+                raise _refused("input_types", f"{column!r}: a column name with ';' or '=' cannot be typed")
+        raw = {
+            "technique-id": self.technique_id,
+            "key-column": self.key_column,
+            "input-columns": ";".join(self.input_columns) if self.input_columns else None,
+            "input-types": ";".join(f"{c}={t}" for c, t in self.input_types.items())
+            if self.input_types
+            else None,
+            "static-inputs": json.dumps(self.static_inputs, separators=(",", ":"))
+            if self.static_inputs is not None
+            else None,
+            "on-done-url": self.on_done_url,
+            "batch-name": self.batch_name or _default_name(self.filename),
+        }
+        return {k: v for k, v in raw.items() if v is not None}
+
+
+def _default_name(filename: str) -> str | None:
+    name = filename[:MAX_FILENAME_CHARS]
+    return name if _PRINTABLE_ASCII.match(name) else None
+
+
+class UploadGrant(BaseModel):
+    """The answer: PUT the file to `upload_url` with exactly `headers` (all of them are signed)."""
+
+    upload_url: str
+    key: str
+    expires_at: str
+    headers: dict[str, str]
+
+
+def _field_of(metadata_key: str) -> str:
+    """`static-inputs[2]` -> `static_inputs`: the request's field a metadata refusal is about."""
+    return metadata_key.split("[")[0].replace("-", "_")
+
+
+def _refused(field: str, problem: str) -> ApiError:
+    return ApiError(400, "invalid_metadata", f"{field}: {problem}", {field: problem})
+
+
+def parse_request(body: Any) -> UploadRequest:
+    try:
+        return UploadRequest.model_validate(body)
+    except ValidationError as exc:
+        fields = {".".join(str(p) for p in e["loc"]) or "body": e["msg"] for e in exc.errors()}
+        raise ApiError(400, "invalid_body", "the upload request is not valid", fields) from None
+
+
+def object_key(filename: str, token: str) -> str:
+    """`uploads/<token>/<filename made safe>`: unique per grant, so two uploads never overwrite."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    safe = _UNSAFE_KEY_CHARS.sub("_", base).lstrip(".")[-MAX_FILENAME_CHARS:] or "upload.csv"
+    return f"{UPLOAD_PREFIX}{token}/{safe}"
+
+
+class Uploads:
+    def __init__(
+        self,
+        s3: S3Client,
+        bucket: str,
+        max_bytes: int,
+        default_technique_id: str,
+        destinations: DestinationPolicy,
+        clock: Callable[[], datetime] = utcnow,
+        new_token: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        """`s3` must sign with SigV4 (its presigned URLs carry the signed headers)."""
+        self._s3 = s3
+        self._bucket = bucket
+        self._max_bytes = max_bytes
+        self._default_technique_id = default_technique_id
+        self._destinations = destinations
+        self._clock = clock
+        self._new_token = new_token
+
+    def grant(self, request: UploadRequest) -> UploadGrant:
+        if request.size_bytes > self._max_bytes:
+            raise ApiError(
+                413,
+                "file_too_large",
+                f"{request.size_bytes} bytes is over this stack's limit of {self._max_bytes} bytes",
+                {"size_bytes": f"at most {self._max_bytes}"},
+            )
+        metadata = request.metadata()
+        self._check(metadata)
+        key = object_key(request.filename, self._new_token())
+        try:
+            spec_from_metadata(
+                metadata,
+                key=key,
+                default_technique_id=self._default_technique_id,
+                destinations=self._destinations,
+            )
+        except InvalidMetadata as exc:
+            at_fault, _, problem = str(exc).partition(": ")
+            raise _refused(_field_of(at_fault), problem or str(exc)) from None
+        expires_at = self._clock() + timedelta(seconds=UPLOAD_URL_VALID_S)
+        url = self._s3.generate_presigned_url(
+            "put_object",
+            Params={
+                "Bucket": self._bucket,
+                "Key": key,
+                "ContentLength": request.size_bytes,
+                "ContentType": CONTENT_TYPE,
+                "Metadata": metadata,
+            },
+            ExpiresIn=UPLOAD_URL_VALID_S,
+        )
+        headers = {"Content-Type": CONTENT_TYPE, "Content-Length": str(request.size_bytes)}
+        headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
+        return UploadGrant(upload_url=url, key=key, expires_at=iso(expires_at), headers=headers)
+
+    @staticmethod
+    def _check(metadata: dict[str, str]) -> None:
+        for key, value in metadata.items():
+            if not _PRINTABLE_ASCII.match(value):
+                raise _refused(_field_of(key), "S3 metadata must be printable ASCII")
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+        if size > MAX_METADATA_BYTES:
+            raise ApiError(
+                400,
+                "invalid_metadata",
+                f"the metadata is {size} bytes; S3 allows {MAX_METADATA_BYTES}",
+                {"metadata": f"{size} bytes, at most {MAX_METADATA_BYTES}"},
+            )
