@@ -69,6 +69,7 @@ def environment(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "DEFAULT_TECHNIQUE_ID": "tech",
         "MAX_ROWS": "1000",
         "MAX_BYTES": "1000000",
+        "DATA_BUCKET": aws.bucket,
         "CHUNK_ROWS": "10",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_NAMESPACE": "rowcall",
@@ -85,6 +86,7 @@ def environment(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         compose.outcome_recorder,
         compose.batch_actions,
         compose.safety_net,
+        compose.uploads,
     )
     for factory in factories:
         factory.cache_clear()
@@ -220,6 +222,54 @@ def test_list_limit_out_of_range_is_400(webhook: ModuleType) -> None:
     response = webhook.lambda_handler(listing, Context())
     assert response["statusCode"] == 400
     assert json.loads(response["body"])["error"]["fields"] == {"limit": "1000"}
+
+
+def _post_upload(webhook: ModuleType, body: str) -> tuple[int, dict[str, Any]]:
+    request = event("webhook-get-batch.json") | {
+        "rawPath": "/uploads",
+        "routeKey": "POST /uploads",
+        "rawQueryString": "",
+        "queryStringParameters": {},
+        "pathParameters": {},
+        "body": body,
+        "isBase64Encoded": False,
+    }
+    request["requestContext"] = request["requestContext"] | {
+        "http": request["requestContext"]["http"] | {"path": "/uploads", "method": "POST"}
+    }
+    response = webhook.lambda_handler(request, Context())
+    return response["statusCode"], json.loads(response["body"])
+
+
+def test_post_uploads_grants_a_put_in_the_stacks_bucket(webhook: ModuleType, aws: Aws) -> None:
+    status, body = _post_upload(
+        webhook, json.dumps({"filename": "a.csv", "size_bytes": 10, "key_column": "id"})
+    )
+    assert status == 200
+    assert body["key"].startswith("uploads/") and body["key"].endswith("/a.csv")
+    assert aws.bucket in body["upload_url"] and body["key"] in body["upload_url"]
+    assert body["headers"]["x-amz-meta-key-column"] == "id"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ("not json", 400, "invalid_body"),
+        ("", 400, "invalid_body"),
+        (json.dumps({"filename": "a.csv", "size_bytes": 1_000_001}), 413, "file_too_large"),
+        (
+            json.dumps({"filename": "a.csv", "size_bytes": 1, "input_types": {"a": "b"}}),
+            400,
+            "invalid_metadata",
+        ),
+    ],
+)
+def test_post_uploads_refuses_in_the_contract_shape(
+    webhook: ModuleType, body: str, status: int, code: str
+) -> None:
+    answered, error = _post_upload(webhook, body)
+    assert answered == status
+    assert error["error"]["code"] == code
 
 
 def test_ingest_decodes_the_event_key_and_skips_folder_markers(environment: None, aws: Aws) -> None:

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from rowcall_local.moto_process import MotoProcess
@@ -416,6 +418,46 @@ def test_a_part_under_5_mib_that_is_not_the_last_is_too_small(moto_url: str) -> 
         "Your proposed upload is smaller than the minimum allowed object size.",
     )
     complete([5 * MIB, 10])  # the last part may be smaller
+
+
+def test_a_presigned_put_must_send_what_was_signed(moto_url: str) -> None:
+    """Through the server, as `rowcall submit` PUTs: a changed type, size or metadata, or metadata that
+    was never signed, is 403 and stores nothing; the PUT as signed is stored with its metadata."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="fn-WebhookFunction",
+        aws_secret_access_key="testing",
+        config=Config(signature_version="s3v4"),
+    )
+    s3.create_bucket(Bucket="presigned")
+    body = b"a,b\n1,2\n"
+    url = s3.generate_presigned_url(
+        "put_object",
+        Params={
+            "Bucket": "presigned",
+            "Key": "uploads/x/a.csv",
+            "ContentLength": len(body),
+            "ContentType": "text/csv",
+            "Metadata": {"technique-id": "t1"},
+        },
+        ExpiresIn=300,
+    )
+    signed = {"Content-Type": "text/csv", "x-amz-meta-technique-id": "t1"}
+    refused = [
+        ({**signed, "Content-Type": "text/plain"}, body, "SignatureDoesNotMatch"),
+        ({**signed, "x-amz-meta-technique-id": "t2"}, body, "SignatureDoesNotMatch"),
+        ({"Content-Type": "text/csv"}, body, "SignatureDoesNotMatch"),
+        (signed, body + b"3,4\n", "SignatureDoesNotMatch"),
+        ({**signed, "x-amz-meta-key-column": "a"}, body, "AccessDenied"),
+    ]
+    for headers, content, code in refused:
+        response = httpx.put(url, content=content, headers=headers, timeout=10)
+        assert (response.status_code, f"<Code>{code}</Code>" in response.text) == (403, True), headers
+    assert s3.list_objects_v2(Bucket="presigned").get("KeyCount") == 0
+    assert httpx.put(url, content=body, headers=signed, timeout=10).status_code == 200
+    assert s3.head_object(Bucket="presigned", Key="uploads/x/a.csv")["Metadata"] == {"technique-id": "t1"}
 
 
 # --- FIFO -------------------------------------------------------------------------------------------
