@@ -29,7 +29,8 @@ EXIT_USAGE = 2
 EXIT_NOT_COMPLETED = 3
 DEFAULT_STATE_DIR = Path(".rowcall")
 
-out = Console(highlight=False, markup=False, soft_wrap=True)
+# Piped, there is no width to fit: rich's default of 80 columns would cut ids short.
+out = Console(highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 4096)
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 app = typer.Typer(
@@ -82,6 +83,10 @@ def main_options(
     source = ctx.get_parameter_source("state_dir")
     given = source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
     ctx.obj = Options(stack=stack, region=region, state_dir=state_dir, state_dir_given=given)
+
+
+def _show(table: Table) -> None:
+    out.print(table)
 
 
 def _print_json(value: Any) -> None:
@@ -224,7 +229,12 @@ def list_batches(
     if as_json:
         _print_json(page)
         return
-    table = Table("batch_id", "name", "status", "done/failed/total", "created_at", box=None)
+    table = Table(box=None)
+    table.add_column("batch_id", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("done/failed/total", no_wrap=True)
+    table.add_column("created_at", no_wrap=True)
     for batch in page.get("items", []):
         table.add_row(
             batch.get("batch_id"),
@@ -233,7 +243,7 @@ def list_batches(
             _progress(batch),
             batch.get("created_at"),
         )
-    out.print(table)
+    _show(table)
     if page.get("next_cursor"):
         err.print(f"more: rowcall list --cursor {page['next_cursor']}")
 
@@ -256,7 +266,7 @@ def status(
             json.dumps(value) if isinstance(value, dict | list) else ("-" if value is None else str(value))
         )
         table.add_row(field, shown)
-    out.print(table)
+    _show(table)
 
 
 @app.command()
@@ -276,7 +286,10 @@ def rows(
     if as_json:
         _print_json(page)
         return
-    table = Table("row_id", "line", "key", "status", "attempt", "run_id", "error", box=None)
+    table = Table(box=None)
+    for column in ("row_id", "line", "key", "status", "attempt", "run_id"):
+        table.add_column(column, no_wrap=column != "key", overflow="fold")
+    table.add_column("error", overflow="fold")
     for row in page.get("items", []):
         error = ": ".join(str(row[k]) for k in ("error_code", "error_message") if row.get(k))
         table.add_row(
@@ -288,7 +301,7 @@ def rows(
             str(row.get("run_id") or "-"),
             error or "-",
         )
-    out.print(table)
+    _show(table)
     _more(page, f"rowcall rows {batch_id}")
 
 
@@ -309,7 +322,7 @@ def errors(
     table = Table("line", "code", "message", box=None)
     for error in page.get("items", []):
         table.add_row(str(error.get("line")), str(error.get("code")), str(error.get("message")))
-    out.print(table)
+    _show(table)
     _more(page, f"rowcall errors {batch_id}")
 
 
