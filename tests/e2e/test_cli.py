@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from .conftest import LocalStack
+from .conftest import LocalStack, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -62,6 +63,14 @@ def skip_without_route(stack: LocalStack, method: str, path: str) -> None:
 
 
 @pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Each function on its own role: the presigned PUT is authorized as the webhook function's role."""
+    state = tmp_path_factory.mktemp("rowcall-cli")
+    with running_stack(state, "--provider-delay-ms", "5:60", "--enforce-iam", "on") as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
 def small(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ran]]:
     """`rowcall submit --wait` of a small CSV; the batch id and what the command printed."""
     csv = tmp_path_factory.mktemp("cli") / "small.csv"
@@ -83,6 +92,12 @@ def test_submit_wait_shows_progress_and_exits_0_on_completed(
     batch = api_get(stack, f"/batches/{batch_id}")
     assert (batch["status"], batch["name"], batch["rows_skipped"]) == ("completed", "cli small", 1)
     assert batch["source"]["key"].startswith("uploads/") and batch["source"]["key"].endswith("/small.csv")
+
+
+def test_the_upload_was_put_as_the_webhook_functions_role(stack: LocalStack, small: tuple[str, Ran]) -> None:
+    decisions = httpx.get(stack.info["aws_endpoint_url"] + "/_rowcall/iam", timeout=10).json()
+    assert decisions["denied"] == []
+    assert "s3:PutObject" in decisions["allowed"]["fn-WebhookFunction"]
 
 
 def test_submit_wait_exits_non_zero_when_the_batch_fails(stack: LocalStack, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from rowcall_local.aws_clients import AwsEndpoint
@@ -71,6 +72,7 @@ def world(aws: AwsEndpoint) -> dict[str, Any]:
         (["sqs:SendMessage", "sqs:GetQueueUrl"], made["own_queue_arn"]),
         (["sns:Publish"], made["own_topic"]),
         (["ssm:GetParameter"], "arn:aws:ssm:us-east-1:123456789012:parameter/rowcall/own"),
+        (["s3:PutObject"], "arn:aws:s3:::own-presign-bucket/uploads/*"),
     ]
     role = iam.create_role(RoleName="fn-role", AssumeRolePolicyDocument=json.dumps(TRUST))["Role"]
     policy = {
@@ -153,6 +155,25 @@ def test_sns_and_ssm_are_scoped_to_the_topic_and_parameter(aws: AwsEndpoint, wor
     assert denied(lambda: sns.publish(TopicArn=world["other_topic"], Message="done"))
     assert ssm.get_parameter(Name="/rowcall/own", WithDecryption=True)["Parameter"]["Value"] == "s3cr3t"
     assert denied(lambda: ssm.get_parameter(Name="/rowcall/other", WithDecryption=True))
+
+
+def test_a_presigned_put_is_authorized_as_the_role_that_signed_it(
+    aws: AwsEndpoint, world: dict[str, Any]
+) -> None:
+    """S3 authorizes a presigned request as its signer: POST /uploads needs PutObject on uploads/*."""
+    admin(aws, "s3").create_bucket(Bucket="own-presign-bucket")
+    s3 = world["session"].client("s3", endpoint_url=aws.url, config=Config(signature_version="s3v4"))
+
+    def put(key: str) -> httpx.Response:
+        params = {"Bucket": "own-presign-bucket", "Key": key, "ContentType": "text/csv"}
+        url = s3.generate_presigned_url("put_object", Params=params, ExpiresIn=60)
+        return httpx.put(url, content=b"a\n1\n", headers={"Content-Type": "text/csv"}, timeout=10)
+
+    assert put("uploads/a.csv").status_code == 200
+    refused = put("results/a.csv")
+    assert (refused.status_code, "<Code>AccessDenied</Code>" in refused.text) == (403, True)
+    listed = admin(aws, "s3").list_objects_v2(Bucket="own-presign-bucket")["Contents"]
+    assert [o["Key"] for o in listed] == ["uploads/a.csv"]
 
 
 def test_the_runtimes_own_key_is_not_checked_and_decisions_are_counted(
