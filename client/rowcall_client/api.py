@@ -24,9 +24,8 @@ class ApiError(Exception):
     def __str__(self) -> str:
         where = f"{self.status} {self.code}" if self.status else self.code
         # A field's problem is often the message itself (`input_types: unknown type ...`): not twice.
-        detail = "".join(
-            f"; {name}: {problem}" for name, problem in self.fields.items() if str(problem) not in self.message
-        )
+        fields = self.fields.items()
+        detail = "".join(f"; {k}: {problem}" for k, problem in fields if str(problem) not in self.message)
         return " ".join(f"{where}: {self.message}{detail}".split())
 
 
