@@ -7,6 +7,7 @@ running, network); 2 bad arguments; 3 `submit --wait` saw the batch end other th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -432,6 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except (ApiError, TargetError, CliError) as exc:
         err.print(f"rowcall: {exc}")
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # `rowcall results ID | head`: the reader left; Python's docs' way to exit without a complaint.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
     except (BotoCoreError, ClientError, OSError) as exc:
         err.print(f"rowcall: {type(exc).__name__}: {exc}")
