@@ -44,6 +44,11 @@ app = typer.Typer(
 )
 
 
+BatchId = Annotated[str, typer.Argument(metavar="ID", help="a batch id (rowcall list shows them)")]
+AsJson = Annotated[bool, typer.Option("--json", help="print the API's JSON as it is")]
+Cursor = Annotated[str | None, typer.Option("--cursor", help="next_cursor of a previous page")]
+
+
 class CliError(Exception):
     """A refusal of the command line itself, reported as one line like every other error."""
 
@@ -221,8 +226,8 @@ def _progress(batch: dict[str, Any]) -> str:
 def list_batches(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option("--limit", min=1, max=100, help="batches per page")] = 20,
-    cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of a previous page")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="the API's JSON page")] = False,
+    cursor: Cursor = None,
+    as_json: AsJson = False,
 ) -> None:
     """Batches, newest first."""
     with _options(ctx).api() as api:
@@ -245,15 +250,14 @@ def list_batches(
             batch.get("created_at"),
         )
     _show(table)
-    if page.get("next_cursor"):
-        err.print(f"more: rowcall list --cursor {page['next_cursor']}")
+    _more(page, "rowcall list")
 
 
 @app.command()
 def status(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(metavar="ID")],
-    as_json: Annotated[bool, typer.Option("--json", help="the API's JSON")] = False,
+    batch_id: BatchId,
+    as_json: AsJson = False,
 ) -> None:
     """One batch."""
     with _options(ctx).api() as api:
@@ -273,13 +277,13 @@ def status(
 @app.command()
 def rows(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(metavar="ID")],
+    batch_id: BatchId,
     status: Annotated[
         str | None, typer.Option("--status", help="pending | running | completed | failed")
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, max=100, help="rows per page")] = None,
-    cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of a previous page")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="the API's JSON page")] = False,
+    cursor: Cursor = None,
+    as_json: AsJson = False,
 ) -> None:
     """A batch's rows, in file order."""
     with _options(ctx).api() as api:
@@ -309,10 +313,10 @@ def rows(
 @app.command()
 def errors(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(metavar="ID")],
+    batch_id: BatchId,
     limit: Annotated[int | None, typer.Option("--limit", min=1, max=100, help="errors per page")] = None,
-    cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of a previous page")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="the API's JSON page")] = False,
+    cursor: Cursor = None,
+    as_json: AsJson = False,
 ) -> None:
     """A batch's CSV validation errors (rows skipped)."""
     with _options(ctx).api() as api:
@@ -335,7 +339,7 @@ def _more(page: dict[str, Any], command: str) -> None:
 @app.command()
 def results(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(metavar="ID")],
+    batch_id: BatchId,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write here (default stdout)")] = None,
 ) -> None:
     """Download the batch's results.csv."""
@@ -378,11 +382,11 @@ def _act(
 @app.command()
 def reprocess(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(metavar="ID")],
+    batch_id: BatchId,
     row_ids: Annotated[
         str | None, typer.Option("--rows", help="R1,R2: these rows (default: every failed row)")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="the API's JSON")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Run rows again: the named ones, or every failed row."""
     chosen = None if row_ids is None else [r.strip() for r in row_ids.split(",") if r.strip()]
@@ -394,8 +398,8 @@ def reprocess(
 @app.command()
 def cancel(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(metavar="ID")],
-    as_json: Annotated[bool, typer.Option("--json", help="the API's JSON")] = False,
+    batch_id: BatchId,
+    as_json: AsJson = False,
 ) -> None:
     """Cancel a batch: in-flight rows finish, nothing new starts."""
     _act(ctx, batch_id, as_json, "cancel")
@@ -404,8 +408,8 @@ def cancel(
 @app.command()
 def resume(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(metavar="ID")],
-    as_json: Annotated[bool, typer.Option("--json", help="the API's JSON")] = False,
+    batch_id: BatchId,
+    as_json: AsJson = False,
 ) -> None:
     """Resume a paused batch."""
     _act(ctx, batch_id, as_json, "resume")
