@@ -13,15 +13,16 @@ from pydantic import ValidationError
 
 from rowcall.api import ApiError, not_found, page_limit
 from rowcall.batch_actions import BatchNotFound, WrongState
-from rowcall.compose import batch_actions, batch_queries, callback_intake, uploads
+from rowcall.compose import batch_actions, batch_queries, callback_intake
 from rowcall.flora_signature import SIGNATURE_HEADER
 from rowcall.models import RunWebhook
-from rowcall.uploads import parse_request
+from rowcall.upload_route import router as upload_router
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 app = APIGatewayHttpResolver()
+app.include_router(upload_router)
 # A FLORA envelope is well under 1 KB; anything far larger is refused before it is parsed.
 MAX_CALLBACK_BYTES = 64 * 1024
 
@@ -86,18 +87,6 @@ def resume_batch(batch_id: str) -> Response[Any]:
     metrics.add_metric(name="BatchesResumed", unit=MetricUnit.Count, value=1)
     body = batch_queries().view(batch)
     return Response(status_code=202, content_type="application/json", body=json.dumps(body))
-
-
-@app.post("/uploads")
-def create_upload() -> dict[str, Any]:
-    event = app.current_event
-    try:
-        body = json.loads(_raw_body(event.body, bool(event.is_base64_encoded)) or b"null")
-    except ValueError:
-        raise ApiError(400, "invalid_body", "the body is not JSON") from None
-    grant = uploads().grant(parse_request(body))
-    metrics.add_metric(name="UploadsGranted", unit=MetricUnit.Count, value=1)
-    return grant.model_dump()
 
 
 def error_response(error: ApiError) -> Response[Any]:
