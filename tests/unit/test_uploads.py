@@ -207,6 +207,27 @@ def test_a_malformed_request_is_400_with_its_fields(body: Any, field: str) -> No
     assert field in raised.value.fields
 
 
+def test_the_metadata_may_be_written_as_in_section_3_under_its_own_names() -> None:
+    as_text = {
+        "technique-id": "tech-2",
+        "key-column": "id",
+        "input-columns": "photo;caption",
+        "input_types": "photo=imageUrl",
+        "static-inputs": json.dumps(FULL["static_inputs"], separators=(",", ":")),
+        "on-done-url": "http://127.0.0.1:8080/done",
+        "batch-name": "spring photos",
+    }
+    assert grant(**as_text).headers == grant(**FULL).headers
+
+
+def test_a_field_that_takes_a_list_or_text_is_refused_once() -> None:
+    with pytest.raises(ApiError) as raised:
+        parse_request({"filename": "a.csv", "size_bytes": 1, "input-types": 5})
+    assert raised.value.fields == {
+        "input_types": "Input should be a valid dictionary, or Input should be a valid string"
+    }
+
+
 @pytest.mark.parametrize(
     ("filename", "key"),
     [

@@ -40,44 +40,57 @@ _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]*$")
 
 
 class UploadRequest(BaseModel):
-    """The body of POST /uploads. The optional fields are contract §3's metadata, in JSON form:
-    `input_columns` a list, `input_types` an object column -> type, `static_inputs` a list of
-    `{id, type, value}`; `batch_name` defaults to the filename."""
+    """The body of POST /uploads: `filename`, `size_bytes`, and contract §3's metadata, each optional.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Each metadata field is also accepted under its §3 name (`technique-id`...). `input_columns`,
+    `input_types` and `static_inputs` take JSON (a list, an object column -> type, a list of
+    `{id, type, value}`) or §3's own text (`col1;col2`, `col=imageUrl;col2=text`, the JSON list as
+    a string). `batch_name` defaults to the filename."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, loc_by_alias=False)
 
     filename: str = Field(min_length=1, max_length=1024)
     size_bytes: StrictInt = Field(gt=0)
-    technique_id: str | None = Field(default=None, min_length=1)
-    key_column: str | None = Field(default=None, min_length=1)
-    input_columns: list[str] | None = Field(default=None, min_length=1)
-    input_types: dict[str, str] | None = None
-    static_inputs: list[dict[str, Any]] | None = None
-    on_done_url: str | None = Field(default=None, min_length=1)
-    batch_name: str | None = Field(default=None, min_length=1)
+    technique_id: str | None = Field(default=None, min_length=1, alias="technique-id")
+    key_column: str | None = Field(default=None, min_length=1, alias="key-column")
+    input_columns: list[str] | str | None = Field(default=None, min_length=1, alias="input-columns")
+    input_types: dict[str, str] | str | None = Field(default=None, alias="input-types")
+    static_inputs: list[dict[str, Any]] | str | None = Field(default=None, alias="static-inputs")
+    on_done_url: str | None = Field(default=None, min_length=1, alias="on-done-url")
+    batch_name: str | None = Field(default=None, min_length=1, alias="batch-name")
 
     def metadata(self) -> dict[str, str]:
         """Contract §3's metadata keys (without `x-amz-meta-`), in the syntax ingest reads."""
-        for column in self.input_columns or []:
-            if ";" in column:
-                raise _refused("input_columns", f"{column!r}: a column name with ';' cannot be listed")
-        for column, kind in (self.input_types or {}).items():
-            if ";" in column or "=" in column or ";" in kind:
-                raise _refused("input_types", f"{column!r}: a column name with ';' or '=' cannot be typed")
         raw = {
             "technique-id": self.technique_id,
             "key-column": self.key_column,
-            "input-columns": ";".join(self.input_columns) if self.input_columns else None,
-            "input-types": ";".join(f"{c}={t}" for c, t in self.input_types.items())
-            if self.input_types
-            else None,
-            "static-inputs": json.dumps(self.static_inputs, separators=(",", ":"))
-            if self.static_inputs is not None
-            else None,
+            "input-columns": _listed_columns(self.input_columns),
+            "input-types": _listed_types(self.input_types),
+            "static-inputs": self.static_inputs
+            if isinstance(self.static_inputs, str) or self.static_inputs is None
+            else json.dumps(self.static_inputs, separators=(",", ":")),
             "on-done-url": self.on_done_url,
             "batch-name": self.batch_name or _default_name(self.filename),
         }
         return {k: v for k, v in raw.items() if v is not None}
+
+
+def _listed_columns(columns: list[str] | str | None) -> str | None:
+    if columns is None or isinstance(columns, str):
+        return columns
+    for column in columns:
+        if ";" in column:
+            raise _refused("input_columns", f"{column!r}: a column name with ';' cannot be listed")
+    return ";".join(columns)
+
+
+def _listed_types(types: dict[str, str] | str | None) -> str | None:
+    if types is None or isinstance(types, str):
+        return types
+    for column, kind in types.items():
+        if ";" in column or "=" in column or ";" in kind:
+            raise _refused("input_types", f"{column!r}: a column name with ';' or '=' cannot be typed")
+    return ";".join(f"{c}={t}" for c, t in types.items()) or None
 
 
 def _default_name(filename: str) -> str | None:
@@ -107,7 +120,11 @@ def parse_request(body: Any) -> UploadRequest:
     try:
         return UploadRequest.model_validate(body)
     except ValidationError as exc:
-        fields = {".".join(str(p) for p in e["loc"]) or "body": e["msg"] for e in exc.errors()}
+        # By field, not by pydantic's path: a field that takes a list or a string fails as both.
+        fields: dict[str, str] = {}
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "body"
+            fields[field] = f"{fields[field]}, or {error['msg']}" if field in fields else error["msg"]
         raise ApiError(400, "invalid_body", "the upload request is not valid", fields) from None
 
 
