@@ -35,6 +35,7 @@ REPROCESS_ROUTE_LANDED = False  # POST /batches/{id}/reprocess
 ROWS_ROUTES_LANDED = False  # GET /batches/{id}/rows and /row-errors
 COUNTS = ("completed_count", "failed_count", "pending_count", "total_count", "rows_skipped")
 UI_START_S = 30
+SCREENSHOT_ROWS = 300
 PAGE_TIMEOUT_MS = 60_000
 
 
@@ -134,6 +135,18 @@ def _expect_counts(page: Page, batch: dict[str, Any]) -> None:
     expect(card.locator('[role="progressbar"]')).to_have_attribute("aria-valuenow", str(finished))
 
 
+def _screenshot(page: Page, stack: LocalStack, path: Path) -> None:
+    """The README's picture: the two batches above and one caught running."""
+    many = "".join(f"L{n},prompt {n}\n" for n in range(SCREENSHOT_ROWS))
+    running = _upload(stack, "uploads/ui-catalogue.csv", f"sku,prompt\n{many}")
+    bar = page.locator(f'li.batch[data-batch-id="{running}"] [role="progressbar"]')
+    expect(bar).not_to_have_attribute("aria-valuenow", "0")
+    page.set_viewport_size({"width": 1100, "height": 300})  # the full page is as tall as its content
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": 1100, "height": 720})
+    stack.wait_terminal(running, timeout_s=120)  # nothing of it runs on into what follows
+
+
 def test_the_page_follows_batches_to_their_end_and_acts_on_them(page: Page, stack: LocalStack) -> None:
     rows = "".join(f"K{n},prompt {n}\n" for n in range(ROWS))
     first = _upload(stack, "uploads/ui-prices.csv", f"sku,prompt\n{rows}K-bad,one,too many\n")
@@ -163,7 +176,7 @@ def test_the_page_follows_batches_to_their_end_and_acts_on_them(page: Page, stac
     assert download.value.suggested_filename == f"{first}-results.csv"
 
     if os.environ.get("ROWCALL_SCREENSHOT"):
-        page.screenshot(path=os.environ["ROWCALL_SCREENSHOT"], full_page=True)
+        _screenshot(page, stack, Path(os.environ["ROWCALL_SCREENSHOT"]))
 
     card.locator("button.action[data-action=details]").click()
     assert _route_exists(stack, "GET", "/batches/{batch_id}/rows") == ROWS_ROUTES_LANDED, (

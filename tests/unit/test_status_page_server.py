@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import io
+import json
 import re
+import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from rowcall_client.api import ApiError
+from rowcall_client.cli import main
 from rowcall_client.ui.server import HOST, TOKEN_HEADER, ResultFile, ResultMissing, StatusServer
 
 BATCH = {
@@ -24,6 +28,13 @@ BATCH = {
     "pending_count": 0,
     "rows_skipped": 0,
     "results": {"csv_key": "results/b_1/results.csv", "errors_key": "results/b_1/row-errors.csv"},
+}
+STACK_JSON = {
+    "aws_endpoint_url": "http://127.0.0.1:1",
+    "region": "us-east-1",
+    "bucket": "b",
+    "api_url": "http://127.0.0.1:1",
+    "api_token": "t",
 }
 
 
@@ -249,3 +260,16 @@ def test_results_download_with_the_page_token(server: StatusServer, api: FakeApi
         # Only the two result files of a batch: no key or path of the browser's choosing.
         other = browser.get(server.url + "download/b_1/template.yaml", params={"token": server.token})
         assert other.status_code == 404
+
+
+def test_rowcall_ui_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--state-dir", str(tmp_path), "ui", "--port", "0"]) == 1
+    assert "no local stack is running" in capsys.readouterr().err
+    (tmp_path / "stack.json").write_text(json.dumps(STACK_JSON))
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--state-dir", str(tmp_path), "ui", "--port", str(port)]) == 1
+    error = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}" in error and "Traceback" not in error
