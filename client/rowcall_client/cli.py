@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.table import Table
 
+from rowcall_client import ui as status_page
 from rowcall_client.api import ApiError, RowcallApi
 from rowcall_client.progress import counts, watch
 from rowcall_client.submit import find_batch, upload
@@ -415,8 +416,22 @@ def resume(
     _act(ctx, batch_id, as_json, "resume")
 
 
-# `rowcall ui [--port P]` (the status page) is registered here by its own module, as
-# `app.command("ui")(...)`, reusing Options.target() for the stack it shows.
+# -- the status page (rowcall_client.ui) -----------------------------------------------------------
+
+
+@app.command()
+def ui(
+    ctx: typer.Context,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="port on 127.0.0.1 (0: any free one)")
+    ] = status_page.DEFAULT_PORT,
+) -> None:
+    """Serve the stack's status page on 127.0.0.1 until Ctrl-C."""
+    target = _options(ctx).target()
+    try:
+        status_page.serve(target, port, lambda url: print(f"rowcall ui: {url}", flush=True))
+    except OSError as exc:
+        raise CliError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
