@@ -64,8 +64,9 @@ def _contract_errors_only(doc: dict[str, Any]) -> None:
 
 
 def _callback_body(doc: dict[str, Any]) -> None:
-    """The callback reads its body raw (the signature covers the exact bytes), so the envelope
-    model it then parses is added here, with the signature header."""
+    """The callback reads its token and its body itself (a bad token is a 401 before anything is
+    parsed; the signature covers the body's exact bytes), so the envelope model it parses, the
+    token and the signature header are documented here."""
     body = RunWebhook.model_json_schema(ref_template=_REF + "{model}")
     doc["components"]["schemas"].update(body.pop("$defs", {}))
     doc["components"]["schemas"]["RunWebhook"] = body
@@ -74,14 +75,23 @@ def _callback_body(doc: dict[str, Any]) -> None:
         "required": True,
         "content": {"application/json": {"schema": {"$ref": _REF + "RunWebhook"}}},
     }
-    operation.setdefault("parameters", []).append(
-        {
-            "name": SIGNATURE_HEADER,
-            "in": "header",
-            "required": False,
-            "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '{t}.{raw body}'>",
-            "schema": {"type": "string"},
-        }
+    operation.setdefault("parameters", []).extend(
+        [
+            {
+                "name": "token",
+                "in": "query",
+                "required": False,
+                "description": "the callback URL's own token (a missing or wrong one is 401)",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": SIGNATURE_HEADER,
+                "in": "header",
+                "required": False,
+                "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '{t}.{raw body}'>",
+                "schema": {"type": "string"},
+            },
+        ]
     )
 
 
