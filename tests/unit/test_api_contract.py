@@ -12,9 +12,8 @@ import pytest
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.openapi.params import Body
 from openapi_spec_validator import validate
-from pydantic import ValidationError
 
-from rowcall.api_models import ReprocessRequest, UploadRequest
+from rowcall.api_models import ReprocessRequest
 from rowcall.routes import build_app
 from rowcall.routes.errors import MAX_BODY_BYTES, body_too_large
 from rowcall.routes.openapi import document, render
@@ -159,24 +158,6 @@ def test_request_bodies_are_validated_by_the_layer_models_into_400s() -> None:
         app, http_event("POST", "/probe/reprocess", body="row_ids=1", headers={"content-type": "text/plain"})
     )
     assert status == 400 and body["error"]["code"] == "invalid_body"
-
-
-def test_upload_requests_carry_valid_section_3_metadata_only() -> None:
-    request = UploadRequest.model_validate(
-        {"filename": "a.csv", "size_bytes": 10, "key-column": "id", "input_types": "photo=imageUrl"}
-    )
-    assert request.metadata() == {"key-column": "id", "input-types": "photo=imageUrl"}
-    for bad in (
-        {"filename": "a.csv", "size_bytes": 0},
-        {"filename": "dir/a.csv", "size_bytes": 1},
-        {"filename": "a.csv", "size_bytes": 1, "input-types": "photo=picture"},
-        {"filename": "a.csv", "size_bytes": 1, "static-inputs": "{}"},
-        {"filename": "a.csv", "size_bytes": 1, "batch-name": "caf\u00e9"},
-        {"filename": "a.csv", "size_bytes": 1, "batch-name": "x" * 3000},
-        {"filename": "a.csv", "size_bytes": 1, "colour": "red"},
-    ):
-        with pytest.raises(ValidationError):
-            UploadRequest.model_validate(bad)
 
 
 def test_a_management_body_over_the_limit_is_413_before_it_is_read() -> None:

@@ -1,13 +1,13 @@
 """What the management API takes and answers (contract §4): the models the routes are typed with,
-so request validation, response serialization and the OpenAPI document all come from here."""
+so request validation, response serialization and the OpenAPI document all come from here.
+(POST /uploads has its own, `rowcall.uploads.UploadRequest` / `UploadGrant`.)"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from rowcall.metadata import InvalidMetadata, spec_from_metadata
 from rowcall.models import BatchStatus, RowError, RowStatus
 
 MAX_PAGE = 100
@@ -15,8 +15,6 @@ DEFAULT_PAGE = 20
 # A reprocess names at most this many rows per request (a larger selection is several requests,
 # or "all failed" by leaving row_ids out).
 MAX_ROW_IDS = 10_000
-# S3 user metadata: ASCII, at most 2 KB for all keys and values together (contract §3).
-MAX_METADATA_BYTES = 2048
 
 
 class ErrorDetail(BaseModel):
@@ -109,44 +107,3 @@ class ReprocessRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     row_ids: list[str] | None = Field(default=None, min_length=1, max_length=MAX_ROW_IDS)
-
-
-class UploadRequest(BaseModel):
-    """`POST /uploads`: the file to be put, and the §3 metadata carried with it (each field also
-    accepted under its metadata name, e.g. `technique-id`)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    filename: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\\x00-\x1f]+$")
-    size_bytes: int = Field(gt=0)
-    technique_id: str | None = Field(default=None, alias="technique-id")
-    key_column: str | None = Field(default=None, alias="key-column")
-    input_columns: str | None = Field(default=None, alias="input-columns", description="col1;col2")
-    input_types: str | None = Field(default=None, alias="input-types", description="col=imageUrl;c2=text")
-    static_inputs: str | None = Field(default=None, alias="static-inputs", description="a JSON list")
-    on_done_url: str | None = Field(default=None, alias="on-done-url")
-    batch_name: str | None = Field(default=None, alias="batch-name")
-
-    def metadata(self) -> dict[str, str]:
-        """The S3 user metadata (without the `x-amz-meta-` prefix) the upload must carry."""
-        named = self.model_dump(by_alias=True, exclude={"filename", "size_bytes"}, exclude_none=True)
-        return {key: str(value) for key, value in named.items()}
-
-    @model_validator(mode="after")
-    def _valid_metadata(self) -> UploadRequest:
-        metadata = self.metadata()
-        if not all(f"{k}{v}".isascii() for k, v in metadata.items()):
-            raise ValueError("metadata must be ASCII (S3 user metadata)")
-        if sum(len(k) + len(v) for k, v in metadata.items()) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata is at most {MAX_METADATA_BYTES} bytes in all")
-        try:
-            spec_from_metadata(metadata, key=self.filename, default_technique_id="default")
-        except InvalidMetadata as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
-
-class UploadTicket(BaseModel):
-    upload_url: str
-    key: str
-    expires_at: str
