@@ -75,6 +75,9 @@ def test_a_faulty_batch_runs_with_each_function_on_its_own_role(enforced: LocalS
         with enforced.api as api:
             assert api.get(f"/batches/{batch['batch_id']}").json()["batch_id"] == batch["batch_id"]
             assert api.get("/batches", params={"limit": 5}).status_code == 200
+            # The rows route reads the uploaded file's chunks (a pending row's key is only there).
+            rows = api.get(f"/batches/{batch['batch_id']}/rows", params={"limit": 100})
+            assert rows.status_code == 200 and len(rows.json()["items"]) == 100
         results = enforced.s3.get_object(Bucket=enforced.info["bucket"], Key=done["results"]["csv_key"])
         assert len(list(csv.DictReader(io.StringIO(results["Body"].read().decode())))) == ROWS
         assert enforced.provider_stats()["callbacks_sent"] > ROWS  # duplicates were delivered

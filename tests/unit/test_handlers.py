@@ -221,7 +221,9 @@ def test_list_limit_out_of_range_is_400(webhook: ModuleType) -> None:
     }
     response = webhook.lambda_handler(listing, Context())
     assert response["statusCode"] == 400
-    assert json.loads(response["body"])["error"]["fields"] == {"limit": "1000"}
+    error = json.loads(response["body"])["error"]
+    assert error["code"] == "invalid_parameter"
+    assert error["fields"] == {"limit": "Input should be less than or equal to 100"}
 
 
 def _post_upload(webhook: ModuleType, body: str) -> tuple[int, dict[str, Any]]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from rowcall.api_models import RowErrorPage, RowPage
 from rowcall.ledger import Ledger
-from rowcall.models import BatchState, BatchStatus, utcnow
+from rowcall.models import BatchState, BatchStatus, RowStatus, utcnow
+from rowcall.page_cursor import InvalidCursor, decode_cursor, encode_cursor
+from rowcall.row_listing import RowListing
 from rowcall.views import batch_view
-
-MAX_PAGE = 100
-DEFAULT_PAGE = 20
 
 
 class ApiError(Exception):
@@ -27,14 +27,6 @@ class ApiError(Exception):
         if self.fields:
             error["fields"] = self.fields
         return {"error": error}
-
-
-def page_limit(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return DEFAULT_PAGE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise ApiError(400, "invalid_parameter", "limit must be a whole number from 1 to 100", {"limit": raw})
-    return int(raw)
 
 
 def not_found(batch_id: str) -> ApiError:
@@ -60,7 +52,41 @@ class BatchQueries:
         try:
             batches, next_cursor = self._ledger.batches.list(limit, cursor)
         except ValueError:
-            raise ApiError(
-                400, "invalid_cursor", "cursor is not one this API returned", {"cursor": "invalid"}
-            ) from None
+            raise invalid_cursor() from None
         return {"items": [self.view(b) for b in batches], "next_cursor": next_cursor}
+
+
+def invalid_cursor() -> ApiError:
+    return ApiError(400, "invalid_cursor", "cursor is not one this API returned", {"cursor": "invalid"})
+
+
+class RowQueries:
+    """A batch's rows (file order, derived status) and its row errors (line order)."""
+
+    def __init__(self, ledger: Ledger, listing: RowListing) -> None:
+        self._ledger = ledger
+        self._listing = listing
+
+    def _batch(self, batch_id: str) -> BatchState:
+        batch = self._ledger.batches.get(batch_id)
+        if batch is None:
+            raise not_found(batch_id)
+        return batch
+
+    def rows(self, batch_id: str, *, status: RowStatus | None, limit: int, cursor: str | None) -> RowPage:
+        batch = self._batch(batch_id)
+        try:
+            items, next_cursor = self._listing.page(batch, status=status, limit=limit, cursor=cursor)
+        except InvalidCursor:
+            raise invalid_cursor() from None
+        return RowPage(items=items, next_cursor=next_cursor)
+
+    def row_errors(self, batch_id: str, *, limit: int, cursor: str | None) -> RowErrorPage:
+        self._batch(batch_id)
+        try:
+            after_line = decode_cursor("row-errors", cursor, 1)[0] if cursor else 0
+        except InvalidCursor:
+            raise invalid_cursor() from None
+        errors, more = self._ledger.row_errors.page(batch_id, after_line=after_line, limit=limit)
+        next_cursor = encode_cursor("row-errors", errors[-1].line) if more and errors else None
+        return RowErrorPage(items=errors, next_cursor=next_cursor)

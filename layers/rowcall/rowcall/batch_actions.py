@@ -27,13 +27,14 @@ class BatchActions:
         """paused -> running, and every chunk with rows not yet started goes back on the queue
         (workers skip the rows already started, so nothing is created twice). Resuming twice:
         the second finds the batch running and is refused."""
-        resumed = self._ledger.batches.resume(batch_id)
+        counters = self._ledger.chunks.counters(batch_id)
+        resumed = self._ledger.batches.resume(batch_id, finished=sum(c.finished for c in counters))
         if resumed is None:
             batch = self._ledger.batches.get(batch_id)
             if batch is None:
                 raise BatchNotFound(batch_id)
             raise WrongState(batch, BatchStatus.PAUSED)
-        open_chunks = {c.index for c in self._ledger.chunks.counters(batch_id) if not c.settled}
+        open_chunks = {c.index for c in counters if not c.settled}
         plan = [c for c in self._ledger.batches.chunk_plan(batch_id) if c.index in open_chunks]
         for start in range(0, len(plan), SEND_BATCH_LIMIT):
             group = plan[start : start + SEND_BATCH_LIMIT]

@@ -10,7 +10,7 @@ import boto3
 from aws_lambda_powertools.utilities import parameters
 from botocore.config import Config
 
-from rowcall.api import BatchQueries
+from rowcall.api import BatchQueries, RowQueries
 from rowcall.batch_actions import BatchActions
 from rowcall.callbacks import CallbackIntake
 from rowcall.finishing import BatchFinisher
@@ -22,6 +22,7 @@ from rowcall.outbound import DestinationPolicy, webhook_client
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySchedule
+from rowcall.row_listing import RowListing
 from rowcall.runs import RunStarter
 from rowcall.safety_net import SafetyNet, SafetyNetTimes
 from rowcall.settings import (
@@ -179,6 +180,12 @@ def outcome_recorder() -> OutcomeRecorder:
 @cache
 def batch_queries() -> BatchQueries:
     return BatchQueries(_ledger(WebhookSettings.from_env().table_name))
+
+
+@cache
+def row_queries() -> RowQueries:
+    ledger = _ledger(WebhookSettings.from_env().table_name)
+    return RowQueries(ledger, RowListing(ledger, _s3()))
 
 
 @cache

@@ -277,6 +277,10 @@ class BatchState(BaseModel):
     created_at: str
     updated_at: str
     running_at: str | None = None
+    # The completion rate is measured from here: since it last started running (first run,
+    # resume, reprocess), with `rate_base` rows already finished at that moment.
+    rate_since: str | None = None
+    rate_base: int = 0
     finished_at: str | None = None
     finish_seq: int = 0
     notification: Notification = Field(default_factory=Notification)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from rowcall.models import SourceObject
@@ -27,7 +27,7 @@ def head_source(s3: S3Client, source: SourceObject) -> HeadObjectOutputTypeDef:
 
 def read_source(
     s3: S3Client, source: SourceObject, *, start: int = 0, end: int | None = None
-) -> Iterator[bytes]:
+) -> Generator[bytes]:
     """The object's bytes from `start` up to (not including) `end`, streamed."""
     address = _addressed(source)
     if start or end is not None:

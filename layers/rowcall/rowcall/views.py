@@ -41,9 +41,14 @@ def batch_view(batch: BatchState, counters: list[ChunkCounter], now: datetime) -
 
 
 def _estimate(batch: BatchState, finished: int, pending: int | None, now: datetime) -> str | None:
-    if batch.status is not BatchStatus.RUNNING or not pending or not finished or batch.running_at is None:
+    """Now plus the pending rows at the rate rows have finished since the batch last started
+    running. Null while it is not running (paused: nothing finishes until it is resumed), when
+    nothing is pending, and when no row has finished since (no rate observed yet)."""
+    since = batch.rate_since or batch.running_at
+    if batch.status is not BatchStatus.RUNNING or not pending or since is None:
         return None
-    elapsed = (now - _parse(batch.running_at)).total_seconds()
-    if elapsed <= 0:
+    finished_since = finished - (batch.rate_base if batch.rate_since else 0)
+    elapsed = (now - _parse(since)).total_seconds()
+    if finished_since <= 0 or elapsed <= 0:
         return None
-    return iso(now + timedelta(seconds=pending * elapsed / finished))
+    return iso(now + timedelta(seconds=pending * elapsed / finished_since))

@@ -205,13 +205,20 @@ class BatchLedger:
         )
         return paused is not None
 
-    def resume(self, batch_id: str) -> BatchState | None:
-        """paused -> running; None when it was not paused."""
+    def resume(self, batch_id: str, *, finished: int = 0) -> BatchState | None:
+        """paused -> running; None when it was not paused. `finished` (rows finished so far)
+        restarts the completion rate, so the time spent paused does not slow the estimate."""
         return self._transition(
             batch_id,
-            "SET #status = :running, #updated_at = :now REMOVE #reason, #reason_message",
+            "SET #status = :running, #updated_at = :now, #rate_since = :now, #rate_base = :finished "
+            "REMOVE #reason, #reason_message",
             "#status = :paused",
-            {":running": BatchStatus.RUNNING.value, ":paused": BatchStatus.PAUSED.value, ":now": self._now()},
+            {
+                ":running": BatchStatus.RUNNING.value,
+                ":paused": BatchStatus.PAUSED.value,
+                ":now": self._now(),
+                ":finished": finished,
+            },
         )
 
     def finish_if_done(self, batch_id: str) -> DoneMessage | None:

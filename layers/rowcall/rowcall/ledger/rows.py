@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from rowcall.ledger.keys import row_key, rows_pk
+from rowcall.ledger.keys import row_key, row_sk, rows_pk
 from rowcall.ledger.table import Table
 from rowcall.models import RowOutcome, RowState, RowStatus, iso, utcnow
 
@@ -103,6 +103,14 @@ class RowLedger:
     def rows_of_chunk(self, batch_id: str, chunk: int) -> Iterator[RowState]:
         for stored in self._table.prefixed(rows_pk(batch_id, chunk), "ROW#"):
             yield _row_state(stored)
+
+    def rows_between(self, batch_id: str, chunk: int, first: int, last: int) -> dict[int, RowState]:
+        """The stored rows of records first..last of a chunk: one query (two past 1 MB)."""
+        found = self._table.query_all(
+            "pk = :pk AND sk BETWEEN :first AND :last",
+            {":pk": rows_pk(batch_id, chunk), ":first": row_sk(first), ":last": row_sk(last)},
+        )
+        return {row.record: row for row in map(_row_state, found)}
 
     def record_starts(self, batch_id: str, chunk: int, started: Sequence[StartedRun], page_id: str) -> None:
         """One item per page of started runs, so a chunk's starts cost a few write units, not one

@@ -1,0 +1,72 @@
+"""`POST /callbacks/{batch_id}/{row_id}`: a run's webhook (contract §5). No authorizer at the
+gateway: the URL's token is checked before anything else is read, then the body's size, then
+FLORA's signature over the raw body, then the envelope (architecture.md, data flow 3)."""
+
+import base64
+
+from aws_lambda_powertools import Metrics, Tracer
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import ValidationError
+
+from rowcall.api import ApiError
+from rowcall.api_models import Accepted
+from rowcall.compose import callback_intake
+from rowcall.flora_signature import SIGNATURE_HEADER
+from rowcall.models import RunWebhook
+from rowcall.routes.errors import error_responses
+
+router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ unannotated
+metrics = Metrics()
+tracer = Tracer()
+# A FLORA envelope is well under 1 KB; anything far larger is refused before it is parsed.
+MAX_CALLBACK_BYTES = 64 * 1024
+ROUTE = "/callbacks/<batch_id>/<row_id>"
+
+
+@router.post(
+    ROUTE,
+    summary="A run's webhook (FLORA envelope, signed with Flora-Signature)",
+    tags=["callbacks"],
+    # Not behind the gateway's authorizer: the token and the signature are the credentials.
+    security=[{}],
+    responses={200: {"description": "Accepted (also for a repeat)"}, **error_responses(400, 401, 404, 413)},
+)
+@tracer.capture_method
+def run_callback(batch_id: str, row_id: str) -> Accepted:
+    event = router.current_event
+    intake = callback_intake()
+    # Read here, not declared for validation: whatever is wrong with it is a 401, checked first.
+    attempt = intake.attempt_of(batch_id, row_id, event.get_query_string_value("token"))
+    if attempt is None:
+        raise _rejected(401, "invalid_token", "callback token is missing or does not match this row")
+    raw = _raw_body(event.body, bool(event.is_base64_encoded))
+    if len(raw) > MAX_CALLBACK_BYTES:
+        raise _rejected(413, "payload_too_large", f"a run webhook is at most {MAX_CALLBACK_BYTES} bytes")
+    if not intake.signed_by_provider(event.get_header_value(SIGNATURE_HEADER, case_sensitive=False), raw):
+        raise _rejected(401, "invalid_signature", "Flora-Signature is missing, stale or does not match")
+    try:
+        webhook = RunWebhook.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _rejected(400, "invalid_body", "callback body is not a run webhook", _fields(exc)) from None
+    if not intake.knows_batch(batch_id):
+        raise _rejected(404, "batch_not_found", f"no batch {batch_id!r}")
+    intake.accept(batch_id, row_id, attempt, webhook)
+    metrics.add_metric(name="CallbacksAccepted", unit=MetricUnit.Count, value=1)
+    return Accepted(accepted=True)
+
+
+def _rejected(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> ApiError:
+    metrics.add_metric(name="CallbacksRejected", unit=MetricUnit.Count, value=1)
+    return ApiError(status, code, message, fields)
+
+
+def _raw_body(body: str | None, base64_encoded: bool) -> bytes:
+    """The bytes FLORA signed: the signature covers the body exactly as sent."""
+    if body is None:
+        return b""
+    return base64.b64decode(body) if base64_encoded else body.encode()
+
+
+def _fields(exc: ValidationError) -> dict[str, str]:
+    return {".".join(str(p) for p in e["loc"]) or "body": e["msg"] for e in exc.errors()}
