@@ -80,6 +80,15 @@ def _row_item(batch_id: str, chunk: int, record: int, shape: Shape) -> dict[str,
     return stored
 
 
+def _project(stored: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What a Query's ProjectionExpression (plain names or `#name` placeholders) leaves of an item."""
+    if "ProjectionExpression" not in kwargs:
+        return stored
+    names = kwargs.get("ExpressionAttributeNames", {})
+    wanted = {names.get(n.strip(), n.strip()) for n in kwargs["ProjectionExpression"].split(",")}
+    return {k: v for k, v in stored.items() if k in wanted}
+
+
 @dataclass
 class RowPages:
     """The DynamoDB client's `query`, for the row and row-error partitions of one synthetic batch."""
@@ -118,8 +127,8 @@ class RowPages:
             if record % self.shape.pending_every == 0 or row_sk(record) <= after:
                 continue
             stored = _row_item(self.batch_id, chunk, record, self.shape)
-            page.append(stored)
-            size += self._size(stored)
+            page.append(_project(stored, kwargs))
+            size += self._size(stored)  # a page is cut at 1 MB of items read, before projection
             if size >= QUERY_PAGE_BYTES:
                 self.items += len(page)
                 return {

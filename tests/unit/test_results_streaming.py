@@ -44,8 +44,10 @@ def wide_batch(aws: Aws, rows: int, cell_bytes: int) -> str:
     for message in chunk_messages(aws):
         plan = message.chunk
         for record in range(plan.first_record, plan.first_record + plan.rows):
+            outcome = RowOutcome(status=RowStatus.COMPLETED, run_id=f"run_{record}", outputs=[{"v": record}])
+            if record % 5 == 0:
+                outcome = RowOutcome(status=RowStatus.FAILED, error_code="refused", error_message="=no")
             if record % 3:  # every third row stays pending
-                outcome = RowOutcome(status=RowStatus.COMPLETED, run_id=f"run_{record}", outputs=[])
                 aws.ledger.rows.finish(batch.batch_id, plan.index, record, outcome, attempt=1)
     return batch.batch_id
 
@@ -67,7 +69,9 @@ def test_results_go_up_in_parts_of_at_least_5_mib_and_equal_the_rendering(aws: A
     assert len(parts) >= 3 and all(p >= MIN_PART_BYTES for p in parts[:-1]) and parts[-1] > 0
     assert sum(parts) == stored["ContentLength"]
     rows = list(csv.reader(io.StringIO(rendered.getvalue(), newline="")))
-    assert rows[8][1].startswith("'=x") and rows[2][2:4] == ["completed", "run_2"] and rows[3][2] == "pending"
+    assert rows[8][1].startswith("'=x") and rows[3][2] == "pending"
+    assert rows[2][2:] == ["completed", "run_2", '[{"v":2}]', "", ""]
+    assert rows[10][2:] == ["failed", "", "", "refused", "'=no"]
 
     errors = io.StringIO(newline="")
     write_errors_csv(aws.ledger.row_errors.of_batch(batch_id), errors)

@@ -39,7 +39,7 @@ def errors_key(batch_id: str) -> str:
 def _rows_in_file_order(ledger: Ledger, batch: BatchState) -> Iterator[RowState]:
     """One query page of one chunk's rows in memory at a time (row keys sort in file order)."""
     for chunk in range(batch.chunk_count or 0):
-        yield from ledger.rows.rows_of_chunk(batch.batch_id, chunk)
+        yield from ledger.rows.outcomes_of_chunk(batch.batch_id, chunk)
 
 
 def _outcome_cells(row: RowState | None) -> list[str]:
