@@ -282,6 +282,9 @@ def report(
             f"{S3_REQUEST_RTT_S * 1000:.0f} ms/request; timeout {LAMBDA_TIMEOUT_S} s",
         ),
     ]
+    if m["traced_peak_mb"] is not None:
+        table[-1] = ("on Lambda (estimate)", "(run without --tracemalloc: it slows Python several times)", "")
+        figures["lambda_estimate_s"] = figures["lambda_network_estimate_s"] = None
     width = max(len(r[0]) for r in table)
     for name, value, note in table:
         print(f"{name:<{width}}  {value}" + (f"   ({note})" if note else ""))
