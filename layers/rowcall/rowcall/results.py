@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
-import tempfile
 from collections.abc import Iterable, Iterator
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from rowcall.csvsplit import scan_records, split_lines, validate_width
 from rowcall.ledger import Ledger
 from rowcall.models import BatchState, RowError, RowState
 from rowcall.source import read_source
+from rowcall.streaming_upload import StreamingUpload
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
     from mypy_boto3_s3 import S3Client
 
 OUTCOME_COLUMNS = ["status", "run_id", "outputs", "error_code", "error_message"]
 ERROR_COLUMNS = ["line", "code", "message"]
 # Cells a spreadsheet would evaluate; prefixing a quote makes them text (OWASP CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-SPOOL_BYTES = 32 * 1024 * 1024
+CONTENT_TYPE = "text/csv; charset=utf-8"
 
 
 def escape_cell(value: str) -> str:
@@ -37,8 +37,9 @@ def errors_key(batch_id: str) -> str:
 
 
 def _rows_in_file_order(ledger: Ledger, batch: BatchState) -> Iterator[RowState]:
+    """One query page of one chunk's rows in memory at a time (row keys sort in file order)."""
     for chunk in range(batch.chunk_count or 0):
-        yield from ledger.rows.rows_of_chunk(batch.batch_id, chunk)
+        yield from ledger.rows.outcomes_of_chunk(batch.batch_id, chunk)
 
 
 def _outcome_cells(row: RowState | None) -> list[str]:
@@ -48,7 +49,7 @@ def _outcome_cells(row: RowState | None) -> list[str]:
     return [row.status.value, row.run_id or "", outputs, row.error_code or "", row.error_message or ""]
 
 
-def write_results_csv(s3: S3Client, ledger: Ledger, batch: BatchState, out: IO[str]) -> int:
+def write_results_csv(s3: S3Client, ledger: Ledger, batch: BatchState, out: SupportsWrite[str]) -> int:
     """Merges the source file (read again, streamed) with the ledger's rows, both in file order."""
     header = batch.header or []
     writer = csv.writer(out, lineterminator="\r\n")
@@ -72,7 +73,7 @@ def write_results_csv(s3: S3Client, ledger: Ledger, batch: BatchState, out: IO[s
     return written
 
 
-def write_errors_csv(errors: Iterable[RowError], out: IO[str]) -> None:
+def write_errors_csv(errors: Iterable[RowError], out: SupportsWrite[str]) -> None:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(ERROR_COLUMNS)
     for error in errors:
@@ -80,19 +81,12 @@ def write_errors_csv(errors: Iterable[RowError], out: IO[str]) -> None:
 
 
 def upload_results(s3: S3Client, ledger: Ledger, batch: BatchState) -> tuple[str, str]:
-    """Spooled to memory, then disk past 32 MiB; upload_fileobj goes multipart for large files."""
+    """Both files streamed to S3 as they are rendered: memory holds one part and one page of
+    rows whatever the batch's size, and nothing is written to /tmp."""
     csv_key, err_key = results_key(batch.batch_id), errors_key(batch.batch_id)
-    for key, fill in (
-        (csv_key, lambda f: write_results_csv(s3, ledger, batch, f)),
-        (err_key, lambda f: write_errors_csv(ledger.row_errors.of_batch(batch.batch_id), f)),
-    ):
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b") as spool:
-            text = io.TextIOWrapper(spool, encoding="utf-8", newline="")
-            fill(text)
-            text.flush()
-            text.detach()
-            spool.seek(0)
-            s3.upload_fileobj(
-                spool, batch.source.bucket, key, ExtraArgs={"ContentType": "text/csv; charset=utf-8"}
-            )
+    bucket = batch.source.bucket
+    with StreamingUpload(s3, bucket, csv_key, content_type=CONTENT_TYPE) as out:
+        write_results_csv(s3, ledger, batch, out)
+    with StreamingUpload(s3, bucket, err_key, content_type=CONTENT_TYPE) as out:
+        write_errors_csv(ledger.row_errors.of_batch(batch.batch_id), out)
     return csv_key, err_key

@@ -17,6 +17,10 @@ from rowcall.ledger.keys import row_key, row_sk, rows_pk
 from rowcall.ledger.table import Table
 from rowcall.models import RowOutcome, RowState, RowStatus, iso, utcnow
 
+# What results.csv shows of a row. botocore's parsing of every attribute of every row is most of
+# the notifier's CPU on a large batch (bench/results_scale.py); the rest of the item is not read.
+_OUTCOME_ATTRIBUTES = "#sk, #status, #run_id, #outputs, #error_code, #error_message"
+
 # Keeps a failed row's item under 1 KB (one write unit) whatever the provider says.
 MAX_ERROR_MESSAGE = 500
 
@@ -111,6 +115,12 @@ class RowLedger:
             {":pk": rows_pk(batch_id, chunk), ":first": row_sk(first), ":last": row_sk(last)},
         )
         return {row.record: row for row in map(_row_state, found)}
+
+    def outcomes_of_chunk(self, batch_id: str, chunk: int) -> Iterator[RowState]:
+        """The chunk's rows in file order with their outcomes only (no key, line, attempt or times)."""
+        for stored in self._table.prefixed(rows_pk(batch_id, chunk), "ROW#", projection=_OUTCOME_ATTRIBUTES):
+            record = int(stored["sk"].removeprefix("ROW#"))
+            yield RowState.model_validate(stored | {"batch_id": batch_id, "chunk": chunk, "record": record})
 
     def record_starts(self, batch_id: str, chunk: int, started: Sequence[StartedRun], page_id: str) -> None:
         """One item per page of started runs, so a chunk's starts cost a few write units, not one

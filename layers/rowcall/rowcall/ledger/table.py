@@ -208,10 +208,14 @@ class Table:
         forward: bool = True,
         limit: int | None = None,
         start: Mapping[str, Any] | None = None,
+        projection: str | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        """One page: its items and the key to go on from (None at the end)."""
+        """One page: its items (only the `projection`'s attributes when given) and the key to go
+        on from (None at the end)."""
         kwargs: dict[str, Any] = {"KeyConditionExpression": key_condition, "ScanIndexForward": forward}
-        kwargs |= expression_arguments(key_condition, values=values)
+        kwargs |= expression_arguments(key_condition, projection, values=values)
+        if projection:
+            kwargs["ProjectionExpression"] = projection
         if index:
             kwargs["IndexName"] = index
         else:
@@ -224,15 +228,22 @@ class Table:
         return [plain(i) for i in got.get("Items", [])], got.get("LastEvaluatedKey")
 
     def query_all(
-        self, key_condition: str, values: Mapping[str, Any], *, index: str | None = None
+        self,
+        key_condition: str,
+        values: Mapping[str, Any],
+        *,
+        index: str | None = None,
+        projection: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         start: dict[str, Any] | None = None
         while True:
-            items, start = self.query(key_condition, values, index=index, start=start)
+            items, start = self.query(key_condition, values, index=index, start=start, projection=projection)
             yield from items
             if start is None:
                 return
 
-    def prefixed(self, pk: str, sk_prefix: str) -> Iterator[dict[str, Any]]:
+    def prefixed(self, pk: str, sk_prefix: str, *, projection: str | None = None) -> Iterator[dict[str, Any]]:
         """Every item of a partition whose sort key starts with the prefix, in key order."""
-        return self.query_all("pk = :pk AND begins_with(sk, :prefix)", {":pk": pk, ":prefix": sk_prefix})
+        return self.query_all(
+            "pk = :pk AND begins_with(sk, :prefix)", {":pk": pk, ":prefix": sk_prefix}, projection=projection
+        )
