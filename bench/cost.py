@@ -13,7 +13,14 @@ What is counted, in this one run (from the upload to the on-done received):
   polling is a standing cost (cost_model.Standing).
 - HTTP API: one request per invocation of a function behind it (callbacks; the bench makes no API
   call while measuring: it waits for the on-done at its own webhook receiver).
+- The safety net: its invocations during the run are in the run's usage; its schedule (every
+  minute, busy or not) is a standing cost, priced from one sweep measured after the run, with
+  nothing left open (cost_model.Standing).
 The bench's own upload (one PutObject) is counted: a user makes it too.
+
+Durations are measured on this machine against moto, so every AWS call a handler makes takes
+local-moto time (milliseconds to tens of milliseconds on a loaded 2-core machine): the Lambda line
+is an upper bound of what the same handlers bill on AWS.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from bench import cost_model
 from bench.throughput import make_csv
 from rowcall_local import capacity_meter
 from rowcall_local.provider_emulator import ProviderFaults
-from rowcall_local.stack import LocalStack, StackOptions
+from rowcall_local.schedule_source import scheduled_event
+from rowcall_local.stack import ACCOUNT_ID, LocalStack, StackOptions
 from rowcall_local.webhook_receiver import WebhookReceiver
 
 _SCOPE = re.compile(r"Credential=([^/,\s]+)/\d+/[^/]+/([^/]+)/aws4_request")
@@ -147,11 +155,28 @@ def measure(rows: int = 5000) -> dict[str, Any]:
             capacity = httpx.get(f"{moto}{capacity_meter.CONTROL_PATH}?requesters=functions").json()
             recording = httpx.get(f"{moto}/moto-api/recorder/download-recording", timeout=120).text
             provider = httpx.get(info["provider_url"] + "/_stats").json()
+            # One safety-net sweep with nothing left to do: what each of its scheduled runs costs
+            # while no batch is open (the invocations during the run stay in the run's usage).
+            schedule_functions = {t.function_id for t in wiring.schedule_triggers}
+            runtime.reset_usage()
+            for fid in schedule_functions:
+                runtime.invoke(
+                    fid,
+                    scheduled_event(
+                        f"arn:aws:events:us-east-1:{ACCOUNT_ID}:rule/bench", "us-east-1", ACCOUNT_ID
+                    ),
+                )
+            idle = runtime.usage()
             batch_sizes = {t.queue_url: t.batch_size for t in wiring.sqs_triggers}
             api_functions = {f.logical_id for f in wiring.functions.values() if "HttpApi" in f.event_types}
-            schedule_functions = {t.function_id for t in wiring.schedule_triggers}
     finally:
         hook.close()
+    sweeps = [idle[f] for f in schedule_functions if idle[f]["invocations"]]
+    safety_net = (
+        cost_model.FunctionUse(sweeps[0]["invocations"], sweeps[0]["billed_ms"], sweeps[0]["memory_mb"])
+        if sweeps
+        else cost_model.FunctionUse(1, 100, 512)
+    )
     return price(
         rows,
         seconds,
@@ -160,7 +185,7 @@ def measure(rows: int = 5000) -> dict[str, Any]:
         count_requests(recording),
         batch_sizes,
         api_functions,
-        schedule_functions,
+        safety_net.per_invocation(),
         provider,
     )
 
@@ -173,7 +198,7 @@ def price(
     requests: AwsRequests,
     batch_sizes: dict[str, int],
     api_functions: set[str],
-    schedule_functions: set[str],
+    safety_net: cost_model.FunctionUse,
     provider: dict[str, int],
 ) -> dict[str, Any]:
     functions = {
@@ -185,9 +210,6 @@ def price(
     for queue, sent in requests.sent_messages.items():
         kind = "fifo" if queue.endswith(".fifo") else "standard"
         modelled[kind] += math.ceil(sent / batch_sizes.get(queue, 10))
-    # The safety net's invocations in the run are its schedule, which is a standing cost: priced there.
-    scheduled = [functions.pop(fid) for fid in schedule_functions if fid in functions]
-    safety_net = scheduled[0].per_invocation() if scheduled else cost_model.FunctionUse(1, 100, 512)
     measured = cost_model.Usage(
         rows=rows,
         functions=functions,

@@ -15,7 +15,9 @@ peak RSS (getrusage's ru_maxrss, read right after the ingest) is that ingest's a
    `scan_records`, the width check and chunk planning (`Ingestor._plan`) - and nothing else.
 3. csv.reader: bare `csv.reader` over the same file decoded as UTF-8, counting rows.
 
-`ingest_ratio_vs_csv_reader` is (2) rows/s over (3) rows/s for the 1 GiB file.
+`ingest_ratio_vs_csv_reader` is (2) rows/s over (3) rows/s: (2) and (3) alternated three times
+over the 100 MB file, the best of each kept (once each over the 1 GiB file, reported beside it).
+Peak RSS is the subprocess's VmHWM (Linux), read right after the handler's ingest.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 GIB = 1024**3
 ROWS_1GIB = 500_000
 SIZES = {"100mb": 100 * 1000 * 1000, "1gib": GIB}
+REPEATS = {"100mb": 3, "1gib": 1}  # passes of each parser, alternated, the best kept
 WRITE_BLOCK_ROWS = 2000
 LAMBDA_LIMIT_S = 900
 
@@ -57,6 +60,22 @@ def write_csv(path: Path, size: int, row_bytes: int) -> int:
     return rows
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS since its exec (VmHWM). Not getrusage's ru_maxrss: Linux carries
+    that over exec from the forked copy of the parent, whose pages count until the exec."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn: Any) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 def _child(args: dict[str, Any]) -> dict[str, Any]:
     """In the subprocess: the handler's ingest, then the two parsers over the local file."""
     os.environ.update(args["env"])
@@ -67,7 +86,7 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     batch = ingestor().ingest(ObjectCreated(bucket=args["bucket"], key=args["key"]))
     handler_s = time.perf_counter() - started
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss_mb = _peak_rss_mb()
     assert batch is not None and batch.total_count == args["rows"], batch
 
     def file_chunks() -> Any:
@@ -75,19 +94,23 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
             while block := f.read(1024 * 1024):
                 yield block
 
-    started = time.perf_counter()
-    records = scan_records(split_lines(file_chunks()), first_number=0)
-    header = next(records).fields
-    assert header is not None
-    scan = ingestor()._plan("b_parse_only", header, records)
-    parse_s = time.perf_counter() - started
-    assert sum(c.rows for c in scan.chunks) == args["rows"]
+    def parse() -> None:
+        records = scan_records(split_lines(file_chunks()), first_number=0)
+        header = next(records).fields
+        assert header is not None
+        scan = ingestor()._plan("b_parse_only", header, records)
+        assert sum(c.rows for c in scan.chunks) == args["rows"]
 
-    started = time.perf_counter()
-    with open(args["path"], encoding="utf-8", newline="") as f:
-        counted = sum(1 for _ in csv.reader(f)) - 1
-    csv_s = time.perf_counter() - started
-    assert counted == args["rows"]
+    def bare() -> None:
+        with open(args["path"], encoding="utf-8", newline="") as f:
+            assert sum(1 for _ in csv.reader(f)) - 1 == args["rows"]
+
+    # Alternated and the best of each kept: on a shared machine a burst of other work lands on
+    # one pass or another, and the ratio is the code's, not the neighbours'.
+    parse_s = csv_s = float("inf")
+    for _ in range(args["repeats"]):
+        parse_s = min(parse_s, _timed(parse))
+        csv_s = min(csv_s, _timed(bare))
     return {"handler_s": handler_s, "parse_s": parse_s, "csv_reader_s": csv_s, "peak_rss_mb": peak_rss_mb}
 
 
@@ -142,7 +165,14 @@ def measure(rows_1gib: int = ROWS_1GIB) -> dict[str, float]:
                 s3.upload_file(
                     str(path), "data", key, Config=TransferConfig(multipart_chunksize=16 * 1024**2)
                 )
-                args = {"env": env, "bucket": "data", "key": key, "path": str(path), "rows": rows}
+                args = {
+                    "env": env,
+                    "bucket": "data",
+                    "key": key,
+                    "path": str(path),
+                    "rows": rows,
+                    "repeats": REPEATS[name],
+                }
                 child = subprocess.run(
                     [sys.executable, __file__, "--child", json.dumps(args)],
                     capture_output=True,
@@ -166,9 +196,13 @@ def measure(rows_1gib: int = ROWS_1GIB) -> dict[str, float]:
                 path.unlink()
         finally:
             moto.stop()
-    results["ingest_ratio_vs_csv_reader"] = (
-        results["ingest_parse_rows_per_s_1gib"] / results["ingest_csv_reader_rows_per_s_1gib"]
-    )
+    for name in SIZES:
+        results[f"ingest_ratio_vs_csv_reader_{name}"] = (
+            results[f"ingest_parse_rows_per_s_{name}"] / results[f"ingest_csv_reader_rows_per_s_{name}"]
+        )
+    # The goal's figure: the best of three alternated passes over the 100 MB file (the 1 GiB
+    # file's single pass is beside it, noisier on a shared machine).
+    results["ingest_ratio_vs_csv_reader"] = results["ingest_ratio_vs_csv_reader_100mb"]
     results["ingest_1gib_share_of_lambda_limit"] = results["ingest_handler_s_1gib"] / LAMBDA_LIMIT_S
     return results
 
