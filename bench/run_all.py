@@ -204,9 +204,10 @@ def _e2e() -> dict[str, Any]:
     except ModuleNotFoundError:
         return _e2e_stand_in()
     got = dict(e2e.measure(20000))
-    if "on_done_latency_ms_p95" in got:
-        got["e2e_on_done_latency_ms_p95"] = got.pop("on_done_latency_ms_p95")
-    return got
+    # Its own three keys as they are; anything else it reports under an e2e_ name, so that it
+    # cannot overwrite another piece's figure of the same name (its on-done latency among them).
+    own = ("e2e_rows_per_s", "moto_ops_per_s", "aws_ops_per_row")
+    return {k if k in own or k.startswith("e2e_") else f"e2e_{k}": v for k, v in got.items()}
 
 
 def _e2e_stand_in(rows: int = 1000) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -121,3 +123,29 @@ def test_alternatives_per_million_rows_by_hand() -> None:
     assert items["worker_lambda"] == pytest.approx(12.5001 + 0.05, rel=1e-4)
     assert items["handoff_sqs"] == pytest.approx(0.3)
     assert polling.provider_polls_per_row() == 15
+
+
+def test_the_e2e_piece_keeps_its_own_keys_and_renames_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []
+
+    def measure(rows: int) -> dict[str, float]:
+        asked.append(rows)
+        return {
+            "e2e_rows_per_s": 120.0,
+            "moto_ops_per_s": 900.0,
+            "aws_ops_per_row": 7.5,
+            "on_done_latency_ms_p95": 300.0,
+        }
+
+    # Stands in for the perf branch's module: the aggregator imports it by name.
+    monkeypatch.setitem(sys.modules, "bench.e2e_throughput", SimpleNamespace(measure=measure))
+
+    got = run_all.PIECES["e2e"]()
+
+    assert asked == [20000]
+    assert got == {
+        "e2e_rows_per_s": 120.0,
+        "moto_ops_per_s": 900.0,
+        "aws_ops_per_row": 7.5,
+        "e2e_on_done_latency_ms_p95": 300.0,
+    }
