@@ -67,9 +67,9 @@ e2e: $(BIN)/rowcall
 test: lint
 	$(BIN)/pytest tests -q -n 3 --dist loadfile
 
+# Every benchmark, ~15 min on this 2-core machine: bench/results.json and a table of figures and goals.
 bench: $(BIN)/rowcall
-	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/hot_items.py
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .rowcall .mypy_cache .ruff_cache .pytest_cache

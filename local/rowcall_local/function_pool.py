@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -50,6 +51,31 @@ class InvocationError:
         )
 
 
+class DurationMeter:
+    """Invocations of one function and their billed duration, as Lambda bills them: each
+    handler's duration rounded up to the next millisecond. An instance that died or timed out
+    is billed up to the function's timeout (what Lambda bills for a timeout)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.invocations = 0
+        self.billed_ms = 0
+
+    def add(self, duration_ms: float) -> None:
+        with self._lock:
+            self.invocations += 1
+            self.billed_ms += max(1, math.ceil(duration_ms))
+
+    def reset(self) -> None:
+        with self._lock:
+            self.invocations = 0
+            self.billed_ms = 0
+
+    def read(self) -> tuple[int, int]:
+        with self._lock:
+            return self.invocations, self.billed_ms
+
+
 @dataclass(frozen=True)
 class Invocation:
     """What one invocation returned: a JSON payload, or an error."""
@@ -89,8 +115,9 @@ class _Instance:
                 error.message,
             )
 
-    def invoke(self, request_id: str, event: Any) -> tuple[str, Any]:
-        """Send one event; returns ("ok", payload) or ("error", Lambda error payload).
+    def invoke(self, request_id: str, event: Any) -> tuple[str, Any, float]:
+        """Send one event; returns ("ok", payload) or ("error", Lambda error payload), and the
+        handler's duration in ms.
 
         Raises InstanceLost when the instance died or timed out; it must be replaced then.
         """
@@ -98,8 +125,8 @@ class _Instance:
             self._conn.send((request_id, event))
             answered = self._conn.poll(self.spec.timeout_s + _KILL_GRACE_S)
             if answered:
-                status, payload = self._conn.recv()
-                return status, payload
+                status, payload, duration_ms = self._conn.recv()
+                return status, payload, duration_ms
         except (EOFError, OSError) as exc:
             self.kill()
             raise InstanceLost(
@@ -145,6 +172,7 @@ class FunctionPool:
         self._all: set[_Instance] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self.meter = DurationMeter()
 
     def start(self) -> None:
         """Spawn the instances; `wait_ready` then waits for their init."""
@@ -170,9 +198,11 @@ class FunctionPool:
                 self.spec.function_id,
                 crash.interval,
             )
+        started = time.monotonic()
         try:
-            status, payload = instance.invoke(request_id, event)
+            status, payload, duration_ms = instance.invoke(request_id, event)
         except InstanceLost as lost:
+            self.meter.add(min((time.monotonic() - started) * 1000, self.spec.timeout_s * 1000))
             self._replace(instance)
             if crash is not None:
                 crash.cancel()
@@ -180,6 +210,7 @@ class FunctionPool:
             return Invocation(self.spec.function_id, request_id, error=error)
         if crash is not None:
             crash.cancel()
+        self.meter.add(duration_ms)
         self._idle.put(instance)
         if status == "ok":
             return Invocation(self.spec.function_id, request_id, payload=payload)
@@ -258,6 +289,22 @@ class FunctionRuntime:
                 result.error.traceback.rstrip(),
             )
         return result
+
+    def usage(self) -> dict[str, dict[str, int]]:
+        """Per function: invocations, billed milliseconds and memory size, since the last reset."""
+        usage = {}
+        for function_id, pool in self.pools.items():
+            invocations, billed_ms = pool.meter.read()
+            usage[function_id] = {
+                "invocations": invocations,
+                "billed_ms": billed_ms,
+                "memory_mb": pool.spec.memory_mb,
+            }
+        return usage
+
+    def reset_usage(self) -> None:
+        for pool in self.pools.values():
+            pool.meter.reset()
 
     def stop(self, timeout_s: float = 3.0) -> None:
         deadline = time.monotonic() + timeout_s

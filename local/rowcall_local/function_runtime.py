@@ -109,7 +109,7 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
                 handler = _load_handler(spec)
             except Exception as exc:
                 traceback.print_exc()
-                conn.send(("error", error_payload(exc)))
+                conn.send(("error", error_payload(exc), 0.0))
                 continue
         print(f"START RequestId: {request_id} Version: $LATEST", flush=True)
         started = time.monotonic()
@@ -122,4 +122,6 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
         duration_ms = (time.monotonic() - started) * 1000
         print(f"END RequestId: {request_id}", flush=True)
         print(f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms", flush=True)
-        conn.send(reply)
+        # The handler's own duration travels back with its reply: Lambda bills this, not the
+        # time the event spent in the pipe or waiting for an idle instance.
+        conn.send((*reply, duration_ms))

@@ -446,6 +446,15 @@ class _Provider:
         with self._lock:
             return dict(self._stats)
 
+    def finished_runs(self) -> list[tuple[str | None, int]]:
+        """(callback URL, completed_at in unix ms) of every finished run."""
+        with self._lock:
+            return [
+                (r.callback_url, r.run.completed_at)
+                for r in self._by_seq
+                if r.run.terminal and r.run.completed_at is not None
+            ]
+
     def stop(self) -> None:
         self._stopping.set()
 
@@ -923,6 +932,10 @@ class ProviderEmulator:
 
     def stats(self) -> dict[str, int]:
         return self._provider.stats()
+
+    def finished_runs(self) -> list[tuple[str | None, int]]:
+        """(callback URL, completed_at in unix ms) of every finished run: when each run ended."""
+        return self._provider.finished_runs()
 
     def __enter__(self) -> ProviderEmulator:
         self.start()

@@ -440,6 +440,14 @@ def test_an_invocation_past_its_timeout_is_killed_and_the_instance_replaced(tmp_
         assert timed_out.error is not None and timed_out.error.type == "Sandbox.Timedout"
         answered = runtime.invoke("Slow", {"sleep": 0})
         assert answered.ok and 0 < answered.payload["remaining_ms"] <= 1000
+        # Billed as Lambda bills: the timed-out one up to its timeout, the other at least 1 ms.
+        usage = runtime.usage()["Slow"]
+        assert usage["invocations"] == 2 and usage["memory_mb"] == 128
+        assert 1001 <= usage["billed_ms"] < 1500
+        runtime.reset_usage()
+        assert runtime.invoke("Slow", {"sleep": 0.2}).ok
+        usage = runtime.usage()["Slow"]
+        assert usage["invocations"] == 1 and 200 <= usage["billed_ms"] < 1000
     finally:
         runtime.stop()
 

@@ -192,6 +192,8 @@ def test_a_run_is_created_pending_then_a_signed_envelope_says_it_completed(
     done = http.get(poll_url, headers=AUTH).json()
     assert done["status"] == "completed" and done["progress"] == 100
     assert run["created_at"] <= done["started_at"] <= done["completed_at"] <= event["created_at"]
+    # What the benchmarks time the last callback from.
+    assert emulator.finished_runs() == [(receiver.url, done["completed_at"])]
     assert done["outputs"] == [
         {
             "output_id": "output_0",

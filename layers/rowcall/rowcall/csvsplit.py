@@ -9,7 +9,6 @@ row lives here, never in only one of them.
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -20,11 +19,6 @@ MAX_FIELD_BYTES = 8 * 1024 * 1024
 csv.field_size_limit(MAX_FIELD_BYTES)
 
 _BOM = "\ufeff"
-
-
-# A line ends at LF, CRLF or a lone CR (old Mac and some Excel exports): the same three that
-# csv.reader and text editors accept, so physical line numbers match what the user sees.
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class CsvEncodingError(ValueError):
@@ -51,19 +45,22 @@ class CsvRecord:
 
 
 def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Bytes in, lines out, each keeping its line end (a line may be the unterminated last one)."""
+    """Bytes in, lines out, each keeping its line end (a line may be the unterminated last one).
+
+    A line ends at LF, CRLF or a lone CR (old Mac and some Excel exports): the same three that
+    csv.reader and text editors accept, so physical line numbers match what the user sees.
+    """
     pending = b""
     for chunk in chunks:
         if not chunk:
             continue
-        data = pending + chunk if pending else chunk
-        start = 0
-        for end in _LINE_END.finditer(data):
-            if end.end() == len(data) and end.group() == b"\r":
-                break  # the LF of a CRLF may be in the next chunk: decide when it arrives
-            yield data[start : end.end()]
-            start = end.end()
-        pending = data[start:]
+        # bytes.splitlines breaks at exactly those three (str's knows more), in C: about five
+        # times faster than a regex over the chunk.
+        lines = (pending + chunk if pending else chunk).splitlines(keepends=True)
+        # A last line without LF is unfinished, or ends in a CR whose LF may be in the next
+        # chunk: decide when it arrives.
+        pending = b"" if lines[-1].endswith(b"\n") else lines.pop()
+        yield from lines
     if pending:
         yield pending
 

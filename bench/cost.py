@@ -1,0 +1,291 @@
+"""Cost per 1M rows: one batch through the local stack, every AWS request it caused counted and priced.
+
+    .venv/bin/python bench/cost.py [ROWS]        (default 5,000; part of `make bench`)
+
+What is counted, in this one run (from the upload to the on-done received):
+- Lambda: each function's invocations and handler durations, measured in its instance and billed
+  as Lambda bills them (rounded up to 1 ms) at the template's memory size (FunctionRuntime.usage).
+- DynamoDB: the units the capacity meter billed for the functions' requests (/_rowcall/capacity).
+- SQS, S3, SNS: moto's request recorder, every request the functions and the event sources made.
+  SQS requests are billed per 64 KB of request body. The local event sources long-poll for 1 s
+  where Lambda's pollers wait 20 s, so their receives are replaced by what Lambda would make
+  while rows flow - one receive per full batch of the messages sent to the queue - and idle
+  polling is a standing cost (cost_model.Standing).
+- HTTP API: one request per invocation of a function behind it (callbacks; the bench makes no API
+  call while measuring: it waits for the on-done at its own webhook receiver).
+- The safety net: its invocations during the run are in the run's usage; its schedule (every
+  minute, busy or not) is a standing cost, priced from one sweep measured after the run, with
+  nothing left open (cost_model.Standing).
+The bench's own upload (one PutObject) is counted: a user makes it too.
+
+Durations are measured on this machine against moto, so every AWS call a handler makes takes
+local-moto time (milliseconds to tens of milliseconds on a loaded 2-core machine): the Lambda line
+is an upper bound of what the same handlers bill on AWS.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import math
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import cost_model
+from bench.throughput import make_csv
+from rowcall_local import capacity_meter
+from rowcall_local.provider_emulator import ProviderFaults
+from rowcall_local.schedule_source import scheduled_event
+from rowcall_local.stack import ACCOUNT_ID, LocalStack, StackOptions
+from rowcall_local.webhook_receiver import WebhookReceiver
+
+_SCOPE = re.compile(r"Credential=([^/,\s]+)/\d+/[^/]+/([^/]+)/aws4_request")
+ESM_RECEIVE = "ReceiveMessage"
+
+
+@dataclass
+class AwsRequests:
+    """The recorder's requests, by service and action, with SQS billed per 64 KB and per queue kind."""
+
+    by_action: collections.Counter[str] = field(default_factory=collections.Counter)
+    sqs_billed: dict[str, float] = field(default_factory=lambda: {"standard": 0.0, "fifo": 0.0})
+    sent_messages: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Messages sent per queue URL (for the event sources' receives as Lambda would make them)."""
+    runtime_receives: int = 0
+    s3_write: int = 0
+    s3_read: int = 0
+    sns_publishes: int = 0
+
+
+def _body(request: dict[str, Any]) -> str:
+    body = request.get("body") or ""
+    try:
+        return base64.b64decode(body).decode(errors="replace") if body else ""
+    except ValueError:
+        return str(body)
+
+
+def _sqs_call(headers: dict[str, str], body: str) -> tuple[str, dict[str, Any]]:
+    target = headers.get("X-Amz-Target") or headers.get("x-amz-target") or ""
+    if target:  # the JSON protocol boto3 uses for SQS
+        return target.split(".")[-1], json.loads(body or "{}")
+    params = {k: v[-1] for k, v in parse_qs(body).items()}
+    return params.get("Action", "?"), params
+
+
+def count_requests(recording: str) -> AwsRequests:
+    counted = AwsRequests()
+    for line in recording.splitlines():
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        headers = request.get("headers") or {}
+        auth = headers.get("Authorization") or headers.get("authorization") or ""
+        scope = _SCOPE.search(auth)
+        if scope is None:
+            continue  # unsigned: moto's own control endpoints
+        key, service = scope.groups()
+        from_function = key.startswith(capacity_meter.FUNCTION_KEY_PREFIX)
+        body = _body(request)
+        if service == "sqs":
+            action, params = _sqs_call(headers, body)
+            counted.by_action[f"sqs {action}"] += 1
+            queue = str(params.get("QueueUrl", ""))
+            kind = "fifo" if queue.endswith(".fifo") else "standard"
+            if action == ESM_RECEIVE and not from_function:
+                counted.runtime_receives += 1
+                continue  # replaced by the modelled receives, below
+            if action in ("SendMessage", "SendMessageBatch"):
+                entries = params.get("Entries")
+                counted.sent_messages[queue] += len(entries) if isinstance(entries, list) else 1
+            counted.sqs_billed[kind] += cost_model.sqs_billed_requests(len(body.encode()))
+        elif service == "s3":
+            method = request.get("method", "GET")
+            counted.by_action[f"s3 {method}"] += 1
+            if method in ("PUT", "POST") or (method == "GET" and "list-type" in request.get("qs", "")):
+                counted.s3_write += 1
+            else:
+                counted.s3_read += 1
+        elif service == "sns":
+            counted.by_action["sns " + parse_qs(body).get("Action", ["?"])[-1]] += 1
+            if "Action=Publish" in body:
+                counted.sns_publishes += 1
+        else:
+            counted.by_action[service] += 1
+    return counted
+
+
+def measure(rows: int = 5000) -> dict[str, Any]:
+    state = Path(tempfile.mkdtemp(prefix="rowcall-cost-"))
+    options = StackOptions(state_dir=state, provider_faults=ProviderFaults(delay_ms=(20, 200)))
+    hook = WebhookReceiver()
+    try:
+        with LocalStack(options) as stack:
+            info, wiring, runtime = stack.info, stack.wiring, stack.runtime
+            assert wiring is not None and runtime is not None
+            moto = info["aws_endpoint_url"]
+            httpx.post(f"{moto}/moto-api/recorder/reset-recording").raise_for_status()
+            httpx.post(f"{moto}/moto-api/recorder/start-recording").raise_for_status()
+            httpx.post(f"{moto}{capacity_meter.RESET_PATH}").raise_for_status()
+            runtime.reset_usage()
+            started = time.monotonic()
+            stack.aws.s3().put_object(
+                Bucket=info["bucket"],
+                Key=f"uploads/cost-{rows}.csv",
+                Body=make_csv(rows),
+                Metadata={"key-column": "sku", "input-types": "reference=imageUrl", "on-done-url": hook.url},
+            )
+            hook.wait_for(lambda got: len(got) >= 1, timeout_s=max(600, rows / 5))
+            seconds = time.monotonic() - started
+            # The notifier may still be finishing its invocation: let the counts settle.
+            time.sleep(0.5)
+            usage = runtime.usage()
+            httpx.post(f"{moto}/moto-api/recorder/stop-recording").raise_for_status()
+            capacity = httpx.get(f"{moto}{capacity_meter.CONTROL_PATH}?requesters=functions").json()
+            recording = httpx.get(f"{moto}/moto-api/recorder/download-recording", timeout=120).text
+            provider = httpx.get(info["provider_url"] + "/_stats").json()
+            # One safety-net sweep with nothing left to do: what each of its scheduled runs costs
+            # while no batch is open (the invocations during the run stay in the run's usage).
+            schedule_functions = {t.function_id for t in wiring.schedule_triggers}
+            runtime.reset_usage()
+            for fid in schedule_functions:
+                runtime.invoke(
+                    fid,
+                    scheduled_event(
+                        f"arn:aws:events:us-east-1:{ACCOUNT_ID}:rule/bench", "us-east-1", ACCOUNT_ID
+                    ),
+                )
+            idle = runtime.usage()
+            batch_sizes = {t.queue_url: t.batch_size for t in wiring.sqs_triggers}
+            api_functions = {f.logical_id for f in wiring.functions.values() if "HttpApi" in f.event_types}
+    finally:
+        hook.close()
+    sweeps = [idle[f] for f in schedule_functions if idle[f]["invocations"]]
+    safety_net = (
+        cost_model.FunctionUse(sweeps[0]["invocations"], sweeps[0]["billed_ms"], sweeps[0]["memory_mb"])
+        if sweeps
+        else cost_model.FunctionUse(1, 100, 512)
+    )
+    return price(
+        rows,
+        seconds,
+        usage,
+        capacity,
+        count_requests(recording),
+        batch_sizes,
+        api_functions,
+        safety_net.per_invocation(),
+        provider,
+    )
+
+
+def price(
+    rows: int,
+    seconds: float,
+    usage: dict[str, dict[str, int]],
+    capacity: dict[str, Any],
+    requests: AwsRequests,
+    batch_sizes: dict[str, int],
+    api_functions: set[str],
+    safety_net: cost_model.FunctionUse,
+    provider: dict[str, int],
+) -> dict[str, Any]:
+    functions = {
+        fid: cost_model.FunctionUse(u["invocations"], u["billed_ms"], u["memory_mb"])
+        for fid, u in usage.items()
+    }
+    # The event sources' receives as Lambda's pollers make them while messages flow.
+    modelled = {"standard": 0.0, "fifo": 0.0}
+    for queue, sent in requests.sent_messages.items():
+        kind = "fifo" if queue.endswith(".fifo") else "standard"
+        modelled[kind] += math.ceil(sent / batch_sizes.get(queue, 10))
+    measured = cost_model.Usage(
+        rows=rows,
+        functions=functions,
+        dynamodb_write_units=capacity["write_units"],
+        dynamodb_read_units=capacity["read_units"],
+        sqs_standard_requests=requests.sqs_billed["standard"] + modelled["standard"],
+        sqs_fifo_requests=requests.sqs_billed["fifo"] + modelled["fifo"],
+        s3_write_requests=requests.s3_write,
+        s3_read_requests=requests.s3_read,
+        sns_publishes=requests.sns_publishes,
+        api_requests=sum(functions[f].invocations for f in api_functions if f in functions),
+    )
+    rowcall = cost_model.rowcall_per_million(measured, cost_model.Standing(safety_net=safety_net))
+    basis = row_basis(functions, rows, api_functions)
+    sfn = cost_model.per_million(cost_model.step_functions_per_row(basis))
+    durable = cost_model.per_million(cost_model.durable_per_row(basis))
+    polling = cost_model.per_million(cost_model.PollingWorker().per_row(basis))
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "cost_per_million_rows_usd": rowcall["total"],
+        "sfn_cost_per_million_rows_usd": sfn["total"],
+        "durable_cost_per_million_rows_usd": durable["total"],
+        "polling_lambda_cost_per_million_rows_usd": polling["total"],
+        "dynamodb_wru_per_row": capacity["write_units"] / rows,
+        "dynamodb_rru_per_row": capacity["read_units"] / rows,
+        "cost_run_provider_requests_per_row": (provider["creates"] + provider["gets"] + provider["lists"])
+        / rows,
+        "breakdown": {
+            "rowcall": rowcall,
+            "step_functions": sfn,
+            "durable": durable,
+            "polling_lambda": polling,
+        },
+        "lambda": {fid: vars(f) | {"gb_seconds": f.gb_seconds} for fid, f in functions.items()},
+        "safety_net_per_invocation": vars(safety_net),
+        "aws_requests": dict(requests.by_action),
+        "sqs_event_source_receives": {"local": requests.runtime_receives, "priced": modelled},
+    }
+
+
+def row_basis(
+    functions: dict[str, cost_model.FunctionUse], rows: int, api_functions: set[str]
+) -> cost_model.RowBasis:
+    """Per-row Lambda figures for the alternatives, from this run: the worker's time per row (it
+    creates the runs) and the webhook's time per callback."""
+    worker = functions.get("WorkerFunction", cost_model.FunctionUse(0, 0, 512))
+    create = cost_model.FunctionUse(1, max(1, math.ceil(worker.billed_ms / rows)), worker.memory_mb)
+    api = [functions[f] for f in api_functions if f in functions and functions[f].invocations]
+    relay = api[0].per_invocation() if api else cost_model.FunctionUse(1, 20, 512)
+    return cost_model.RowBasis(create_run=create, relay=relay)
+
+
+def report(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    print(f"cost run: {rows} rows in {result['seconds']:.0f} s")
+    for design, items in result["breakdown"].items():
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in items.items() if k != "total")
+        print(f"  {design:15s} ${items['total']:.2f} per 1M rows  ({parts})")
+    print(
+        f"  DynamoDB: {result['dynamodb_wru_per_row']:.3f} WRU/row,"
+        f" {result['dynamodb_rru_per_row']:.3f} RRU/row"
+    )
+    for fid, f in sorted(result["lambda"].items()):
+        print(
+            f"  {fid:24s} {f['invocations'] / rows:7.3f} invocations/row  {f['billed_ms'] / rows:8.2f} ms/row"
+            f"  at {f['memory_mb']} MB"
+        )
+    print(
+        "  AWS requests per row: "
+        + ", ".join(
+            f"{a} {n / rows:.3f}" for a, n in sorted(result["aws_requests"].items(), key=lambda kv: -kv[1])
+        )
+    )
+
+
+if __name__ == "__main__":
+    outcome = measure(int(sys.argv[1]) if len(sys.argv) > 1 else 5000)
+    report(outcome)

@@ -1,0 +1,151 @@
+"""The benchmark aggregator and the cost model: keys written, arithmetic right on a hand-computed case."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bench import cost_model, run_all
+from bench.cost_model import FunctionUse, RowBasis, Standing, Usage
+
+
+def test_aggregator_writes_every_key_and_judges_each_goal(tmp_path: Path) -> None:
+    # The measurements are stubbed: this checks the aggregator, not the figures.
+    figures = dict.fromkeys(run_all.REQUIRED_KEYS, 1.0)
+    figures |= {
+        "cost_per_million_rows_usd": 2.0,
+        "sfn_cost_per_million_rows_usd": 50.0,
+        "e2e_rows_per_s": 40.0,
+    }
+    half = len(run_all.REQUIRED_KEYS) // 2
+    first = {k: figures[k] for k in run_all.REQUIRED_KEYS[:half]}
+    second = {k: figures[k] for k in run_all.REQUIRED_KEYS[half:]}
+    out = tmp_path / "results.json"
+
+    results, failed = run_all.run({"a": lambda: first, "b": lambda: second}, out)
+
+    written = json.loads(out.read_text())
+    assert failed == []
+    assert written["missing_keys"] == []
+    for key in run_all.REQUIRED_KEYS:
+        assert isinstance(written[key], float), key
+    rendered = run_all.table(results)
+    assert "Step Functions design per 1M rows (USD)" in rendered
+    lines = {line.split("  ")[0].strip(): line for line in rendered.splitlines()}
+    assert lines["rowcall cost per 1M rows (USD)"].endswith("met")
+    assert lines["Step Functions design per 1M rows (USD)"].endswith("met")  # 50 >= 20 x 2
+    assert lines["end to end rows/s, 20,000 rows"].endswith("MISSED")  # 40 < 100
+
+
+def test_aggregator_reports_a_failed_piece_and_its_missing_keys(tmp_path: Path) -> None:
+    def broken() -> dict[str, float]:
+        raise RuntimeError("stack did not start")
+
+    out = tmp_path / "results.json"
+    results, failed = run_all.run({"ok": lambda: {"dynamodb_wru_per_row": 1.5}, "broken": broken}, out)
+
+    assert failed == ["broken"]
+    written = json.loads(out.read_text())
+    assert written["dynamodb_wru_per_row"] == 1.5
+    assert "cost_per_million_rows_usd" in written["missing_keys"]
+    assert "dynamodb_wru_per_row" not in written["missing_keys"]
+    assert "not measured" in run_all.table(results)
+
+
+def test_sqs_bills_one_request_per_64_kb() -> None:
+    assert cost_model.sqs_billed_requests(0) == 1
+    assert cost_model.sqs_billed_requests(64 * 1024) == 1
+    assert cost_model.sqs_billed_requests(64 * 1024 + 1) == 2
+    assert cost_model.sqs_billed_requests(256 * 1024) == 4
+
+
+def test_rowcall_cost_per_million_rows_by_hand() -> None:
+    usage = Usage(
+        rows=1000,
+        # 100 invocations, 2 s billed at 1 GB: 2 GB-s.
+        functions={"A": FunctionUse(invocations=100, billed_ms=2000, memory_mb=1024)},
+        dynamodb_write_units=2000,
+        dynamodb_read_units=500,
+        sqs_standard_requests=1000,
+        sqs_fifo_requests=1000,
+        s3_write_requests=10,
+        s3_read_requests=100,
+        sns_publishes=1,
+        api_requests=1000,
+    )
+    standing = Standing(safety_net=FunctionUse(invocations=1, billed_ms=100, memory_mb=512))
+
+    got = cost_model.rowcall_per_million(usage, standing, monthly_rows=1_000_000)
+
+    # Per 1M rows = the run's USD x 1,000 (the run had 1,000 rows):
+    # lambda 100 x $0.20/M + 2 GB-s x $0.0000133334 = $0.0000466668 -> 0.0466668
+    assert got["lambda"] == pytest.approx(0.0466668)
+    # 2,000 WRU x $0.625/M + 500 RRU x $0.125/M = $0.0013125 -> 1.3125
+    assert got["dynamodb"] == pytest.approx(1.3125)
+    # 1,000 x $0.40/M + 1,000 x $0.50/M = $0.0009 -> 0.9
+    assert got["sqs"] == pytest.approx(0.9)
+    # 10 x $0.005/1k + 100 x $0.0004/1k = $0.00009 -> 0.09
+    assert got["s3"] == pytest.approx(0.09)
+    assert got["sns"] == pytest.approx(0.0005)
+    assert got["api_gateway"] == pytest.approx(1.0)
+    # Standing, per month over 1M rows: the safety net 60/h x 730 h = 43,800 invocations of
+    # $0.20/M + 0.1 s x 0.5 GB x $0.0000133334 = $0.00000086667 each -> $0.0379601; the event
+    # sources' idle polls 5 pollers x 180/h x 730 h = 657,000 receives on each of 2 standard queues
+    # ($0.40/M) and 1 FIFO queue ($0.50/M) = 657,000 x $1.30/M = $0.8541.
+    assert got["standing"] == pytest.approx(0.0379601 + 0.8541, rel=1e-5)
+    assert got["total"] == pytest.approx(0.0466668 + 1.3125 + 0.9 + 0.09 + 0.0005 + 1.0 + 0.8920601, rel=1e-5)
+
+
+def test_alternatives_per_million_rows_by_hand() -> None:
+    basis = RowBasis(
+        create_run=FunctionUse(invocations=1, billed_ms=100, memory_mb=512),
+        relay=FunctionUse(invocations=1, billed_ms=20, memory_mb=512),
+    )
+    # create: $0.20/M + 0.05 GB-s x $0.0000133334 = $0.00000086667;
+    # relay: $0.20/M + 0.01 GB-s = $0.00000033333
+    sfn = cost_model.per_million(cost_model.step_functions_per_row(basis))
+    # 2 transitions x $0.025/1k = $50/M; + create 0.86667 + API 1.00 + relay 0.33333 + 1 WRU 0.625
+    assert sfn["state_transitions"] == pytest.approx(50.0)
+    assert sfn["total"] == pytest.approx(50 + 0.86667 + 1.0 + 0.33333 + 0.625, rel=1e-5)
+
+    durable = cost_model.per_million(cost_model.durable_per_row(basis))
+    # 4 operations x $8/M = $32; 2 invocations like the create one: 1.73334
+    assert durable["total"] == pytest.approx(32 + 1.73334 + 1.0 + 0.33333 + 0.625, rel=1e-5)
+
+    polling = cost_model.PollingWorker(run_s=30, invocation_s=30, runs_per_worker=4, memory_mb=128)
+    items = cost_model.per_million(polling.per_row(basis))
+    # 30 s / 4 runs = 7.5 s of a 128 MB worker per row = 0.9375 GB-s -> $12.500; 0.25 invocations
+    # -> $0.05; 0.25 x 3 SQS requests -> $0.30
+    assert items["worker_lambda"] == pytest.approx(12.5001 + 0.05, rel=1e-4)
+    assert items["handoff_sqs"] == pytest.approx(0.3)
+    assert polling.provider_polls_per_row() == 15
+
+
+def test_the_e2e_piece_keeps_its_own_keys_and_renames_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []
+
+    def measure(rows: int) -> dict[str, float]:
+        asked.append(rows)
+        return {
+            "e2e_rows_per_s": 120.0,
+            "moto_ops_per_s": 900.0,
+            "aws_ops_per_row": 7.5,
+            "on_done_latency_ms_p95": 300.0,
+        }
+
+    # Stands in for the perf branch's module: the aggregator imports it by name.
+    monkeypatch.setitem(sys.modules, "bench.e2e_throughput", SimpleNamespace(measure=measure))
+
+    got = run_all.PIECES["e2e"]()
+
+    assert asked == [20000]
+    assert got == {
+        "e2e_rows_per_s": 120.0,
+        "moto_ops_per_s": 900.0,
+        "aws_ops_per_row": 7.5,
+        "e2e_on_done_latency_ms_p95": 300.0,
+    }
