@@ -38,8 +38,7 @@ class BatchQueries:
         self._ledger = ledger
 
     def view(self, batch: BatchState) -> dict[str, Any]:
-        settled = batch.status in (BatchStatus.COMPLETED, BatchStatus.PARTIAL)
-        counters = [] if settled else self._ledger.chunks.counters(batch.batch_id)
+        counters = [] if batch.counts_settled else self._ledger.chunks.counters(batch.batch_id)
         return batch_view(batch, counters, utcnow())
 
     def get(self, batch_id: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from rowcall.models import (
     BatchStatus,
     ChunkPlan,
     DoneMessage,
+    ReprocessPlan,
     iso,
     utcnow,
 )
@@ -218,6 +219,82 @@ class BatchLedger:
                 ":paused": BatchStatus.PAUSED.value,
                 ":now": self._now(),
                 ":finished": finished,
+            },
+        )
+
+    def cancel(self, batch_id: str) -> BatchState | None:
+        """validating|ingesting|running|paused -> canceled; None from any other state.
+
+        Nothing starts from now on (workers read the status before each group of creates); the
+        finish that sends `batch.canceled` waits until the runs in flight are recorded
+        (`cancel_pending`). Listed as open work so the safety net finishes it if no event does."""
+        now = self._now()
+        return self._transition(
+            batch_id,
+            "SET #status = :canceled, #cancel_pending = :true, #canceled_at = :now, #updated_at = :now, "
+            "#open_pk = :open, #open_sk = :open_sk",
+            "#status IN (:validating, :ingesting, :running, :paused)",
+            {
+                ":canceled": BatchStatus.CANCELED.value,
+                ":true": True,
+                ":now": now,
+                ":open": OPEN_PARTITION,
+                ":open_sk": open_batch_sk(batch_id),
+                ":validating": BatchStatus.VALIDATING.value,
+                ":ingesting": BatchStatus.INGESTING.value,
+                ":running": BatchStatus.RUNNING.value,
+                ":paused": BatchStatus.PAUSED.value,
+            },
+        )
+
+    def finish_canceled(self, batch_id: str, *, completed: int, failed: int) -> DoneMessage | None:
+        """A canceled batch whose runs in flight are all recorded: its final counts (a recount),
+        its on-done. Exactly one caller wins (`cancel_pending` is removed)."""
+        finished = self._transition(
+            batch_id,
+            "SET #completed_count = :c, #failed_count = :f, #finished_at = :now, #updated_at = :now, "
+            "#notification = :notification ADD #finish_seq :one REMOVE #cancel_pending",
+            "#status = :canceled AND #cancel_pending = :true",
+            {
+                ":c": completed,
+                ":f": failed,
+                ":now": self._now(),
+                ":notification": _PENDING_NOTIFICATION,
+                ":one": 1,
+                ":canceled": BatchStatus.CANCELED.value,
+                ":true": True,
+            },
+        )
+        return on_done_of(finished) if finished else None
+
+    def reopen(
+        self, batch: BatchState, plan: ReprocessPlan, *, uncounted: tuple[int, int]
+    ) -> BatchState | None:
+        """completed|partial -> running for a reprocess; None when the batch moved on meanwhile
+        (another reprocess, which read the same finish, got there first).
+
+        The reopening chunks leave the batch's counts here, in the one write that reopens it
+        (`uncounted`: their completed and failed rows as settled): the batch cannot finish
+        again until each of them has reopened and settled once more, whatever dies half way."""
+        completed, failed = uncounted
+        return self._transition(
+            batch.batch_id,
+            "SET #status = :running, #reprocess = :plan, #running_at = :now, #updated_at = :now, "
+            "#open_pk = :open, #open_sk = :open_sk "
+            "ADD #chunks_settled :minus_chunks, #completed_count :minus_c, #failed_count :minus_f",
+            "#status IN (:completed, :partial) AND #finish_seq = :seq",
+            {
+                ":running": BatchStatus.RUNNING.value,
+                ":plan": plan.model_dump(),
+                ":now": self._now(),
+                ":open": OPEN_PARTITION,
+                ":open_sk": open_batch_sk(batch.batch_id),
+                ":minus_chunks": -len(plan.chunks),
+                ":minus_c": -completed,
+                ":minus_f": -failed,
+                ":completed": BatchStatus.COMPLETED.value,
+                ":partial": BatchStatus.PARTIAL.value,
+                ":seq": batch.finish_seq,
             },
         )
 
