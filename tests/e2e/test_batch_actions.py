@@ -28,7 +28,7 @@ def actions_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSta
         "--provider-fail-rate", "0.3",
         "--provider-duplicate-callback-rate", "1",
         "--chunk-rows", "10",
-        "--max-in-flight", "20",
+        "--max-in-flight", "40",
     )  # fmt: skip
     with running_stack(state, *flags) as started:
         yield started
@@ -135,12 +135,14 @@ def test_cancel_stops_new_runs_and_notifies_canceled_once(actions_stack: LocalSt
         assert 5 <= finished < rows and done["pending_count"] == rows - finished
         stats = stack.provider_stats()
         # Every run created was recorded; after the cancel at most the group being sent (within
-        # the cap of twenty) reached the provider.
-        assert stats["creates"] - base == finished <= creates_at_cancel + 20
+        # the cap of forty) reached the provider.
+        assert stats["creates"] - base == finished <= creates_at_cancel + 40
         assert stats["duplicate_creates"] == 0
         assert api.post(f"/batches/{batch_id}/resume").json()["error"]["code"] == "batch_not_paused"
         assert api.post(f"/batches/{batch_id}/reprocess").json()["error"]["code"] == "batch_not_reprocessable"
         assert api.post("/batches/b_missing/cancel").status_code == 404
+        bad = api.post(f"/batches/{batch_id}/reprocess", content=b'{"row_ids": "0-1"}')
+        assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_body")
 
     notified = on_dones(hook, batch_id, 1)
     assert [body["type"] for _, body in notified] == ["batch.canceled"]
