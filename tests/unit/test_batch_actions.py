@@ -273,7 +273,7 @@ def test_a_cancel_stops_a_worker_between_groups_and_finishes_once_the_runs_out_a
 def test_cancel_racing_the_last_webhook_ends_one_way_with_one_on_done(aws: Aws, callbacks: Receiver) -> None:
     provider = start_provider()
     try:
-        for round_ in range(3):
+        for round_ in range(2):
             batch_id = ingest(aws, ROWS)  # a new version of the object: a new batch each round
             start_queued(aws, starter(aws, provider, callbacks))
             got = callbacks.wait_for(lambda got, n=round_: len(got) == TOTAL * (n + 1))[TOTAL * round_ :]
@@ -341,6 +341,38 @@ def test_a_reprocess_whose_call_died_before_sending_its_chunks_is_finished_by_th
         replay(aws, provider, got[TOTAL:])
         assert [m.finish_seq for m in done_messages(aws)] == [2]
         assert net.sweep().chunks_resent == 0
+    finally:
+        provider.stop()
+
+
+def test_a_worker_cut_off_while_reopening_a_chunk_is_finished_by_the_next_delivery(
+    aws: Aws, callbacks: Receiver
+) -> None:
+    provider = start_provider(fail_rate=0.5)
+    try:
+        batch_id = run_batch(aws, provider, callbacks)
+        done_messages(aws)
+        failed = failed_rows(aws, batch_id)
+        actions(aws).reprocess(batch_id, None)
+        plan = aws.ledger.batches.get(batch_id).reprocess  # type: ignore[union-attr]
+        assert plan is not None
+        # The first delivery reopened one row, then died (its chunk still settled).
+        chunk, record = (int(part) for part in failed[0].split("-"))
+        assert aws.ledger.rows.reopen(batch_id, chunk, record, seq=plan.seq, at=0.0)
+        assert not aws.ledger.rows.reopen(batch_id, chunk, record, seq=plan.seq, at=0.0)
+        assert counts(aws, batch_id)[2:] == (0, len(failed))
+        messages = chunk_messages(aws)
+        work = starter(aws, provider, callbacks)
+        for message in messages + messages:
+            work.start_chunk(message, lambda: 300.0)
+        got = callbacks.wait_for(lambda got: len(got) == TOTAL + len(failed))
+        replay(aws, provider, got[TOTAL:])
+        rows = [aws.ledger.rows.get(batch_id, *(int(p) for p in r.split("-"))) for r in failed]
+        assert all(r is not None and r.attempt == 2 for r in rows)
+        status, completed, failed_now, pending = counts(aws, batch_id)
+        assert status in ("completed", "partial") and completed + failed_now == TOTAL and pending == 0
+        assert [m.finish_seq for m in done_messages(aws)] == [2]
+        assert provider.stats()["unique_idempotency_keys"] == TOTAL + len(failed)
     finally:
         provider.stop()
 
