@@ -36,6 +36,14 @@ from rowcall.models import (
 REOFFER_AFTER_S = 60
 PLAN_PAGE = 2000
 _PENDING_NOTIFICATION = {"status": "pending", "attempts": 0}
+# The states a batch can still fail or be canceled from.
+_NOT_FINISHED = "#status IN (:validating, :ingesting, :running, :paused)"
+_NOT_FINISHED_VALUES = {
+    ":validating": BatchStatus.VALIDATING.value,
+    ":ingesting": BatchStatus.INGESTING.value,
+    ":running": BatchStatus.RUNNING.value,
+    ":paused": BatchStatus.PAUSED.value,
+}
 
 
 def encode_cursor(key: dict[str, Any] | None) -> str | None:
@@ -172,7 +180,7 @@ class BatchLedger:
             "SET #status = :failed, #reason = :reason, #reason_message = :message, #finished_at = :now, "
             "#updated_at = :now, #notification = :notification, #open_pk = :open, #open_sk = :open_sk "
             "ADD #finish_seq :one",
-            "#status IN (:validating, :ingesting, :running, :paused)",
+            _NOT_FINISHED,
             {
                 ":failed": BatchStatus.FAILED.value,
                 ":reason": reason,
@@ -182,10 +190,7 @@ class BatchLedger:
                 ":one": 1,
                 ":open": OPEN_PARTITION,
                 ":open_sk": open_batch_sk(batch_id),
-                ":validating": BatchStatus.VALIDATING.value,
-                ":ingesting": BatchStatus.INGESTING.value,
-                ":running": BatchStatus.RUNNING.value,
-                ":paused": BatchStatus.PAUSED.value,
+                **_NOT_FINISHED_VALUES,
             },
         )
         return on_done_of(done) if done else None
@@ -233,17 +238,14 @@ class BatchLedger:
             batch_id,
             "SET #status = :canceled, #cancel_pending = :true, #canceled_at = :now, #updated_at = :now, "
             "#open_pk = :open, #open_sk = :open_sk",
-            "#status IN (:validating, :ingesting, :running, :paused)",
+            _NOT_FINISHED,
             {
                 ":canceled": BatchStatus.CANCELED.value,
                 ":true": True,
                 ":now": now,
                 ":open": OPEN_PARTITION,
                 ":open_sk": open_batch_sk(batch_id),
-                ":validating": BatchStatus.VALIDATING.value,
-                ":ingesting": BatchStatus.INGESTING.value,
-                ":running": BatchStatus.RUNNING.value,
-                ":paused": BatchStatus.PAUSED.value,
+                **_NOT_FINISHED_VALUES,
             },
         )
 
