@@ -17,7 +17,8 @@ import pytest
 from rowcall.api import BatchQueries
 from rowcall.batch_actions import BatchActions, BatchNotFound, UnknownRows, WrongState
 from rowcall.identity import row_id_for
-from rowcall.models import BatchStatus, DoneMessage, RowStatus
+from rowcall.ingest import Ingestor
+from rowcall.models import BatchState, BatchStatus, DoneMessage, RowStatus
 from rowcall.ondone import event_type
 from rowcall.provider import ProviderConnection
 from rowcall.runs import RunStarter
@@ -368,3 +369,37 @@ def test_a_worker_cut_off_while_reopening_a_chunk_is_finished_by_the_next_delive
 
 def _epoch(moment: str) -> float:
     return datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_batch_canceled_while_its_file_is_validated_starts_nothing_and_notifies_once(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan = Ingestor._scan
+
+    def cancel_during_the_scan(self: Ingestor, batch: BatchState) -> Any:
+        assert actions(aws).cancel(batch.batch_id).status is BatchStatus.CANCELED
+        return scan(self, batch)
+
+    monkeypatch.setattr(Ingestor, "_scan", cancel_during_the_scan)
+    batch_id = ingest(aws, ROWS)
+    assert chunk_messages(aws) == []  # the plan is written, its chunks are never sent
+    assert [m.finish_seq for m in done_messages(aws)] == [1]
+    batch = aws.ledger.batches.get(batch_id)
+    assert batch is not None and (batch.status, batch.cancel_pending, event_type(batch)) == (
+        BatchStatus.CANCELED,
+        False,
+        "batch.canceled",
+    )
+    # The counters the plan wrote leave the index of open work at the next sweep.
+    assert len(list(aws.ledger.chunks.open_chunks())) == 3
+    net = SafetyNet(
+        ledger=aws.ledger,
+        finisher=aws.finisher,
+        chunk_queue=aws.chunk_queue,
+        done_queue=aws.done_queue,
+        provider=ProviderConnection(base_url="http://127.0.0.1:9", api_key=API_KEY),
+        times=SafetyNetTimes(reconcile_after_s=60, callback_deadline_s=600),
+    )
+    assert net.sweep().closed == 3
+    assert list(aws.ledger.chunks.open_chunks()) == []
+    assert chunk_messages(aws) == [] and done_messages(aws) == []
