@@ -6,7 +6,7 @@ from typing import Any
 
 from rowcall.api_models import RowErrorPage, RowPage
 from rowcall.ledger import Ledger
-from rowcall.models import BatchState, BatchStatus, RowStatus, utcnow
+from rowcall.models import BatchState, RowStatus, utcnow
 from rowcall.page_cursor import InvalidCursor, decode_cursor, encode_cursor
 from rowcall.row_listing import RowListing
 from rowcall.views import batch_view

@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+from rowcall.api_models import MAX_ROW_IDS
 from rowcall.finishing import BatchFinisher
 from rowcall.identity import parse_row_id
 from rowcall.ledger import Ledger
 from rowcall.models import BatchState, BatchStatus, ChunkMessage, ChunkPlan, ReprocessPlan, RowStatus
 from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue
 
-# Named rows per reprocess call: each is read once to check it is a row of the batch.
-MAX_NAMED_ROWS = 1000
+MAX_NAMED_ROWS = MAX_ROW_IDS
 REPROCESSABLE = (BatchStatus.COMPLETED, BatchStatus.PARTIAL)
 
 
