@@ -282,7 +282,7 @@ class BatchLedger:
         return self._transition(
             batch.batch_id,
             "SET #status = :running, #reprocess = :plan, #running_at = :now, #updated_at = :now, "
-            "#open_pk = :open, #open_sk = :open_sk "
+            "#rate_since = :now, #rate_base = :kept, #open_pk = :open, #open_sk = :open_sk "
             "ADD #chunks_settled :minus_chunks, #completed_count :minus_c, #failed_count :minus_f",
             "#status IN (:completed, :partial) AND #finish_seq = :seq",
             {
@@ -291,6 +291,8 @@ class BatchLedger:
                 ":now": self._now(),
                 ":open": OPEN_PARTITION,
                 ":open_sk": open_batch_sk(batch.batch_id),
+                # The estimate's rate counts only rows finished from now on.
+                ":kept": batch.completed_count + batch.failed_count - sum(map(sum, plan.chunks.values())),
                 ":minus_chunks": -len(plan.chunks),
                 ":minus_c": -completed,
                 ":minus_f": -failed,
