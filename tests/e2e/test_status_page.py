@@ -31,8 +31,8 @@ ROWS = 12
 # Some of the ROWS fail (all 12 succeed once in 4096 runs): there is something to reprocess.
 FAIL_RATE = "0.5"
 # Flip each to True when its route is on this branch (the test tells when it is: see _route_exists).
-REPROCESS_ROUTE_LANDED = False  # POST /batches/{id}/reprocess
-ROWS_ROUTES_LANDED = False  # GET /batches/{id}/rows and /row-errors
+REPROCESS_ROUTE_LANDED = True  # POST /batches/{id}/reprocess
+ROWS_ROUTES_LANDED = True  # GET /batches/{id}/rows and /row-errors
 COUNTS = ("completed_count", "failed_count", "pending_count", "total_count", "rows_skipped")
 UI_START_S = 30
 SCREENSHOT_ROWS = 300

@@ -70,6 +70,6 @@ def test_resume_restarts_the_rate_from_the_rows_finished_so_far(aws: Aws) -> Non
     aws.drain(aws.chunk_queue_url)
     aws.ledger.chunks.add_outcomes(batch_id, 0, completed=3, failed=1)
     assert aws.ledger.batches.pause(batch_id, "insufficient_credits", "402")
-    resumed = BatchActions(aws.ledger, aws.chunk_queue).resume(batch_id)
+    resumed = BatchActions(aws.ledger, aws.chunk_queue, aws.finisher).resume(batch_id)
     assert resumed.status is BatchStatus.RUNNING
     assert resumed.rate_base == 4 and resumed.rate_since == resumed.updated_at

@@ -6,7 +6,7 @@ from typing import Any
 
 from rowcall.api_models import RowErrorPage, RowPage
 from rowcall.ledger import Ledger
-from rowcall.models import BatchState, BatchStatus, RowStatus, utcnow
+from rowcall.models import BatchState, RowStatus, utcnow
 from rowcall.page_cursor import InvalidCursor, decode_cursor, encode_cursor
 from rowcall.row_listing import RowListing
 from rowcall.views import batch_view
@@ -38,8 +38,7 @@ class BatchQueries:
         self._ledger = ledger
 
     def view(self, batch: BatchState) -> dict[str, Any]:
-        settled = batch.status in (BatchStatus.COMPLETED, BatchStatus.PARTIAL)
-        counters = [] if settled else self._ledger.chunks.counters(batch.batch_id)
+        counters = [] if batch.counts_settled else self._ledger.chunks.counters(batch.batch_id)
         return batch_view(batch, counters, utcnow())
 
     def get(self, batch_id: str) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from rowcall.models import BatchStatus, RowError, RowStatus
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
 # A reprocess names at most this many rows per request (a larger selection is several requests,
-# or "all failed" by leaving row_ids out).
-MAX_ROW_IDS = 10_000
+# or "all failed" by leaving row_ids out): each is read once to check it is a row of the batch,
+# within the API's 30 s.
+MAX_ROW_IDS = 1000
 
 
 class ErrorDetail(BaseModel):

@@ -146,7 +146,10 @@ def callback_intake() -> CallbackIntake:
 @cache
 def batch_actions() -> BatchActions:
     settings = ApiSettings.from_env()
-    return BatchActions(_ledger(settings.table_name), ChunkQueue(_sqs(), settings.chunk_queue_url))
+    ledger = _ledger(settings.table_name)
+    return BatchActions(
+        ledger, ChunkQueue(_sqs(), settings.chunk_queue_url), _finisher(ledger, settings.done_queue_url, 0)
+    )
 
 
 @cache

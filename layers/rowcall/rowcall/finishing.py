@@ -8,6 +8,7 @@ through them is completed by whichever event comes next (or by the safety net).
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,6 +58,8 @@ class BatchFinisher:
         else:
             counter = self._ledger.chunks.counter(batch_id, chunk)
         self.after_outcomes(batch_id, counter)
+        # The batch may be canceled, waiting for these runs (its chunks never settle then).
+        self.finish_canceled(batch_id, chunk)
         return completed + failed
 
     def release_slots(self, runs_ended: int) -> None:
@@ -86,6 +89,40 @@ class BatchFinisher:
 
     def finish_if_done(self, batch_id: str) -> None:
         message = self._ledger.batches.finish_if_done(batch_id)
+        if message is not None:
+            self._done.send(message)
+
+    def finish_canceled(self, batch_id: str, chunk: int | None = None) -> None:
+        """A canceled batch finishes (once, with its on-done) when no run it started is still
+        out: every run started for a row's current attempt has its outcome and no worker holds
+        a chunk. Its counts are a recount of the chunks not settled into the batch.
+
+        `chunk`: the chunk an event just touched, looked at first, so the events of a batch
+        with runs still in flight cost one chunk's reads, not the whole batch's."""
+        batch = self._ledger.batches.get(batch_id)
+        if batch is None or not batch.cancel_pending:
+            return
+        counters = {c.index: c for c in self._ledger.chunks.counters(batch_id)}
+        order = sorted(counters, key=lambda index: index != chunk)
+        completed, failed = batch.completed_count, batch.failed_count
+        now = time.time()
+        for index in order:
+            counter = counters[index]
+            if counter.settled and not (batch.reprocess and batch.reprocess.pending_reopen(counter)):
+                continue  # counted in the batch already
+            if counter.worker_until is not None and counter.worker_until >= now:
+                return  # a worker is at it; it looks again when it lets go
+            if not (counter.last_start_at or counter.last_outcome_at or counter.worker_until):
+                continue  # never touched by a worker: no row of it has run
+            rows = {row.record: row for row in self._ledger.rows.rows_of_chunk(batch_id, index)}
+            for record, start in self._ledger.rows.starts(batch_id, index).items():
+                row = rows.get(record)
+                current = row.attempt if row is not None else 1
+                if start.has_run and start.attempt == current and not (row is not None and row.finished):
+                    return  # a run still out
+            completed += sum(row.status is RowStatus.COMPLETED for row in rows.values())
+            failed += sum(row.status is RowStatus.FAILED for row in rows.values())
+        message = self._ledger.batches.finish_canceled(batch_id, completed=completed, failed=failed)
         if message is not None:
             self._done.send(message)
 

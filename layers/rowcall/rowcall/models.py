@@ -256,6 +256,20 @@ class RowOutcome(BaseModel):
     error_message: str | None = None
 
 
+class ReprocessPlan(BaseModel):
+    """A reprocess as the batch item keeps it until the next one: which chunks reopen, with how
+    many of their completed and failed rows rerun (what the counts leave out until each chunk has
+    reopened), and the named rows per chunk (None: every failed row of those chunks)."""
+
+    seq: int = Field(ge=1)
+    chunks: dict[str, list[int]]
+    rows: dict[str, list[int]] | None = None
+
+    def pending_reopen(self, counter: ChunkCounter) -> bool:
+        """Still settled from the earlier finish, not yet reopened by a worker."""
+        return str(counter.index) in self.chunks and counter.reopened_seq < self.seq
+
+
 class BatchState(BaseModel):
     """The batch item as stored. Counters of finished rows live in chunk items until settled."""
 
@@ -285,6 +299,17 @@ class BatchState(BaseModel):
     finish_seq: int = 0
     notification: Notification = Field(default_factory=Notification)
     results: ResultsLocation = Field(default_factory=ResultsLocation)
+    # Canceled while rows were in flight: set by cancel, removed by the finish that sends its on-done.
+    cancel_pending: bool = False
+    canceled_at: str | None = None
+    reprocess: ReprocessPlan | None = None
+
+    @property
+    def counts_settled(self) -> bool:
+        """The batch item's own counts are the batch's (finished, nothing left to count)."""
+        return self.status in (BatchStatus.COMPLETED, BatchStatus.PARTIAL) or (
+            self.status is BatchStatus.CANCELED and not self.cancel_pending
+        )
 
 
 class ChunkCounter(BaseModel):
@@ -303,6 +328,7 @@ class ChunkCounter(BaseModel):
     last_outcome_at: float | None = None
     last_start_at: float | None = None
     worker_until: int | None = None
+    reopened_seq: int = 0
 
     @property
     def finished(self) -> int:
@@ -324,3 +350,10 @@ class RowState(BaseModel):
     error_code: str | None = None
     error_message: str | None = None
     updated_at: str | None = None
+    # Set when a reprocess reopened the row (its status back to pending, its attempt one more).
+    reopen_seq: int = 0
+    reopened_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (RowStatus.COMPLETED, RowStatus.FAILED)

@@ -22,9 +22,11 @@ from rowcall.metadata import row_inputs, row_key
 from rowcall.models import (
     OPEN_BATCH_STATUSES,
     BatchState,
+    BatchStatus,
     ChunkMessage,
     ChunkPlan,
     CreateRunRequest,
+    ReprocessPlan,
     RowOutcome,
     RowStatus,
     RunInput,
@@ -85,6 +87,7 @@ class RowJob:
     line: int
     key: str
     inputs: list[RunInput]
+    attempt: int = 1
 
     @property
     def row_id(self) -> str:
@@ -102,6 +105,8 @@ class ChunkReport:
     paused: bool = False
     not_open: str | None = None
     waiting_for_slots: int = 0
+    stopped: str | None = None
+    """The batch left the running state (canceled, paused, failed) while this chunk started."""
 
 
 class ChunkIncomplete(Exception):
@@ -147,6 +152,7 @@ class RunStarter:
             if batch is not None and batch.status.is_terminal:
                 # The invocation that ended it may have died before handing over its on-done.
                 self._finisher.finish_if_done(batch.batch_id)
+                self._finisher.finish_canceled(batch.batch_id)
             return report
         chunk = message.chunk.index
         holder = uuid.uuid4().hex
@@ -157,35 +163,22 @@ class RunStarter:
             raise ChunkBusy(f"chunk {chunk} is being started by another delivery")
         refused: list[RowResult] = []
         try:
-            known = {r.record for r in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk)}
-            starts = self._ledger.rows.starts(batch.batch_id, chunk)
-            known.update(record for record, entry in starts.items() if entry.has_run)
-            # Rows a crashed delivery was about to create, with nothing said of them since, may
-            # have runs: leave them to their webhooks until the intent is stale, then create (a
-            # 409 then says the run exists).
-            fresh_after = time.time() - self._intent_valid_s
-            for record, at in self._ledger.rows.intents(batch.batch_id, chunk).items():
-                since = starts.get(record)
-                if at > fresh_after and (since is None or since.started_at < at):
-                    known.add(record)
-            jobs = []
-            for job in self._jobs(batch, message.chunk):
-                if job.record in known:
-                    report.skipped_known += 1
-                else:
-                    jobs.append(job)
-            if jobs:
-                started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
-                try:
-                    lease = _Lease(self._ledger, batch.batch_id, chunk, holder)
-                    asyncio.run(self._start_all(batch, jobs, report, time_left_s, started, refused, lease))
-                finally:
-                    started.flush()
+            # Read again under the lease: a cancel before it is seen here, one after it by the
+            # check before each group of creates; either way nothing starts once it is canceled.
+            current = self._ledger.batches.get(batch.batch_id)
+            if current is None or current.status not in OPEN_BATCH_STATUSES:
+                report.stopped = current.status.value if current else "unknown_batch"
+            else:
+                batch = current
+                self._start_rows(batch, message.chunk, holder, report, time_left_s, refused)
         finally:
             self._ledger.chunks.release(batch.batch_id, chunk, holder=holder)
         if refused:
             # One write per refused row and one count: never stranded `running` by a crash.
             self._finisher.record_outcomes(batch.batch_id, chunk, refused)
+        if report.stopped:
+            # A canceled batch may have waited for this worker to let go of its chunk.
+            self._finisher.finish_canceled(batch.batch_id, chunk)
         logger.info("chunk processed", extra={"chunk": chunk, **report.__dict__})
         if report.waiting_for_slots and not report.deferred and self._chunk_queue is not None:
             # Waits in SQS, not in a sleeping Lambda: a new delayed message, so waiting never
@@ -198,7 +191,81 @@ class RunStarter:
             )
         return report
 
-    def _jobs(self, batch: BatchState, chunk: ChunkPlan) -> Iterator[RowJob]:
+    def _start_rows(
+        self,
+        batch: BatchState,
+        plan: ChunkPlan,
+        holder: str,
+        report: ChunkReport,
+        time_left_s: Callable[[], float],
+        refused: list[RowResult],
+    ) -> None:
+        chunk = plan.index
+        if batch.reprocess is not None and str(chunk) in batch.reprocess.chunks:
+            self._reopen(batch, chunk, batch.reprocess)
+        rows = {r.record: r for r in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk)}
+        attempts = {record: row.attempt for record, row in rows.items()}
+        known = {record for record, row in rows.items() if row.finished}
+        starts = self._ledger.rows.starts(batch.batch_id, chunk)
+        known.update(
+            record
+            for record, entry in starts.items()
+            if entry.has_run and entry.attempt == attempts.get(record, 1)
+        )
+        # Rows a crashed delivery was about to create, with nothing said of them since, may
+        # have runs: leave them to their webhooks until the intent is stale, then create (a
+        # 409 then says the run exists). An intent from before a row was reopened is not its.
+        fresh_after = time.time() - self._intent_valid_s
+        for record, at in self._ledger.rows.intents(batch.batch_id, chunk).items():
+            since = starts.get(record)
+            reopened = rows[record].reopened_at if record in rows else None
+            if (
+                at > fresh_after
+                and (since is None or since.started_at < at)
+                and (reopened is None or at > reopened)
+            ):
+                known.add(record)
+        jobs = []
+        for job in self._jobs(batch, plan, attempts):
+            if job.record in known:
+                report.skipped_known += 1
+            else:
+                jobs.append(job)
+        if jobs:
+            started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
+            try:
+                lease = _Lease(self._ledger, batch.batch_id, chunk, holder)
+                asyncio.run(self._start_all(batch, jobs, report, time_left_s, started, refused, lease))
+            finally:
+                started.flush()
+
+    def _reopen(self, batch: BatchState, chunk: int, plan: ReprocessPlan) -> None:
+        """The chunk's share of a reprocess, under its lease: its rows back to pending at their
+        next attempt, then the chunk itself open again with the counts of the rows that keep
+        their outcome. Each write is conditional on the reprocess's number, so a delivery cut
+        off half way is finished by the next one and nothing is reopened twice."""
+        counter = self._ledger.chunks.counter(batch.batch_id, chunk)
+        if counter is None or not plan.pending_reopen(counter):
+            return
+        now = time.time()
+        named = None if plan.rows is None else set(plan.rows.get(str(chunk), []))
+        for row in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk):
+            wanted = row.status is RowStatus.FAILED if named is None else row.record in named
+            if wanted and row.finished and row.reopen_seq < plan.seq:
+                self._ledger.rows.reopen(batch.batch_id, chunk, row.record, seq=plan.seq, at=now)
+        rows = list(self._ledger.rows.rows_of_chunk(batch.batch_id, chunk))
+        completed = sum(r.status is RowStatus.COMPLETED for r in rows)
+        failed = sum(r.status is RowStatus.FAILED for r in rows)
+        self._ledger.chunks.reopen(batch.batch_id, chunk, seq=plan.seq, completed=completed, failed=failed)
+        logger.info(
+            "chunk reopened",
+            extra={"chunk": chunk, "seq": plan.seq, "rerun": counter.rows - completed - failed},
+        )
+        # Nothing to rerun after all (every named row was reopened by an earlier delivery and
+        # has finished since): it settles now, as after any outcome.
+        self._finisher.after_outcomes(batch.batch_id, self._ledger.chunks.counter(batch.batch_id, chunk))
+
+    def _jobs(self, batch: BatchState, chunk: ChunkPlan, attempts: dict[int, int]) -> Iterator[RowJob]:
         header = batch.header or []
         lines = split_lines(read_source(self._s3, batch.source, start=chunk.start, end=chunk.end))
         records = data_records(
@@ -217,6 +284,7 @@ class RunStarter:
                 line=record.line,
                 key=row_key(header, record.fields, batch.spec, record.number),
                 inputs=row_inputs(header, record.fields, batch.spec),
+                attempt=attempts.get(record.number, 1),
             )
 
     async def _start_all(
@@ -255,7 +323,7 @@ class RunStarter:
         share = max(1, self._cap // FAIR_SHARE_DIVISOR)
         remaining = list(jobs)
         taken = 0
-        while remaining and not (report.batch_refusal or report.paused):
+        while remaining and not (report.batch_refusal or report.paused or report.stopped):
             wanted = min(len(remaining), self._concurrency, share - taken)
             granted = await asyncio.to_thread(self._ledger.slots.acquire, wanted, self._cap) if wanted else 0
             if granted == 0:
@@ -270,7 +338,8 @@ class RunStarter:
             if unused:
                 shard = release_shard(batch.batch_id, group[0].chunk)
                 await asyncio.to_thread(self._ledger.slots.release, unused, shard)
-        report.waiting_for_slots = len(remaining) if not (report.batch_refusal or report.paused) else 0
+        stopped = report.batch_refusal or report.paused or report.stopped
+        report.waiting_for_slots = len(remaining) if not stopped else 0
 
     async def _start_group(
         self,
@@ -284,12 +353,18 @@ class RunStarter:
     ) -> None:
         async def start(job: RowJob) -> None:
             if report.batch_refusal or report.paused:
-                await starts.add(job.record, 1, NO_RUN, job.line)  # its intent resolved: no run
+                await starts.add(job.record, job.attempt, NO_RUN, job.line)  # its intent resolved: no run
                 return
             await self._start_row(client, batch, job, report, starts, refused)
 
         for first in range(0, len(jobs), self._concurrency):
-            if report.batch_refusal or report.paused:
+            if report.batch_refusal or report.paused or report.stopped:
+                return
+            # One read per group: a cancel (or a pause or failure found by another chunk)
+            # stops this chunk within a group of creates.
+            status = await asyncio.to_thread(self._status, batch.batch_id)
+            if status not in OPEN_BATCH_STATUSES:
+                report.stopped = status.value if status else "unknown_batch"
                 return
             if time_left_s() < DEADLINE_MARGIN_S:
                 report.deferred += len(jobs) - first
@@ -307,7 +382,7 @@ class RunStarter:
         starts: StartLog,
         refused: list[RowResult],
     ) -> None:
-        attempt = 1
+        attempt = job.attempt
         request = CreateRunRequest(
             inputs=job.inputs,
             callback_url=self._callback_url(batch.batch_id, job.row_id, attempt),
@@ -341,6 +416,10 @@ class RunStarter:
             status=RowStatus.FAILED, error_code=outcome.code, error_message=outcome.message or None
         )
         refused.append(RowResult(job.record, attempt, failure, line=job.line, key=job.key))
+
+    def _status(self, batch_id: str) -> BatchStatus | None:
+        batch = self._ledger.batches.get(batch_id)
+        return batch.status if batch else None
 
     def _pause_batch(self, batch: BatchState, refusal: RunRefused, report: ChunkReport) -> None:
         """Nothing more starts (this chunk's other rows stop here, other chunks find the batch

@@ -41,7 +41,7 @@ from rowcall.models import (
 )
 from rowcall.outcomes import RunNotFinished, fetched_outcome
 from rowcall.provider import ProviderConnection, ProviderUnavailable, RunNotFound
-from rowcall.queues import ChunkQueue, DoneQueue
+from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue, DoneQueue
 
 logger = Logger(child=True)
 
@@ -122,17 +122,27 @@ class SafetyNet:
         counter = self._ledger.chunks.counter(batch_id, chunk)
         if counter is None or counter.settled:
             return
-        if batch is None or batch.status in (BatchStatus.FAILED, BatchStatus.CANCELED):
+        if (
+            batch is None
+            or batch.status is BatchStatus.FAILED
+            or (batch.status is BatchStatus.CANCELED and not batch.cancel_pending)
+        ):
             self._ledger.chunks.close(batch_id, chunk)  # nothing more will run here
             report.closed += 1
             return
         now = self._clock()
-        finished = {row.record for row in self._ledger.rows.rows_of_chunk(batch_id, chunk)}
+        rows = {row.record: row for row in self._ledger.rows.rows_of_chunk(batch_id, chunk)}
+        finished = {record for record, row in rows.items() if row.finished}
         if len(finished) >= counter.rows:
             self._finisher.recount(batch_id, chunk)
             report.recounted += 1
             return
-        started = {r: s for r, s in self._ledger.rows.starts(batch_id, chunk).items() if s.has_run}
+        # Only the runs of each row's current attempt: a reprocessed row's earlier run is history.
+        started = {
+            r: s
+            for r, s in self._ledger.rows.starts(batch_id, chunk).items()
+            if s.has_run and s.attempt == (rows[r].attempt if r in rows else 1)
+        }
         silent = [
             run
             for record, run in started.items()
@@ -141,6 +151,11 @@ class SafetyNet:
         if silent:
             self._reconcile(batch, chunk, silent, report)
         never_started = len(started.keys() | finished) < counter.rows
+        if batch.status is BatchStatus.CANCELED:
+            # Its runs in flight are asked for and timed out as any; nothing new starts, and the
+            # last of them finishes the batch (or this sweep does, below).
+            self._finisher.finish_canceled(batch_id, chunk)
+            return
         if never_started and self._stalled(counter, now) and batch.status is not BatchStatus.PAUSED:
             plan = {c.index: c for c in self._ledger.batches.chunk_plan(batch_id)}
             self._chunk_queue.send([ChunkMessage(batch_id=batch_id, chunk=plan[chunk])])
@@ -164,14 +179,14 @@ class SafetyNet:
         asked = self._asked(batch.batch_id, chunk)
         now = self._clock()
         results: list[RowResult] = []
-        to_ask = [run for run in silent if run.run_id and str(run.record) not in asked]
+        to_ask = [run for run in silent if run.run_id and _asked_key(run) not in asked]
         answers = asyncio.run(self._ask(batch.spec.technique_id, to_ask)) if to_ask else []
         for run, answer in zip(to_ask, answers, strict=True):
             report.asked += 1
             outcome = self._answered(run, answer)
             if outcome is not None:
                 results.append(RowResult(run.record, run.attempt, outcome))
-        newly_asked = {str(run.record): now for run in to_ask}
+        newly_asked = {_asked_key(run): now for run in to_ask}
         deadline = self._times.callback_deadline_s
         for run in silent:
             if run in to_ask:
@@ -238,6 +253,12 @@ class SafetyNet:
                 )
                 report.ingests_failed += 1
             return
+        if batch.status is BatchStatus.RUNNING and batch.reprocess is not None:
+            self._resend_reopening(batch, now, report)
+            return
+        if batch.cancel_pending:
+            self._finisher.finish_canceled(batch_id)
+            return
         if not batch.status.is_terminal:
             return
         notification = batch.notification
@@ -250,6 +271,31 @@ class SafetyNet:
                 DoneMessage(batch_id=batch_id, finish_seq=batch.finish_seq, attempt=notification.attempts)
             )
             report.on_dones_resent += 1
+
+    def _resend_reopening(self, batch: BatchState, now: float, report: SweepReport) -> None:
+        """A reprocess whose API call died before it handed every reopening chunk to the
+        workers: those chunks are still settled (out of the open index), so they are sent from
+        here once the batch has been quiet for a while."""
+        plan = batch.reprocess
+        if plan is None or now - _epoch(batch.updated_at) < self._times.reconcile_after_s:
+            return
+        waiting = [
+            c.index
+            for c in self._ledger.chunks.counters(batch.batch_id)
+            if plan.pending_reopen(c) and not (c.worker_until is not None and c.worker_until >= now)
+        ]
+        if not waiting:
+            return
+        chunks = {c.index: c for c in self._ledger.batches.chunk_plan(batch.batch_id)}
+        for start in range(0, len(waiting), SEND_BATCH_LIMIT):
+            group = waiting[start : start + SEND_BATCH_LIMIT]
+            self._chunk_queue.send([ChunkMessage(batch_id=batch.batch_id, chunk=chunks[i]) for i in group])
+        report.chunks_resent += len(waiting)
+
+
+def _asked_key(run: StartedRun) -> str:
+    """Attempt 1 keeps the record alone (as written before reprocess existed)."""
+    return str(run.record) if run.attempt == 1 else f"{run.record}.{run.attempt}"
 
 
 def _epoch(moment: str) -> float:

@@ -53,6 +53,8 @@ class ApiSettings(_EnvSettings):
     """The management API's actions (the webhook function serves them)."""
 
     chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
+    # A cancel with no run in flight finishes its batch at once and queues its on-done.
+    done_queue_url: str = Field(alias="DONE_QUEUE_URL")
 
 
 class UploadSettings(_EnvSettings):

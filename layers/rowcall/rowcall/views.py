@@ -13,12 +13,19 @@ def _parse(moment: str) -> datetime:
 
 
 def batch_view(batch: BatchState, counters: list[ChunkCounter], now: datetime) -> dict[str, Any]:
-    """Counts come from the chunk counters while rows are still finishing, from the batch once settled."""
-    if batch.status in (BatchStatus.COMPLETED, BatchStatus.PARTIAL):
+    """Counts come from the chunk counters while rows are still finishing, from the batch once settled.
+
+    A chunk a reprocess has yet to reopen still counts the rows it will rerun; those are left
+    out (the plan says how many), so rows being reprocessed show as pending from the start."""
+    if batch.counts_settled:
         completed, failed = batch.completed_count, batch.failed_count
     else:
-        completed = sum(c.completed for c in counters)
-        failed = sum(c.failed for c in counters)
+        completed = failed = 0
+        plan = batch.reprocess
+        for c in counters:
+            rerun_c, rerun_f = plan.chunks[str(c.index)] if plan and plan.pending_reopen(c) else (0, 0)
+            completed += c.completed - rerun_c
+            failed += c.failed - rerun_f
     pending = None if batch.total_count is None else max(0, batch.total_count - completed - failed)
     return {
         "batch_id": batch.batch_id,

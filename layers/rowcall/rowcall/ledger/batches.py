@@ -26,6 +26,7 @@ from rowcall.models import (
     BatchStatus,
     ChunkPlan,
     DoneMessage,
+    ReprocessPlan,
     iso,
     utcnow,
 )
@@ -35,6 +36,14 @@ from rowcall.models import (
 REOFFER_AFTER_S = 60
 PLAN_PAGE = 2000
 _PENDING_NOTIFICATION = {"status": "pending", "attempts": 0}
+# The states a batch can still fail or be canceled from.
+_NOT_FINISHED = "#status IN (:validating, :ingesting, :running, :paused)"
+_NOT_FINISHED_VALUES = {
+    ":validating": BatchStatus.VALIDATING.value,
+    ":ingesting": BatchStatus.INGESTING.value,
+    ":running": BatchStatus.RUNNING.value,
+    ":paused": BatchStatus.PAUSED.value,
+}
 
 
 def encode_cursor(key: dict[str, Any] | None) -> str | None:
@@ -171,7 +180,7 @@ class BatchLedger:
             "SET #status = :failed, #reason = :reason, #reason_message = :message, #finished_at = :now, "
             "#updated_at = :now, #notification = :notification, #open_pk = :open, #open_sk = :open_sk "
             "ADD #finish_seq :one",
-            "#status IN (:validating, :ingesting, :running, :paused)",
+            _NOT_FINISHED,
             {
                 ":failed": BatchStatus.FAILED.value,
                 ":reason": reason,
@@ -181,10 +190,7 @@ class BatchLedger:
                 ":one": 1,
                 ":open": OPEN_PARTITION,
                 ":open_sk": open_batch_sk(batch_id),
-                ":validating": BatchStatus.VALIDATING.value,
-                ":ingesting": BatchStatus.INGESTING.value,
-                ":running": BatchStatus.RUNNING.value,
-                ":paused": BatchStatus.PAUSED.value,
+                **_NOT_FINISHED_VALUES,
             },
         )
         return on_done_of(done) if done else None
@@ -218,6 +224,81 @@ class BatchLedger:
                 ":paused": BatchStatus.PAUSED.value,
                 ":now": self._now(),
                 ":finished": finished,
+            },
+        )
+
+    def cancel(self, batch_id: str) -> BatchState | None:
+        """validating|ingesting|running|paused -> canceled; None from any other state.
+
+        Nothing starts from now on (workers read the status before each group of creates); the
+        finish that sends `batch.canceled` waits until the runs in flight are recorded
+        (`cancel_pending`). Listed as open work so the safety net finishes it if no event does."""
+        now = self._now()
+        return self._transition(
+            batch_id,
+            "SET #status = :canceled, #cancel_pending = :true, #canceled_at = :now, #updated_at = :now, "
+            "#open_pk = :open, #open_sk = :open_sk",
+            _NOT_FINISHED,
+            {
+                ":canceled": BatchStatus.CANCELED.value,
+                ":true": True,
+                ":now": now,
+                ":open": OPEN_PARTITION,
+                ":open_sk": open_batch_sk(batch_id),
+                **_NOT_FINISHED_VALUES,
+            },
+        )
+
+    def finish_canceled(self, batch_id: str, *, completed: int, failed: int) -> DoneMessage | None:
+        """A canceled batch whose runs in flight are all recorded: its final counts (a recount),
+        its on-done. Exactly one caller wins (`cancel_pending` is removed)."""
+        finished = self._transition(
+            batch_id,
+            "SET #completed_count = :c, #failed_count = :f, #finished_at = :now, #updated_at = :now, "
+            "#notification = :notification ADD #finish_seq :one REMOVE #cancel_pending",
+            "#status = :canceled AND #cancel_pending = :true",
+            {
+                ":c": completed,
+                ":f": failed,
+                ":now": self._now(),
+                ":notification": _PENDING_NOTIFICATION,
+                ":one": 1,
+                ":canceled": BatchStatus.CANCELED.value,
+                ":true": True,
+            },
+        )
+        return on_done_of(finished) if finished else None
+
+    def reopen(
+        self, batch: BatchState, plan: ReprocessPlan, *, uncounted: tuple[int, int]
+    ) -> BatchState | None:
+        """completed|partial -> running for a reprocess; None when the batch moved on meanwhile
+        (another reprocess, which read the same finish, got there first).
+
+        The reopening chunks leave the batch's counts here, in the one write that reopens it
+        (`uncounted`: their completed and failed rows as settled): the batch cannot finish
+        again until each of them has reopened and settled once more, whatever dies half way."""
+        completed, failed = uncounted
+        return self._transition(
+            batch.batch_id,
+            "SET #status = :running, #reprocess = :plan, #running_at = :now, #updated_at = :now, "
+            "#rate_since = :now, #rate_base = :kept, #open_pk = :open, #open_sk = :open_sk "
+            "ADD #chunks_settled :minus_chunks, #completed_count :minus_c, #failed_count :minus_f",
+            "#status IN (:completed, :partial) AND #finish_seq = :seq",
+            {
+                ":running": BatchStatus.RUNNING.value,
+                ":plan": plan.model_dump(),
+                ":now": self._now(),
+                ":open": OPEN_PARTITION,
+                ":open_sk": open_batch_sk(batch.batch_id),
+                # The estimate's rate counts only rows finished from now on.
+                ":kept": batch.completed_count + batch.failed_count - sum(map(sum, plan.chunks.values())),
+                ":minus_chunks": -len(plan.chunks),
+                ":minus_c": -completed,
+                ":minus_f": -failed,
+                ":completed": BatchStatus.COMPLETED.value,
+                ":partial": BatchStatus.PARTIAL.value,
+                ":seq": batch.finish_seq,
             },
         )
 

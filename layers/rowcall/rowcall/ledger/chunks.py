@@ -25,7 +25,7 @@ from rowcall.ledger.keys import (
     open_chunk_sk,
 )
 from rowcall.ledger.table import Table
-from rowcall.models import ChunkCounter, ChunkPlan, RowState, RowStatus, iso, utcnow
+from rowcall.models import BatchStatus, ChunkCounter, ChunkPlan, RowState, RowStatus, iso, utcnow
 
 
 def _counter(stored: dict[str, Any]) -> ChunkCounter:
@@ -118,14 +118,44 @@ class ChunkLedger:
                     condition="attribute_not_exists(#settled)",
                     values={":true": True, ":c": completed, ":f": failed},
                 ),
+                # A canceled batch's final counts are a recount made when it finishes; a chunk
+                # settling after that would count its rows twice.
                 self._table.update_item(
                     batch_key(batch_id),
                     "ADD #chunks_settled :one, #completed_count :c, #failed_count :f SET #updated_at = :now",
-                    values={":one": 1, ":c": completed, ":f": failed, ":now": iso(self._clock())},
+                    condition="#status <> :canceled",
+                    values={
+                        ":one": 1,
+                        ":c": completed,
+                        ":f": failed,
+                        ":now": iso(self._clock()),
+                        ":canceled": BatchStatus.CANCELED.value,
+                    },
                 ),
             ]
         )
         return True if settled else None
+
+    def reopen(self, batch_id: str, chunk: int, *, seq: int, completed: int, failed: int) -> bool:
+        """settled -> open for reprocess `seq`, once: its counter now counts only the rows that
+        keep their outcome (the reopened ones are pending); back in the index of open work. The
+        batch left out its counts when it reopened (`BatchLedger.reopen`)."""
+        reopened = self._table.update(
+            chunk_key(batch_id, chunk),
+            "SET #reopened_seq = :seq, #completed = :c, #failed = :f, #open_pk = :open, #open_sk = :open_sk, "
+            "#last_start_at = :at REMOVE #settled",
+            condition="attribute_exists(#settled) AND "
+            "(attribute_not_exists(#reopened_seq) OR #reopened_seq < :seq)",
+            values={
+                ":seq": seq,
+                ":c": completed,
+                ":f": failed,
+                ":open": OPEN_PARTITION,
+                ":open_sk": open_chunk_sk(batch_id, chunk),
+                ":at": time.time(),
+            },
+        )
+        return reopened is not None
 
     def close(self, batch_id: str, chunk: int) -> None:
         """Out of the index of open work: its batch ended without it (failed or canceled)."""

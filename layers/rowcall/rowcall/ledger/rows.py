@@ -104,6 +104,31 @@ class RowLedger:
         )
         return written is not None
 
+    def reopen(self, batch_id: str, chunk: int, record: int, *, seq: int, at: float) -> bool:
+        """completed|failed -> pending at the next attempt, once per reprocess `seq`. The new
+        attempt is what refuses a late outcome of the earlier one (`finish` checks it)."""
+        written = self._table.update(
+            row_key(batch_id, chunk, record),
+            "SET #status = :pending, #attempt = #attempt + :one, #reopen_seq = :seq, #reopened_at = :at, "
+            "#updated_at = :now REMOVE #run_id, #outputs, #error_code, #error_message",
+            condition="#status IN (:completed, :failed) AND "
+            "(attribute_not_exists(#reopen_seq) OR #reopen_seq < :seq)",
+            values={
+                ":pending": RowStatus.PENDING.value,
+                ":one": 1,
+                ":seq": seq,
+                ":at": round(at, 3),
+                ":now": iso(self._clock()),
+                ":completed": RowStatus.COMPLETED.value,
+                ":failed": RowStatus.FAILED.value,
+            },
+        )
+        return written is not None
+
+    def get(self, batch_id: str, chunk: int, record: int) -> RowState | None:
+        stored = self._table.get(row_key(batch_id, chunk, record))
+        return _row_state(stored) if stored else None
+
     def rows_of_chunk(self, batch_id: str, chunk: int) -> Iterator[RowState]:
         for stored in self._table.prefixed(rows_pk(batch_id, chunk), "ROW#"):
             yield _row_state(stored)
