@@ -1,8 +1,7 @@
 """The `rowcall` console script, run as a user runs it, against one local stack.
 
 Every command's `--json` is compared with the API's own answer; every error is one line on stderr,
-a non-zero exit and no traceback. The rows, row-errors, reprocess and cancel routes may be served by
-another branch: their tests skip while the stack answers `no route` for them.
+a non-zero exit and no traceback.
 """
 
 from __future__ import annotations
@@ -53,13 +52,6 @@ def api_get(stack: LocalStack, path: str, **params: Any) -> Any:
     with stack.api as api:
         response = api.get(path, params=params or None)
     return response.json()
-
-
-def skip_without_route(stack: LocalStack, method: str, path: str) -> None:
-    with stack.api as api:
-        answer = api.request(method, path, json={} if method == "POST" else None)
-    if answer.status_code == 404 and answer.json()["error"]["message"].startswith("no route"):
-        pytest.skip(f"{method} {path.split('/')[-1]} is not served by this branch yet")
 
 
 @pytest.fixture(scope="module")
@@ -158,19 +150,14 @@ def test_a_stopped_api_is_one_line(stack: LocalStack, tmp_path: Path) -> None:
     assert "unreachable: cannot reach http://127.0.0.1:9/batches" in line
 
 
-# -- routes another branch serves: skipped until they answer ------------------------------------
-
-
 def test_rows_and_errors_json_are_the_apis_json(stack: LocalStack, small: tuple[str, Ran]) -> None:
     batch_id, _ = small
-    skip_without_route(stack, "GET", f"/batches/{batch_id}/rows")
     rows = run(stack, "rows", batch_id, "--json")
     assert rows.code == 0, rows.err
     assert json.loads(rows.out) == api_get(stack, f"/batches/{batch_id}/rows")
     assert [r["key"] for r in json.loads(rows.out)["items"]] == ["r1", "r3", "r4"]
     completed = run(stack, "rows", batch_id, "--status", "completed")
     assert all(key in completed.out for key in ("r1", "r3", "r4"))
-    skip_without_route(stack, "GET", f"/batches/{batch_id}/row-errors")
     errors = run(stack, "errors", batch_id, "--json")
     assert json.loads(errors.out) == api_get(stack, f"/batches/{batch_id}/row-errors")
     assert [(e["line"], e["code"]) for e in json.loads(errors.out)["items"]] == [(3, "column_count")]
@@ -181,7 +168,6 @@ def test_reprocess_a_row_runs_it_again_and_cancel_of_a_finished_batch_is_409(
     stack: LocalStack, small: tuple[str, Ran]
 ) -> None:
     batch_id, _ = small
-    skip_without_route(stack, "POST", f"/batches/{batch_id}/reprocess")
     row = api_get(stack, f"/batches/{batch_id}/rows")["items"][0]
     again = run(stack, "reprocess", batch_id, "--rows", row["row_id"])
     assert again.code == 0, again.err
@@ -192,5 +178,4 @@ def test_reprocess_a_row_runs_it_again_and_cancel_of_a_finished_batch_is_409(
         "completed",
         row["attempt"] + 1,
     )
-    skip_without_route(stack, "POST", f"/batches/{batch_id}/cancel")
     assert "409" in run(stack, "cancel", batch_id).one_error_line()

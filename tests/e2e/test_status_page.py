@@ -30,9 +30,6 @@ CHROMIUM = "/usr/bin/chromium"
 ROWS = 12
 # Some of the ROWS fail (all 12 succeed once in 4096 runs): there is something to reprocess.
 FAIL_RATE = "0.5"
-# Flip each to True when its route is on this branch (the test tells when it is: see _route_exists).
-REPROCESS_ROUTE_LANDED = True  # POST /batches/{id}/reprocess
-ROWS_ROUTES_LANDED = True  # GET /batches/{id}/rows and /row-errors
 COUNTS = ("completed_count", "failed_count", "pending_count", "total_count", "rows_skipped")
 UI_START_S = 30
 SCREENSHOT_ROWS = 300
@@ -116,15 +113,6 @@ def _api_batch(stack: LocalStack, batch_id: str) -> dict[str, Any]:
     return answer
 
 
-def _route_exists(stack: LocalStack, method: str, route: str) -> bool:
-    """Asked with a batch that does not exist: a route that is there says `batch_not_found`, and
-    nothing is changed either way."""
-    with stack.api as api:
-        answer = api.request(method, route.format(batch_id="b_status_page_probe"), json={})
-    assert answer.status_code == 404, answer.text
-    return bool(answer.json()["error"]["code"] == "batch_not_found")
-
-
 def _expect_counts(page: Page, batch: dict[str, Any]) -> None:
     card = page.locator(f'li.batch[data-batch-id="{batch["batch_id"]}"]')
     expect(card.locator(".status")).to_have_text(batch["status"])
@@ -179,33 +167,16 @@ def test_the_page_follows_batches_to_their_end_and_acts_on_them(page: Page, stac
         _screenshot(page, stack, Path(os.environ["ROWCALL_SCREENSHOT"]))
 
     card.locator("button.action[data-action=details]").click()
-    assert _route_exists(stack, "GET", "/batches/{batch_id}/rows") == ROWS_ROUTES_LANDED, (
-        "the rows routes answer now: set ROWS_ROUTES_LANDED = True"
-    )
-    if ROWS_ROUTES_LANDED:
-        expect(card.locator(".failed-rows tbody tr")).to_have_count(min(ended["failed_count"], 50))
-        expect(card.locator(".row-errors tbody tr")).to_have_count(1)
-        expect(card.locator(".row-errors tbody")).to_contain_text("column_count")
-    else:
-        expect(card.locator(".failed-rows .error")).to_contain_text("404 not_found: no route GET")
-        expect(card.locator(".row-errors .error")).to_contain_text("404 not_found: no route GET")
+    expect(card.locator(".failed-rows tbody tr")).to_have_count(min(ended["failed_count"], 50))
+    expect(card.locator(".row-errors tbody tr")).to_have_count(1)
+    expect(card.locator(".row-errors tbody")).to_contain_text("column_count")
 
     keys_before = stack.provider_stats()["unique_idempotency_keys"]
     card.locator("button.action[data-action=reprocess]").click()
-    assert _route_exists(stack, "POST", "/batches/{batch_id}/reprocess") == REPROCESS_ROUTE_LANDED, (
-        "the reprocess route answers now: set REPROCESS_ROUTE_LANDED = True"
-    )
-    if REPROCESS_ROUTE_LANDED:
-        expect(page.locator("#notice")).to_contain_text(f"reprocess of {first} accepted")
-        expect(page.locator("#banner")).to_be_hidden()
-        # The batch reopens: each failed row gets one new run, then it ends again.
-        rerun = keys_before + ended["failed_count"]
-        stack.wait_batch(first, lambda _: stack.provider_stats()["unique_idempotency_keys"] == rerun, 60)
-        again = stack.wait_batch(first, is_terminal, 60)
-        _expect_counts(page, again)
-    else:
-        banner = page.locator("#banner")
-        expect(banner).to_be_visible()
-        expect(banner).to_contain_text(f"reprocess of {first} refused: 404 not_found: no route POST")
-        assert stack.provider_stats()["unique_idempotency_keys"] == keys_before
-        _expect_counts(page, _api_batch(stack, first))
+    expect(page.locator("#notice")).to_contain_text(f"reprocess of {first} accepted")
+    expect(page.locator("#banner")).to_be_hidden()
+    # The batch reopens: each failed row gets one new run, then it ends again.
+    rerun = keys_before + ended["failed_count"]
+    stack.wait_batch(first, lambda _: stack.provider_stats()["unique_idempotency_keys"] == rerun, 60)
+    again = stack.wait_batch(first, is_terminal, 60)
+    _expect_counts(page, again)
