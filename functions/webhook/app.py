@@ -9,7 +9,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rowcall.routes import build_app
-from rowcall.routes.errors import body_too_large
+from rowcall.routes.errors import refused_before_parsing
 
 logger = Logger()
 tracer = Tracer()
@@ -21,7 +21,7 @@ app = build_app()
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    refused = body_too_large(event)
+    refused = refused_before_parsing(event)
     if refused is not None:
         return refused
     response: dict[str, Any] = app.resolve(event, context)

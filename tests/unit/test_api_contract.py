@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,7 @@ from openapi_spec_validator import validate
 
 from rowcall.api_models import ReprocessRequest
 from rowcall.routes import build_app
-from rowcall.routes.errors import MAX_BODY_BYTES, body_too_large
+from rowcall.routes.errors import MAX_BODY_BYTES, refused_before_parsing
 from rowcall.routes.openapi import document, render
 
 from .conftest import template_resource
@@ -162,9 +163,34 @@ def test_request_bodies_are_validated_by_the_layer_models_into_400s() -> None:
 
 def test_a_management_body_over_the_limit_is_413_before_it_is_read() -> None:
     big = http_event("POST", "/batches/b_1/resume", body="x" * (MAX_BODY_BYTES + 1))
-    refused = body_too_large(big)
+    refused = refused_before_parsing(big)
     assert refused is not None and refused["statusCode"] == 413
     assert json.loads(refused["body"])["error"]["code"] == "payload_too_large"
-    assert body_too_large(http_event("POST", "/batches/b_1/resume", body="{}")) is None
+    assert refused_before_parsing(http_event("POST", "/batches/b_1/resume", body="{}")) is None
     # The callback route has its own limit, checked after its token.
-    assert body_too_large(http_event("POST", "/callbacks/b/0-1", body="x" * (MAX_BODY_BYTES + 1))) is None
+    assert (
+        refused_before_parsing(http_event("POST", "/callbacks/b/0-1", body="x" * (MAX_BODY_BYTES + 1)))
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type", ["multipart/form-data", "application/x-www-form-urlencoded", "text/csv"]
+)
+def test_a_management_body_that_is_not_json_is_400_before_it_is_parsed(content_type: str) -> None:
+    """schemathesis found a multipart type without a boundary made Powertools' form parsing 500."""
+    event = http_event(
+        "POST", "/batches/b_1/reprocess", body='{"row_ids": []}', headers={"Content-Type": content_type}
+    )
+    refused = refused_before_parsing(event)
+    assert refused is not None and refused["statusCode"] == 400
+    assert json.loads(refused["body"])["error"]["code"] == "invalid_body"
+    assert refused_before_parsing(http_event("POST", "/batches/b_1/reprocess", body="{}")) is None
+    json_type = {"Content-Type": "application/json; charset=utf-8"}
+    # Bytes that are not JSON (nor UTF-8) made Powertools' decoding fail with a 500.
+    event = http_event(
+        "POST", "/uploads", body=base64.b64encode(b"\x08^\xff\x18hn").decode(), headers=json_type
+    )
+    garbled = refused_before_parsing(event | {"isBase64Encoded": True})
+    assert garbled is not None and json.loads(garbled["body"])["error"]["code"] == "invalid_body"
+    assert refused_before_parsing(http_event("POST", "/uploads", body="{}", headers=json_type)) is None

@@ -4,6 +4,7 @@ unsupported body type, an unknown route, a body too large."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -86,17 +87,34 @@ def register(app: APIGatewayHttpResolver) -> None:
         return error_response(ApiError(404, "not_found", f"no route {event.http_method} {event.path}"))
 
 
-def body_too_large(event: dict[str, Any], limit: int = MAX_BODY_BYTES) -> dict[str, Any] | None:
-    """The 413 answer for a management request whose body is over the limit, before any of it
-    is parsed; None otherwise. (The callback route keeps its own, smaller limit, checked after
-    its token.)"""
+def refused_before_parsing(event: dict[str, Any], limit: int = MAX_BODY_BYTES) -> dict[str, Any] | None:
+    """The answer for a management request whose body is not to be parsed at all: 413 past the
+    limit, 400 for a body that is not JSON or not declared JSON (Powertools would try to parse a form, and a
+    malformed multipart type makes it fail with a 500); None otherwise. (The callback route
+    keeps its own, smaller limit, checked after its token.)"""
+    if str(event.get("rawPath", "")).startswith("/callbacks/"):
+        return None
     body = event.get("body") or ""
     size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode())
-    if size <= limit or str(event.get("rawPath", "")).startswith("/callbacks/"):
+    if size > limit:
+        return _answer(ApiError(413, "payload_too_large", f"a request body is at most {limit} bytes"))
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if not body:
         return None
-    error = ApiError(413, "payload_too_large", f"a request body is at most {limit} bytes")
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        message = "the body must be JSON (content-type application/json)"
+        return _answer(ApiError(400, "invalid_body", message, {"body": f"content-type {content_type}"}))
+    try:
+        json.loads(base64.b64decode(body) if event.get("isBase64Encoded") else body)
+    except ValueError:  # also bytes that are not UTF-8
+        return _answer(ApiError(400, "invalid_body", "the body is not JSON", {"body": "not JSON"}))
+    return None
+
+
+def _answer(error: ApiError) -> dict[str, Any]:
     return {
-        "statusCode": 413,
+        "statusCode": error.status,
         "headers": {"Content-Type": "application/json"},
         "body": json.dumps(error.body()),
         "isBase64Encoded": False,
