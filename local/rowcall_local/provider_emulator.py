@@ -64,6 +64,7 @@ STAT_NAMES = (
     "callbacks_sent",
     "callbacks_failed",
     "deliveries_given_up",
+    "last_callback_sent_at_ms",
 )
 
 RunStatus = Literal["pending", "running", "completed", "failed"]
@@ -615,10 +616,14 @@ class _Provider:
         if self._stopping.is_set():
             return
         headers = delivery.signed_headers(self._webhook_secrets, int(time.time()))
+        sent_at_ms = int(time.time() * 1000)
         delivered = self._post(delivery.url, delivery.body, headers)
         retry = not delivered and attempt < len(CALLBACK_BACKOFF_S)
         with self._lock:
             self._stats["callbacks_sent"] += 1
+            if delivered:  # when the last accepted delivery was sent: the start of a batch's on-done wait
+                last = self._stats["last_callback_sent_at_ms"]
+                self._stats["last_callback_sent_at_ms"] = max(last, sent_at_ms)
             if not delivered:
                 self._stats["callbacks_failed"] += 1
                 if not retry:

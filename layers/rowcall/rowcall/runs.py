@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import httpx
 from aws_lambda_powertools import Logger
 
 from rowcall.csvsplit import data_records, split_lines
@@ -231,7 +230,7 @@ class RunStarter:
     ) -> None:
         renewing = asyncio.create_task(lease.keep())
         try:
-            async with httpx.AsyncClient(timeout=self._provider.timeout_s) as http:
+            async with self._provider.http() as http:
                 client = self._provider.client(http)
                 if self._cap:
                     await self._start_under_cap(client, batch, jobs, report, time_left_s, starts, refused)
