@@ -98,6 +98,7 @@ def install() -> None:
             return _json(start_response, {"reset": True})
         if not str(path).startswith(("/_rowcall/", "/moto-api/")):
             METER.count(operation_of(environ))
-        return call(self, environ, start_response)
+        answered: Iterable[bytes] = call(self, environ, start_response)
+        return answered
 
     setattr(DomainDispatcherApplication, "__call__", __call__)  # noqa: B010 - moto's WSGI entry

@@ -155,6 +155,8 @@ class RunStarter:
         if not self._ledger.chunks.claim(batch.batch_id, chunk, holder=holder, until_epoch=until):
             raise ChunkBusy(f"chunk {chunk} is being started by another delivery")
         refused: list[RowResult] = []
+        # Drawn first: the release says how long the chunk waits in SQS if it must.
+        slot_wait_s = random.randint(*SLOT_WAIT_S)
         try:
             known = {r.record for r in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk)}
             starts = self._ledger.rows.starts(batch.batch_id, chunk)
@@ -181,7 +183,10 @@ class RunStarter:
                 finally:
                     started.flush()
         finally:
-            self._ledger.chunks.release(batch.batch_id, chunk, holder=holder)
+            waits = bool(report.waiting_for_slots and not report.deferred and self._chunk_queue is not None)
+            self._ledger.chunks.release(
+                batch.batch_id, chunk, holder=holder, back_in_s=slot_wait_s if waits else 0.0
+            )
         if refused:
             # One write per refused row and one count: never stranded `running` by a crash.
             self._finisher.record_outcomes(batch.batch_id, chunk, refused)
@@ -189,7 +194,7 @@ class RunStarter:
         if report.waiting_for_slots and not report.deferred and self._chunk_queue is not None:
             # Waits in SQS, not in a sleeping Lambda: a new delayed message, so waiting never
             # counts towards the queue's maxReceiveCount.
-            self._chunk_queue.send([message], delay_seconds=random.randint(*SLOT_WAIT_S))
+            self._chunk_queue.send([message], delay_seconds=slot_wait_s)
             return report
         if report.deferred:
             raise ChunkIncomplete(
