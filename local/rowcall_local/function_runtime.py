@@ -6,6 +6,7 @@ context object are what the handler would get on AWS, with AWS endpoints pointed
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -18,6 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from rowcall_local import profiling
 from rowcall_local.child_process import detach_from_terminal_signals, redirect_output
 
 Handler = Callable[[Any, Any], Any]
@@ -81,6 +83,7 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
     """Child process entry: init, report ready, then one invocation at a time until told to stop."""
     detach_from_terminal_signals()
     redirect_output(Path(spec.log_path))
+    profile_dir = profiling.directory()  # read before the environment is replaced
     # Exactly the environment the runtime was given: spawn inherits the parent's whole
     # environment, and a developer's AWS_PROFILE or AWS_ENDPOINT_URL_S3 must not reach a handler.
     os.environ.clear()
@@ -96,12 +99,15 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
         init_error = error_payload(exc)
         traceback.print_exc()
     conn.send(("ready", init_error))
+    profile = profiling.InvocationProfile(spec.function_id, profile_dir) if profile_dir else None
     while True:
         try:
             message = conn.recv()
         except EOFError:
-            return
+            message = None
         if message is None:
+            if profile is not None:
+                profile.dump()
             return
         request_id, event = message
         if handler is None:
@@ -114,7 +120,8 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
         print(f"START RequestId: {request_id} Version: $LATEST", flush=True)
         started = time.monotonic()
         try:
-            result = handler(event, LambdaContext(spec, request_id, log_stream))
+            with profile or contextlib.nullcontext():
+                result = handler(event, LambdaContext(spec, request_id, log_stream))
             reply: tuple[str, Any] = ("ok", json.loads(json.dumps(result)))
         except Exception as exc:
             traceback.print_exc()

@@ -229,6 +229,9 @@ class HttpApi:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are two writes; with Nagle on, a keep-alive client (the provider emulator's
+    # webhooks) waits ~40 ms for each reply's body behind a delayed ACK.
+    disable_nagle_algorithm = True
     server: _Server
 
     def _read_body(self) -> bytes:

@@ -5,6 +5,7 @@ Applied only inside the moto server process; Lambda code never sees them.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from datetime import datetime
@@ -135,6 +136,87 @@ def speed_up_sqs_clock() -> None:
     sqs_models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
 
 
+class _QueueCounts(threading.local):
+    """The message counts of the queue whose attributes this thread is reading, counted once."""
+
+    queue: Any = None
+    counts: tuple[int, int, int] = (0, 0, 0)
+
+
+def count_sqs_messages_once() -> None:
+    """moto's SQS recounts a whole queue, three times and through the clock for each message,
+    whenever it reads any attribute of the queue: twice in each FIFO send's validation, once more
+    as it adds the message, and three times for each message received (its retention check reads
+    `MessageRetentionPeriod` through GetQueueAttributes). So every send and receive costs
+    O(messages queued), and a queue's backlog slows its own draining (profiled here: at ~1,000
+    queued finished runs, 45% of the moto process's time went to these counts).
+
+    Same answers, counted once: `messages` reads the clock once per call; `attributes` counts the
+    three ApproximateNumberOf* in one pass; the retention check reads the queue's retention period
+    itself. SQS's own counts are approximate; these are exact as before.
+    """
+    import moto.sqs.models as sqs_models
+    from moto.core.utils import camelcase_to_underscores
+
+    queue_class = sqs_models.Queue
+    clock = sqs_models.unix_time_millis  # type: ignore[attr-defined]
+    reading = _QueueCounts()
+
+    def messages(self: Any) -> list[Any]:
+        now = clock()
+        return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
+
+    def counts(self: Any) -> tuple[int, int, int]:
+        """(visible and not delayed, delayed, not visible), as moto's three properties count them."""
+        if reading.queue is self:
+            return reading.counts
+        now = clock()
+        available = delayed = not_visible = 0
+        for m in self._messages:
+            is_visible, is_delayed = now > m.visible_at, now < m.delayed_until
+            available += is_visible and not is_delayed
+            delayed += is_delayed
+            not_visible += not is_visible
+        return available, delayed, not_visible
+
+    attributes = queue_class.attributes.fget  # type: ignore[attr-defined]
+
+    def counted_attributes(self: Any) -> dict[str, Any]:
+        reading.queue, reading.counts = None, counts(self)
+        reading.queue = self
+        try:
+            result: dict[str, Any] = attributes(self)
+        finally:
+            reading.queue = None
+        return result
+
+    queue_class.messages = property(messages)  # type: ignore[method-assign,assignment]
+    queue_class.approximate_number_of_messages = property(lambda self: counts(self)[0])  # type: ignore[method-assign,assignment]
+    queue_class.approximate_number_of_messages_delayed = property(lambda self: counts(self)[1])  # type: ignore[method-assign,assignment]
+    queue_class.approximate_number_of_messages_not_visible = property(lambda self: counts(self)[2])  # type: ignore[method-assign,assignment]
+    queue_class.attributes = property(counted_attributes)  # type: ignore[method-assign,assignment]
+    # A pure function of an attribute name, called for every attribute on every read.
+    cached = functools.lru_cache(maxsize=256)(camelcase_to_underscores)
+    setattr(sqs_models, "camelcase_to_underscores", cached)  # noqa: B010 - moto's module global
+
+    def is_message_valid_based_on_retention_period(self: Any, queue_name: str, message: Any) -> bool:
+        retention_s = int(self.get_queue(queue_name).message_retention_period)
+        return bool(retention_s + message.sent_timestamp / 1000 > time.time())
+
+    backend = sqs_models.SQSBackend
+    backend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
+
+
+def route_requests_without_listing_moto() -> None:
+    """moto's server finds the backend of each request by listing its own package directory on
+    disk (`list_of_moto_modules`: ~180 stat calls per request, profiled here); the installed
+    package does not change while the server runs, so list it once."""
+    import moto.backends as backends
+
+    listed = tuple(backends.list_of_moto_modules())
+    setattr(backends, "list_of_moto_modules", lambda: listed)  # noqa: B010 - moto's module function
+
+
 _strict = threading.Lock()
 _strict_installed = False
 
@@ -173,4 +255,6 @@ def apply_all() -> None:
     make_transactions_cost_their_items()
     complete_s3_events()
     speed_up_sqs_clock()
+    count_sqs_messages_once()  # after the clock: it reads moto's clock once per count
+    route_requests_without_listing_moto()
     meter_dynamodb_capacity()

@@ -8,7 +8,7 @@ import os
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from rowcall_local import aws_faults, iam_enforcement, moto_fidelity
+from rowcall_local import aws_faults, iam_enforcement, moto_fidelity, profiling, request_meter
 from rowcall_local.child_process import SPAWN, detach_from_terminal_signals, redirect_output, start_child
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ def _serve(
     if enforce_iam:
         iam_enforcement.install()
     aws_faults.install(fault_rate, fault_seed)
+    # Outermost: every request is counted, faulted ones included; the profile sees all of them.
+    request_meter.install()
+    profiling.install_in_moto()
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -34,6 +37,7 @@ def _serve(
     with contextlib.suppress(EOFError):  # EOF: the parent is gone
         conn.recv()
     server.stop()
+    profiling.dump_moto()
 
 
 class MotoProcess:
@@ -55,6 +59,10 @@ class MotoProcess:
         )
         self._child_conn = child_conn
         self.url = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
 
     def start(self, timeout_s: float = 60.0) -> str:
         """Start the server; returns its endpoint URL."""

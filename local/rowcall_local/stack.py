@@ -234,6 +234,10 @@ class LocalStack:
     ) -> None:
         self.stop()
 
+    @property
+    def moto_pid(self) -> int | None:
+        return self._moto.pid if self._moto is not None else None
+
     def start(self) -> dict[str, str]:
         started = time.monotonic()
         self.logs_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ class WebhookReceiver:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                got.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                got.append(Received(self.path, headers, body, time.time()))
                 self.send_response(receiver.status)
                 self.send_header("content-length", "0")
                 self.end_headers()

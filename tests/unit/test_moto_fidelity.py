@@ -140,3 +140,38 @@ def test_s3_events_name_the_version_uploaded_and_a_growing_sequencer(moto_url: s
     assert [o["versionId"] for o in objects] == versions
     assert objects[0]["sequencer"] < objects[1]["sequencer"]
     assert all("userIdentity" in r and "ownerIdentity" in r["s3"]["bucket"] for r in records)
+
+
+def test_sqs_counts_each_message_once_and_as_sqs_does(moto_url: str) -> None:
+    sqs = client(moto_url, "sqs")
+    url = sqs.create_queue(QueueName="counted")["QueueUrl"]
+    for n in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=f"m{n}")
+    sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, VisibilityTimeout=60)["Messages"]
+    assert len(got) == 1
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "2"
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "1"
+    assert attributes["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert attributes["MessageRetentionPeriod"] == "345600"
+    # The retention check reads the queue's period: messages well within it are delivered.
+    rest = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    assert sorted(m["Body"] for m in rest) == ["m1", "m2"]
+    named = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+    assert named["Attributes"] == {"ApproximateNumberOfMessagesNotVisible": "3"}
+
+
+def test_the_request_meter_counts_requests_by_service_and_operation(moto_url: str) -> None:
+    import httpx
+
+    from rowcall_local import request_meter
+
+    httpx.post(moto_url + request_meter.RESET_PATH, timeout=10).raise_for_status()
+    sqs = client(moto_url, "sqs")
+    url = sqs.create_queue(QueueName="metered")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="x")
+    client(moto_url, "sts").get_caller_identity()
+    report = httpx.get(moto_url + request_meter.CONTROL_PATH, timeout=10).json()
+    assert report["by_operation"] == {"sqs:CreateQueue": 1, "sqs:SendMessage": 1, "sts:GetCallerIdentity": 1}
+    assert report["requests"] == 3 and report["seconds"] > 0 and report["cpu_seconds"] >= 0

@@ -35,6 +35,7 @@ STATS = (
     "callbacks_sent",
     "callbacks_failed",
     "deliveries_given_up",
+    "last_callback_sent_at_ms",
 )
 
 StartEmulator = Callable[..., ProviderEmulator]
@@ -212,8 +213,10 @@ def test_a_run_is_created_pending_then_a_signed_envelope_says_it_completed(
         "gets": 1,
         "max_in_flight": 1,
         "callbacks_sent": 1,
+        "last_callback_sent_at_ms": stats["last_callback_sent_at_ms"],
     }
     assert tuple(stats) == STATS
+    assert abs(stats["last_callback_sent_at_ms"] / 1000 - time.time()) < 60
 
 
 def test_the_signature_covers_the_raw_body_under_the_whole_secret(

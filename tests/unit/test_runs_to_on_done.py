@@ -377,3 +377,17 @@ def test_rows_a_crashed_worker_was_creating_wait_for_their_webhooks_not_a_second
         assert provider.stats()["duplicate_creates"] == 0
     finally:
         provider.stop()
+
+
+def test_a_chunk_sent_back_to_wait_counts_as_active_until_its_copy_is_due(aws: Aws) -> None:
+    batch_id = ingest(aws, ROWS)
+    assert aws.ledger.chunks.claim(batch_id, 0, holder="w", until_epoch=time.time() + 60)
+    aws.ledger.chunks.release(batch_id, 0, holder="w", back_in_s=30)
+    counter = aws.ledger.chunks.counter(batch_id, 0)
+    assert counter is not None and counter.worker_until is None
+    assert counter.last_start_at is not None and counter.last_start_at > time.time() + 25
+    assert aws.ledger.chunks.claim(batch_id, 0, holder="w2", until_epoch=time.time() + 60)
+    aws.ledger.chunks.release(batch_id, 0, holder="w2")
+    counter = aws.ledger.chunks.counter(batch_id, 0)
+    assert counter is not None and counter.last_start_at is not None
+    assert counter.last_start_at <= time.time()

@@ -83,8 +83,15 @@ def _ledger(table: str) -> Ledger:
     return Ledger(_dynamodb(), table)
 
 
+# Row writes of one received batch in flight at once: SQS hands the recorder at most ten records,
+# and boto3's client keeps ten connections.
+ROW_WRITERS = 10
+
+
 def _finisher(ledger: Ledger, done_queue_url: str, max_in_flight: int) -> BatchFinisher:
-    return BatchFinisher(ledger, DoneQueue(_sqs(), done_queue_url), capped=max_in_flight > 0)
+    return BatchFinisher(
+        ledger, DoneQueue(_sqs(), done_queue_url), capped=max_in_flight > 0, row_writers=ROW_WRITERS
+    )
 
 
 @cache

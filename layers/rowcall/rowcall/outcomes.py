@@ -12,7 +12,6 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import httpx
 from aws_lambda_powertools import Logger
 
 from rowcall.finishing import BatchFinisher, RowResult
@@ -114,7 +113,7 @@ class OutcomeRecorder:
         return report
 
     async def _resolve_all(self, messages: Sequence[FinishedRun]) -> list[RowOutcome | BaseException | None]:
-        async with httpx.AsyncClient(timeout=self._provider.timeout_s, follow_redirects=False) as http:
+        async with self._provider.http() as http:
             client = self._provider.client(http)
             return await asyncio.gather(*(self._resolve(client, m) for m in messages), return_exceptions=True)
 

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import httpx
 from aws_lambda_powertools import Logger
 
 from rowcall.csvsplit import data_records, split_lines
@@ -162,6 +161,8 @@ class RunStarter:
         if not self._ledger.chunks.claim(batch.batch_id, chunk, holder=holder, until_epoch=until):
             raise ChunkBusy(f"chunk {chunk} is being started by another delivery")
         refused: list[RowResult] = []
+        # Drawn first: the release says how long the chunk waits in SQS if it must.
+        slot_wait_s = random.randint(*SLOT_WAIT_S)
         try:
             # Read again under the lease: a cancel before it is seen here, one after it by the
             # check before each group of creates; either way nothing starts once it is canceled.
@@ -172,7 +173,10 @@ class RunStarter:
                 batch = current
                 self._start_rows(batch, message.chunk, holder, report, time_left_s, refused)
         finally:
-            self._ledger.chunks.release(batch.batch_id, chunk, holder=holder)
+            waits = bool(report.waiting_for_slots and not report.deferred and self._chunk_queue is not None)
+            self._ledger.chunks.release(
+                batch.batch_id, chunk, holder=holder, back_in_s=slot_wait_s if waits else 0.0
+            )
         if refused:
             # One write per refused row and one count: never stranded `running` by a crash.
             self._finisher.record_outcomes(batch.batch_id, chunk, refused)
@@ -183,7 +187,7 @@ class RunStarter:
         if report.waiting_for_slots and not report.deferred and self._chunk_queue is not None:
             # Waits in SQS, not in a sleeping Lambda: a new delayed message, so waiting never
             # counts towards the queue's maxReceiveCount.
-            self._chunk_queue.send([message], delay_seconds=random.randint(*SLOT_WAIT_S))
+            self._chunk_queue.send([message], delay_seconds=slot_wait_s)
             return report
         if report.deferred:
             raise ChunkIncomplete(
@@ -299,7 +303,7 @@ class RunStarter:
     ) -> None:
         renewing = asyncio.create_task(lease.keep())
         try:
-            async with httpx.AsyncClient(timeout=self._provider.timeout_s) as http:
+            async with self._provider.http() as http:
                 client = self._provider.client(http)
                 if self._cap:
                     await self._start_under_cap(client, batch, jobs, report, time_left_s, starts, refused)

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import httpx
 from aws_lambda_powertools import Logger
 
 from rowcall.finishing import BatchFinisher, RowResult
@@ -219,7 +218,7 @@ class SafetyNet:
             return None
 
     async def _ask(self, technique_id: str, runs: list[StartedRun]) -> list[object]:
-        async with httpx.AsyncClient(timeout=self._provider.timeout_s, follow_redirects=False) as http:
+        async with self._provider.http() as http:
             client = self._provider.client(http)
             gate = asyncio.Semaphore(8)
 

@@ -1,0 +1,169 @@
+"""Rows per second through the whole local stack with an instant provider, beside moto's own rate.
+
+    .venv/bin/python bench/e2e_throughput.py [ROWS] [--samples N]
+
+`measure(rows)` starts the local stack in this process (provider delay 0 ms, no faults), then:
+
+1. **Throughput.** Uploads one CSV of `rows` rows and waits for its on-done; nothing polls the API
+   meanwhile (the on-done says the batch is done). `e2e_rows_per_s` = rows / (upload -> on-done
+   received). `moto_ops_per_s` = AWS requests the embedded AWS answered in that time / seconds (its
+   request meter, `GET /_rowcall/requests`, which also gives `moto_cpu_share`: the CPU seconds of the
+   moto process per second, 1.0 = one core, and `moto_ops_per_cpu_s`: the rate one core of moto could
+   serve). `aws_ops_per_row` = those requests / rows: every request of every function and of the
+   local runtime's event sources (receives, deletes), i.e. what a row costs the embedded AWS.
+2. **On-done latency.** Then `samples` small batches (10 rows each), one after another. For each,
+   the latency is from the moment the provider emulator sent the last run webhook it had accepted
+   (`last_callback_sent_at_ms` in its `/_stats`: the batch's last callback, since batches run one at
+   a time) to the on-done arriving at the receiver (both clocks are this process's `time.time()`).
+   `on_done_latency_ms_p95` is the nearest-rank 95th percentile of those samples (with 20 samples:
+   the second slowest); `..._p50` and `..._max` beside it, and the large batch's own as
+   `on_done_latency_ms_large`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from rowcall_local import profiling, request_meter
+from rowcall_local.provider_emulator import ProviderFaults
+from rowcall_local.stack import LocalStack, StackOptions
+from rowcall_local.webhook_receiver import Received, WebhookReceiver
+
+LATENCY_SAMPLES = 20
+SAMPLE_ROWS = 10
+ON_DONE_TIMEOUT_S = 1800.0
+
+GOALS = {"e2e_rows_per_s": ">= 100", "on_done_latency_ms_p95": "<= 500"}
+
+
+def make_csv(rows: int, tag: str = "") -> bytes:
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["sku", "prompt", "reference"])
+    for n in range(1, rows + 1):
+        writer.writerow(
+            [f"SKU{tag}-{n:06d}", f"studio photo of product {n}, soft light", f"https://img.example/{n}.png"]
+        )
+    return out.getvalue().encode()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest rank: the smallest value with at least pct% of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def _upload(stack: LocalStack, key: str, body: bytes, on_done_url: str) -> None:
+    stack.aws.s3().put_object(
+        Bucket=stack.info["bucket"],
+        Key=key,
+        Body=body,
+        Metadata={"key-column": "sku", "input-types": "reference=imageUrl", "on-done-url": on_done_url},
+    )
+
+
+def _on_done(hook: WebhookReceiver, path: str, timeout_s: float) -> Received:
+    got = hook.wait_for(lambda seen: any(r.path == path for r in seen), timeout_s=timeout_s)
+    return next(r for r in got if r.path == path)
+
+
+def _last_callback_s(provider_url: str) -> float:
+    stats = httpx.get(provider_url + "/_stats", timeout=10).json()
+    return float(stats["last_callback_sent_at_ms"]) / 1000
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (Linux /proc), 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(stack: LocalStack) -> dict[str, float]:
+    """CPU seconds so far of the moto process, each function's instances, and this process (the
+    local runtime: event sources, HTTP API, provider emulator; and this benchmark)."""
+    found = {"runtime": _cpu_seconds(os.getpid())}
+    if stack.moto_pid is not None:
+        found["moto"] = _cpu_seconds(stack.moto_pid)
+    for name, pool in stack.runtime.pools.items() if stack.runtime else []:
+        found[name] = sum(_cpu_seconds(pid) for pid in pool.live_pids())
+    return found
+
+
+def measure(rows: int = 20000, samples: int = LATENCY_SAMPLES) -> dict[str, float]:
+    state = Path(tempfile.mkdtemp(prefix="rowcall-e2e-bench-"))
+    options = StackOptions(state_dir=state, provider_faults=ProviderFaults(delay_ms=(0, 0)))
+    hook = WebhookReceiver()
+    try:
+        with LocalStack(options) as stack:
+            moto = stack.info["aws_endpoint_url"]
+            provider = stack.info["provider_url"]
+            body = make_csv(rows)
+            httpx.post(moto + request_meter.RESET_PATH).raise_for_status()
+            cpu_before = cpu_by_process(stack)
+            started = time.time()
+            _upload(stack, f"uploads/e2e-{rows}.csv", body, f"{hook.url}/done/large")
+            large = _on_done(hook, "/done/large", ON_DONE_TIMEOUT_S)
+            meter = httpx.get(moto + request_meter.CONTROL_PATH, timeout=30).json()
+            cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_by_process(stack).items()}
+            large_latency_s = large.at - _last_callback_s(provider)
+            seconds = large.at - started
+            done = json.loads(large.body)
+            latencies = []
+            for n in range(samples):
+                path = f"/done/sample-{n}"
+                _upload(stack, f"uploads/e2e-sample-{n}.csv", make_csv(SAMPLE_ROWS, f"s{n}"), hook.url + path)
+                got = _on_done(hook, path, 120)
+                latencies.append(got.at - _last_callback_s(provider))
+            if profiling.directory() is not None:
+                httpx.post(moto + profiling.DUMP_PATH, timeout=600).raise_for_status()
+    finally:
+        hook.close()
+    data = done.get("data", done)
+    if data.get("completed_count", rows) != rows:
+        raise RuntimeError(f"the batch did not complete every row: {str(done)[:400]}")
+    return {
+        "rows": float(rows),
+        "e2e_seconds": seconds,
+        "e2e_rows_per_s": rows / seconds,
+        "moto_ops_per_s": meter["requests"] / meter["seconds"],
+        "moto_ops_per_cpu_s": meter["requests"] / max(meter["cpu_seconds"], 1e-9),
+        "moto_cpu_share": meter["cpu_seconds"] / meter["seconds"],
+        "aws_ops_per_row": meter["requests"] / rows,
+        "on_done_latency_ms_p95": 1000 * percentile(latencies, 95),
+        "on_done_latency_ms_p50": 1000 * percentile(latencies, 50),
+        "on_done_latency_ms_max": 1000 * max(latencies),
+        "on_done_latency_ms_large": 1000 * large_latency_s,
+        "on_done_latency_samples": float(len(latencies)),
+        **{f"cpu_s.{name}": seconds for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1])},
+        **{f"ops_per_row.{op}": n / rows for op, n in meter["by_operation"].items()},
+    }
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rows", nargs="?", type=int, default=20000)
+    parser.add_argument("--samples", type=int, default=LATENCY_SAMPLES)
+    args = parser.parse_args(argv)
+    result = measure(args.rows, args.samples)
+    for name, value in result.items():
+        goal = GOALS.get(name, "")
+        print(f"{name:40s} {value:12.3f}  {('goal ' + goal) if goal else ''}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
