@@ -65,7 +65,7 @@ e2e: $(BIN)/rowcall
 # Three workers, a test file each at a time: the end-to-end files spend most of their time waiting
 # on their stacks and the provider, so three share the two cores (9.0 min with two, see README).
 test: lint
-	$(BIN)/pytest tests -q -n 3 --dist loadfile
+	$(BIN)/pytest tests -q -n 3 --dist loadfile --durations=15
 
 # Every benchmark, ~15 min on this 2-core machine: bench/results.json and a table of figures and goals.
 bench: $(BIN)/rowcall
