@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import importlib
 import io
 import json
-import re
 import sys
 import time
 import traceback
@@ -196,39 +194,15 @@ def _ingest() -> dict[str, Any]:
 
 
 def _e2e() -> dict[str, Any]:
-    # Written on the `perf` branch: measure(rows) -> e2e_rows_per_s, moto_ops_per_s, aws_ops_per_row,
-    # on_done_latency_ms_p95. Its on-done figure is kept under its own name: the one the goal
-    # reads is the callbacks-vs-polling run's, measured with real run durations.
-    try:
-        e2e = importlib.import_module("bench.e2e_throughput")
-    except ModuleNotFoundError:
-        return _e2e_stand_in()
-    got = dict(e2e.measure(20000))
-    # Its own three keys as they are; anything else it reports under an e2e_ name, so that it
-    # cannot overwrite another piece's figure of the same name (its on-done latency among them).
+    """bench/e2e_throughput.py over 20,000 rows with an instant provider. Its own three keys as
+    they are; anything else it reports under an e2e_ name, so that it cannot overwrite another
+    piece's figure of the same name: the on-done goal reads the callbacks-vs-polling run's,
+    measured with real run durations."""
+    from bench import e2e_throughput
+
+    got = dict(e2e_throughput.measure(20000))
     own = ("e2e_rows_per_s", "moto_ops_per_s", "aws_ops_per_row")
     return {k if k in own or k.startswith("e2e_") else f"e2e_{k}": v for k, v in got.items()}
-
-
-def _e2e_stand_in(rows: int = 1000) -> dict[str, Any]:
-    """Until bench/e2e_throughput.py lands: bench/throughput.py's run (1,000 rows, the provider
-    20-200 ms), its printed figures read back. Marked as such in the results."""
-    from bench import throughput
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        throughput.main(rows)
-    text = out.getvalue()
-    print(text, end="")
-    rows_per_s = float(re.search(r"= (\d+) rows/s", text).group(1))  # type: ignore[union-attr]
-    per_row = re.search(r"AWS requests per row.*?:\n((?:  .*\n)+?)DynamoDB", text)
-    ops = sum(float(line.split()[-2]) for line in per_row.group(1).splitlines()) if per_row else float("nan")
-    return {
-        "e2e_rows_per_s": rows_per_s,
-        "aws_ops_per_row": ops,
-        "moto_ops_per_s": ops * rows_per_s,
-        "e2e_source": f"stand-in: bench/throughput.py, {rows} rows (bench/e2e_throughput.py absent)",
-    }
 
 
 def _hot_items() -> dict[str, Any]:
