@@ -31,8 +31,8 @@ def parse(defaults: SpecDefaults | None = None, **meta: str):  # type: ignore[no
 
 
 def test_absent_keys_take_the_stack_defaults() -> None:
-    plain = parse()
-    assert (plain.max_cost_usd, plain.reuse, plain.save_outputs, plain.max_failed_percent, plain.provider) == (
+    p = parse()
+    assert (p.max_cost_usd, p.reuse, p.save_outputs, p.max_failed_percent, p.provider) == (
         None,
         True,
         True,
@@ -40,15 +40,14 @@ def test_absent_keys_take_the_stack_defaults() -> None:
         "flora",
     )
     stack = SpecDefaults(max_cost_usd=12.5, reuse=False, save_outputs=False, provider="replicate")
-    spec = parse(stack)
-    assert (spec.max_cost_usd, spec.reuse, spec.save_outputs, spec.provider) == (12.5, False, False, "replicate")
+    s = parse(stack)
+    assert (s.max_cost_usd, s.reuse, s.save_outputs, s.provider) == (12.5, False, False, "replicate")
 
 
 def test_given_keys_win_over_the_defaults() -> None:
     stack = SpecDefaults(max_cost_usd=12.5, reuse=False, save_outputs=False)
-    spec = parse(
-        stack, max_cost_usd="0.5", reuse="ON", save_outputs="on", max_failed_percent="25", provider="Replicate"
-    )
+    meta = {"max_cost_usd": "0.5", "reuse": "ON", "save_outputs": "on", "max_failed_percent": "25"}
+    spec = parse(stack, provider="Replicate", **meta)
     assert (spec.max_cost_usd, spec.reuse, spec.save_outputs, spec.max_failed_percent, spec.provider) == (
         0.5,
         True,
@@ -74,7 +73,9 @@ def test_given_keys_win_over_the_defaults() -> None:
         ({"provider": "openai"}, "provider", "not one of"),
     ],
 )
-def test_a_bad_value_is_invalid_metadata_naming_its_key(meta: dict[str, str], key: str, fragment: str) -> None:
+def test_a_bad_value_is_invalid_metadata_naming_its_key(
+    meta: dict[str, str], key: str, fragment: str
+) -> None:
     with pytest.raises(InvalidMetadata) as refused:
         parse(**meta)
     assert str(refused.value).startswith(f"{key}: ")
