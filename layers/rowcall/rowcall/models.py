@@ -305,6 +305,18 @@ class ReprocessPlan(BaseModel):
         return str(counter.index) in self.chunks and counter.reopened_seq < self.seq
 
 
+class RowRules(BaseModel):
+    """What each row's cells must hold beyond the header's width, decided by the pre-flight from
+    the technique (contract §4): ingest, workers, row listing and results skip the same rows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    required: tuple[str, ...] = ()
+    """Columns of inputs the technique requires: an empty cell is `missing_input`."""
+    urls: tuple[str, ...] = ()
+    """Columns of URL-typed inputs: a cell that is not an absolute https URL is `invalid_input_url`."""
+
+
 class BatchState(BaseModel):
     """The batch item as stored. Counters of finished rows live in chunk items until settled."""
 
@@ -348,6 +360,7 @@ class BatchState(BaseModel):
     reused_count: int = 0
     outputs_saved_count: int = 0
     outputs_failed_count: int = 0
+    row_rules: RowRules | None = None
     # The failure threshold counts rows finished since the last resume: these were finished then.
     threshold_finished_base: int = 0
     threshold_failed_base: int = 0
