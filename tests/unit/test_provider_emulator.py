@@ -36,6 +36,7 @@ STATS = (
     "callbacks_failed",
     "deliveries_given_up",
     "last_callback_sent_at_ms",
+    "technique_gets",
 )
 
 StartEmulator = Callable[..., ProviderEmulator]
@@ -214,8 +215,9 @@ def test_a_run_is_created_pending_then_a_signed_envelope_says_it_completed(
         "max_in_flight": 1,
         "callbacks_sent": 1,
         "last_callback_sent_at_ms": stats["last_callback_sent_at_ms"],
+        "charged_cost_usd": 0.04,
     }
-    assert tuple(stats) == STATS
+    assert tuple(stats) == (*STATS, "charged_cost_usd")
     assert abs(stats["last_callback_sent_at_ms"] / 1000 - time.time()) < 60
 
 

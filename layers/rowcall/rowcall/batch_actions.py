@@ -73,7 +73,6 @@ class BatchActions:
         resumed = self._ledger.batches.resume(
             batch_id,
             finished=sum(c.finished for c in counters),
-            failed=sum(c.failed for c in counters),
             max_cost_micro_usd=None if max_cost_usd is None else to_micro_usd(max_cost_usd),
         )
         if resumed is None:

@@ -178,6 +178,7 @@ def uploads() -> Uploads:
         default_technique_id=settings.default_technique_id,
         destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
         defaults=settings.spec_defaults(),
+        intents=_ledger(settings.table_name).upload_intents,
     )
 
 

@@ -3,11 +3,10 @@ batch last started running) and more than that percent of them failed, the batch
 `failure_threshold`: nothing new starts (workers read the status before each group of creates),
 runs in flight finish and are recorded, and `resume` goes on with a fresh count.
 
-Decided where outcomes are counted (the finisher, after a chunk's `ADD`), from what that write
-returned: only when the chunk's own counts are over the threshold are the batch's counts read
-(its item and its chunk counters, one read each), so a batch failing below its threshold, or
-without one, costs no read more than before. A batch over the threshold has at least one chunk
-over it, and every outcome of such a chunk looks.
+Decided where outcomes are counted (the finisher, after a chunk's `ADD`): a batch with a
+threshold also adds the rows a write moved to two counters on its item, and that write's answer
+is what the decision reads. No read is added; a batch without a threshold adds no write (its
+threshold is read once per batch and container).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from threading import Lock
 from aws_lambda_powertools import Logger
 
 from rowcall.ledger import Ledger
-from rowcall.models import BatchStatus, ChunkCounter
+from rowcall.models import BatchStatus
 
 logger = Logger(child=True)
 
@@ -33,31 +32,29 @@ class FailureThreshold:
         self._thresholds: OrderedDict[str, float | None] = OrderedDict()
         self._lock = Lock()
 
-    def check(self, batch_id: str, counter: ChunkCounter | None) -> bool:
-        """Pauses the batch when its failures pass its threshold; True when this call paused it."""
-        if counter is None or counter.failed == 0:
+    def count(self, batch_id: str, *, finished: int, failed: int) -> bool:
+        """Counts rows that just finished; pauses the batch when its failures pass its threshold.
+        True when this call paused it."""
+        if finished <= 0:
             return False
         threshold = self._threshold(batch_id)
-        if threshold is None or counter.failed * 100 <= threshold * counter.finished:
+        if threshold is None:
             return False
-        batch = self._ledger.batches.get(batch_id)
+        batch = self._ledger.batches.add_threshold_counts(batch_id, finished=finished, failed=failed)
         if batch is None or batch.status is not BatchStatus.RUNNING:
             return False
-        counters = self._ledger.chunks.counters(batch_id)
-        finished = sum(c.finished for c in counters) - batch.threshold_finished_base
-        failed = sum(c.failed for c in counters) - batch.threshold_failed_base
-        if finished < MIN_FINISHED or failed * 100 <= threshold * finished:
+        judged = batch.threshold_finished - batch.threshold_finished_base
+        failures = batch.threshold_failed - batch.threshold_failed_base
+        if judged < MIN_FINISHED or failures * 100 <= threshold * judged:
             return False
         detail = (
-            f"{failed} of {finished} rows finished since it started running failed "
-            f"({100 * failed / finished:.1f}%), more than max-failed-percent {threshold:g}; runs in flight "
+            f"{failures} of {judged} rows finished since it started running failed "
+            f"({100 * failures / judged:.1f}%), more than max-failed-percent {threshold:g}; runs in flight "
             "finish and are recorded, nothing new starts: resume to go on, or cancel"
         )
         paused = self._ledger.batches.pause(batch_id, "failure_threshold", detail)
         if paused:
-            logger.warning(
-                "batch paused at its failure threshold", extra={"batch_id": batch_id, "failed": failed}
-            )
+            logger.warning("batch paused at its failure threshold", extra={"batch_id": batch_id})
         return paused
 
     def _threshold(self, batch_id: str) -> float | None:

@@ -56,8 +56,8 @@ class BatchFinisher:
             )
         else:
             counter = self._ledger.chunks.counter(batch_id, chunk)
-        if failed:
-            self._failure_threshold.check(batch_id, counter)
+        if completed or failed:
+            self._failure_threshold.count(batch_id, finished=completed + failed, failed=failed)
         self.after_outcomes(batch_id, counter)
         # The batch may be canceled, waiting for these runs (its chunks never settle then).
         self.finish_canceled(batch_id, chunk)

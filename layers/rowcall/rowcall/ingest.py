@@ -123,6 +123,7 @@ class Ingestor:
     ) -> None:
         self._s3 = s3
         self._batches = ledger.batches
+        self._intents = ledger.upload_intents
         self._row_errors = ledger.row_errors
         self._chunks = chunk_queue
         self._finisher = finisher
@@ -203,7 +204,10 @@ class Ingestor:
         source = SourceObject(
             bucket=created.bucket, key=created.key, version=None if version == "null" else version
         )
-        metadata = head.get("Metadata", {})
+        # What POST /uploads granted this key with; the object's own metadata (an upload made
+        # straight to S3 with x-amz-meta-*) wins where both name a key.
+        granted = self._intents.recall(created.key, now_epoch=utcnow().timestamp()) or {}
+        metadata = granted | {k.lower(): v for k, v in head.get("Metadata", {}).items()}
         spec_error: InvalidMetadata | None = None
         try:
             spec = spec_from_metadata(

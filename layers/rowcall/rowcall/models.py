@@ -361,7 +361,10 @@ class BatchState(BaseModel):
     outputs_saved_count: int = 0
     outputs_failed_count: int = 0
     row_rules: RowRules | None = None
-    # The failure threshold counts rows finished since the last resume: these were finished then.
+    # The failure threshold's counts (kept only for a batch with one), and what they were at the
+    # last resume: it judges the rows finished since.
+    threshold_finished: int = 0
+    threshold_failed: int = 0
     threshold_finished_base: int = 0
     threshold_failed_base: int = 0
 

@@ -241,25 +241,26 @@ class BatchLedger:
         return paused is not None
 
     def resume(
-        self, batch_id: str, *, finished: int = 0, failed: int = 0, max_cost_micro_usd: int | None = None
+        self, batch_id: str, *, finished: int = 0, max_cost_micro_usd: int | None = None
     ) -> BatchState | None:
         """paused -> running; None when it was not paused. `finished` (rows finished so far)
-        restarts the completion rate, so the time spent paused does not slow the estimate, and
-        with `failed` restarts the failure threshold's count. `max_cost_micro_usd` sets the
+        restarts the completion rate, so the time spent paused does not slow the estimate; the
+        failure threshold's count restarts too. `max_cost_micro_usd` sets the
         budget in the same write (the approval of a batch paused `over_budget`). A batch paused
         before its first run (from `ingesting`) leaves the open index here: its chunks are the
         open work now."""
         sets = (
             "#status = :running, #updated_at = :now, #rate_since = :now, #rate_base = :finished, "
-            "#running_at = if_not_exists(#running_at, :now), #threshold_finished_base = :finished, "
-            "#threshold_failed_base = :failed"
+            "#running_at = if_not_exists(#running_at, :now), "
+            "#threshold_finished_base = if_not_exists(#threshold_finished, :zero), "
+            "#threshold_failed_base = if_not_exists(#threshold_failed, :zero)"
         )
         values: dict[str, Any] = {
             ":running": BatchStatus.RUNNING.value,
             ":paused": BatchStatus.PAUSED.value,
             ":now": self._now(),
             ":finished": finished,
-            ":failed": failed,
+            ":zero": 0,
         }
         if max_cost_micro_usd is not None:
             sets += ", #max_cost_micro_usd = :budget"
@@ -269,6 +270,17 @@ class BatchLedger:
             f"SET {sets} REMOVE #reason, #reason_message, #open_pk, #open_sk",
             "#status = :paused",
             values,
+        )
+
+    def add_threshold_counts(self, batch_id: str, *, finished: int, failed: int) -> BatchState | None:
+        """Rows finished and failed, counted on the batch item for its failure threshold (only a
+        batch with one pays this write); the batch as it now stands. Like the chunk counters, a
+        hint: an ADD repeated after a lost answer counts twice, which can only pause sooner."""
+        return self._transition(
+            batch_id,
+            "ADD #threshold_finished :finished, #threshold_failed :failed",
+            "attribute_exists(pk)",
+            {":finished": finished, ":failed": failed},
         )
 
     def pause_before_run(self, batch_id: str, reason: str, message: str) -> bool:
