@@ -130,7 +130,7 @@ class ResumeBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_cost_usd: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
 
 
 class StatusServer(ThreadingHTTPServer):

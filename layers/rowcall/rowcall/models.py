@@ -66,6 +66,9 @@ PROVIDERS: tuple[ProviderName, ...] = ("flora", "replicate")
 # Money in the ledger is whole micro-USD: DynamoDB ADDs and compares them exactly, where sums of
 # float USD would drift. USD floats only at the API and CSV boundary.
 MICRO_USD = 1_000_000
+# The largest budget taken (a billion USD): far past any batch, and a micro-USD count that stays
+# an exact integer everywhere (DynamoDB numbers, JSON, floats up to 2**53).
+MAX_USD = 1_000_000_000
 
 
 def to_micro_usd(usd: float) -> int:
@@ -110,7 +113,7 @@ class BatchSpec(BaseModel):
     on_done_url: str | None = None
     name: str
     # Contract §3's cost and provider keys; defaults come from the stack's parameters.
-    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_cost_usd: float | None = Field(default=None, ge=0, le=MAX_USD)
     reuse: bool = True
     save_outputs: bool = True
     max_failed_percent: float | None = Field(default=None, ge=0, le=100)
