@@ -199,3 +199,116 @@ def test_sqs_settings_aws_would_refuse_are_refused_here_too() -> None:
         )
         == []
     )
+
+
+# Lambda keeps this much of an account's concurrency unreserved: a stack reserving N needs a quota
+# of at least 100 + N, and new accounts often start at 10 (the Lambda developer guide, "Lambda
+# quotas" and "Configuring reserved concurrency").
+LAMBDA_UNRESERVED_MINIMUM = 100
+
+
+def _condition_holds(cfn: dict[str, Any], name: str, parameters: dict[str, str]) -> bool:
+    """Evaluates a template condition (Fn::Not / Fn::Equals / Ref / Condition) at the given parameters."""
+
+    def value(node: Any) -> Any:
+        if isinstance(node, dict) and set(node) == {"Ref"}:
+            return parameters[node["Ref"]]
+        if isinstance(node, dict) and set(node) == {"Condition"}:
+            return _condition_holds(cfn, node["Condition"], parameters)
+        if isinstance(node, dict) and set(node) == {"Fn::Not"}:
+            return not value(node["Fn::Not"][0])
+        if isinstance(node, dict) and set(node) == {"Fn::Equals"}:
+            left, right = node["Fn::Equals"]
+            return str(value(left)) == str(value(right))
+        if isinstance(node, dict):
+            raise AssertionError(f"condition {name}: unsupported {node}")
+        return node
+
+    return bool(value(cfn["Conditions"][name]))
+
+
+def _reservations(cfn: dict[str, Any], parameters: dict[str, str]) -> dict[str, int]:
+    """Each function's ReservedConcurrentExecutions as CloudFormation would set it, 0 when left out."""
+    found = {}
+    for logical_id, resource in cfn["Resources"].items():
+        if resource["Type"] != "AWS::Lambda::Function":
+            continue
+        reserved = resource["Properties"].get("ReservedConcurrentExecutions")
+        if isinstance(reserved, dict) and "Fn::If" in reserved:
+            condition, when_true, when_false = reserved["Fn::If"]
+            reserved = when_true if _condition_holds(cfn, condition, parameters) else when_false
+        if isinstance(reserved, dict) and reserved.get("Ref") == "AWS::NoValue":
+            reserved = None
+        if isinstance(reserved, dict) and "Ref" in reserved:
+            reserved = parameters[reserved["Ref"]]
+        found[logical_id] = int(reserved or 0)
+    return found
+
+
+def _defaults(sam: SamTemplate) -> dict[str, str]:
+    return {name: str(p.get("Default", "")) for name, p in sam.document["Parameters"].items()}
+
+
+def test_default_deploy_reserves_no_concurrency_so_any_account_quota_takes_it() -> None:
+    """On an account at the 10 new accounts start with, any reservation fails the deploy: Lambda
+    refuses to let unreserved concurrency drop below 100. So the defaults reserve nothing, and every
+    reservation is a parameter that leaves the property out (AWS::NoValue) at 0."""
+    sam = SamTemplate.load(PROJECT_ROOT / "template.yaml")
+    cfn = sam.translate("artifacts", "us-east-1")
+    defaults = _defaults(sam)
+    reservations = _reservations(cfn, defaults)
+    assert len(reservations) == 6
+    # The account quota the defaults need: the 100 Lambda keeps unreserved plus the reservations.
+    assert LAMBDA_UNRESERVED_MINIMUM + sum(reservations.values()) == LAMBDA_UNRESERVED_MINIMUM, reservations
+    # Every reservation is opt-in through a parameter, and opting in reserves exactly what is asked.
+    for logical_id, resource in cfn["Resources"].items():
+        reserved = resource["Properties"].get("ReservedConcurrentExecutions")
+        if resource["Type"] != "AWS::Lambda::Function" or reserved is None:
+            continue
+        _condition, when_true, when_false = reserved["Fn::If"]
+        assert when_false == {"Ref": "AWS::NoValue"}, logical_id
+        parameter = when_true["Ref"]
+        assert sam.document["Parameters"][parameter]["MinValue"] == 0
+        assert _reservations(cfn, {**defaults, parameter: "3"})[logical_id] == 3
+        assert _reservations(cfn, {**defaults, parameter: "0"})[logical_id] == 0
+
+
+def test_caps_that_need_no_reservation_stay_on() -> None:
+    sam = SamTemplate.load(PROJECT_ROOT / "template.yaml")
+    for function_id in ("WorkerFunction", "RecorderFunction", "NotifierFunction"):
+        (event,) = sam.properties(function_id)["Events"].values()
+        assert event["Type"] == "SQS"
+        assert event["Properties"]["ScalingConfig"]["MaximumConcurrency"] >= 2, function_id
+    api = sam.properties("Api")
+    assert api["DefaultRouteSettings"]["ThrottlingRateLimit"] > 0
+    assert api["RouteSettings"]["POST /callbacks/{batch_id}/{row_id}"]["ThrottlingBurstLimit"] > 0
+
+
+# Lambda's retry delays for an async invocation that failed: about 1 minute, then about 2 (Lambda
+# developer guide, "Configuring error handling for asynchronous invocation").
+ASYNC_RETRY_DELAYS_S = (60, 120)
+
+
+def test_the_sweeps_stalled_ingest_threshold_follows_the_ingests_event_age(deployed: Deployed) -> None:
+    """The sweep fails a quiet ingest only after Lambda can start no attempt of its S3 event: the
+    event age the ingest's EventInvokeConfig sets, plus its timeout - read from the deployed stack."""
+    from rowcall.safety_net import INGEST_STALL_MARGIN_S, ingest_stall_after
+    from rowcall.settings import SafetyNetSettings
+
+    ingest = deployed.sam.properties("IngestFunction")
+    invoke_config = ingest["EventInvokeConfig"]
+    retries = invoke_config["MaximumRetryAttempts"]
+    age_parameter = invoke_config["MaximumEventAgeInSeconds"]["Ref"]
+    declared = deployed.sam.document["Parameters"][age_parameter]
+    # Every attempt Lambda may make fits in the event's age, at the smallest age a deploy may pick.
+    assert declared["MinValue"] >= (retries + 1) * ingest["Timeout"] + sum(ASYNC_RETRY_DELAYS_S[:retries])
+    assert declared["MaxValue"] <= 6 * 3600  # Lambda's own limit (and default)
+    env = deployed.aws.lambda_().get_function_configuration(
+        FunctionName=deployed.wiring.physical_ids["SafetyNetFunction"]
+    )["Environment"]["Variables"]
+    settings = SafetyNetSettings.model_validate(env)
+    assert settings.ingest_max_event_age_s == float(declared["Default"])
+    assert settings.ingest_timeout_s == ingest["Timeout"]
+    assert ingest_stall_after(settings.ingest_max_event_age_s, settings.ingest_timeout_s) == (
+        float(declared["Default"]) + ingest["Timeout"] + INGEST_STALL_MARGIN_S
+    )

@@ -24,7 +24,7 @@ from rowcall.provider import ProviderConnection
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySchedule
 from rowcall.row_listing import RowListing
 from rowcall.runs import RunStarter
-from rowcall.safety_net import SafetyNet, SafetyNetTimes
+from rowcall.safety_net import SafetyNet, SafetyNetTimes, ingest_stall_after
 from rowcall.settings import (
     ApiSettings,
     IngestSettings,
@@ -226,7 +226,9 @@ def safety_net() -> SafetyNet:
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
         times=SafetyNetTimes(
-            reconcile_after_s=settings.reconcile_after_s, callback_deadline_s=settings.callback_deadline_s
+            reconcile_after_s=settings.reconcile_after_s,
+            callback_deadline_s=settings.callback_deadline_s,
+            ingest_stall_s=ingest_stall_after(settings.ingest_max_event_age_s, settings.ingest_timeout_s),
         ),
     )
 
