@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import boto3
 from aws_lambda_powertools.utilities import parameters
-from botocore.config import Config
 
 from rowcall.api import BatchQueries, RowQueries
 from rowcall.batch_actions import BatchActions
@@ -36,7 +35,7 @@ from rowcall.settings import (
     WorkerSettings,
 )
 from rowcall.signing import WebhookSigner
-from rowcall.uploads import Uploads
+from rowcall.uploads import Uploads, presigning_s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -162,11 +161,8 @@ def batch_actions() -> BatchActions:
 @cache
 def uploads() -> Uploads:
     settings = UploadSettings.from_env()
-    # SigV4 explicitly: it is what carries the signed headers (size, type, metadata) in a presigned
-    # URL, and botocore would otherwise presign with SigV2 in some regions.
-    s3: S3Client = boto3.client("s3", config=Config(signature_version="s3v4"))
     return Uploads(
-        s3=s3,
+        s3=presigning_s3_client(),
         bucket=settings.bucket_name,
         max_bytes=settings.max_bytes,
         default_technique_id=settings.default_technique_id,
