@@ -88,7 +88,11 @@ def test_s3_event_and_bucket_name_are_resolved(deployed: Deployed) -> None:
     assert trigger.function_id == "IngestFunction"
     assert trigger.events == ("s3:ObjectCreated:*",)
     assert trigger.filter_rules == (("prefix", "uploads/"),)
-    assert trigger.bucket == f"{STACK}-data-123456789012-us-east-1"
+    # The stack id's first 8 hex digits end the name: new for every stack created.
+    stack_id = deployed.aws.cloudformation().describe_stacks(StackName=STACK)["Stacks"][0]["StackId"]
+    assert trigger.bucket == f"{STACK}-123456789012-us-east-1-{stack_id.rsplit('/', 1)[1][:8]}"
+    assert trigger.bucket == deployed.wiring.physical_ids["DataBucket"]
+    assert deployed.wiring.functions["WebhookFunction"].environment["DATA_BUCKET"] == trigger.bucket
     s3 = deployed.aws.s3()
     s3.head_bucket(Bucket=trigger.bucket)
     # moto's CloudFormation ignores VersioningConfiguration; the deploy applies it.
@@ -312,3 +316,34 @@ def test_the_sweeps_stalled_ingest_threshold_follows_the_ingests_event_age(deplo
     assert ingest_stall_after(settings.ingest_max_event_age_s, settings.ingest_timeout_s) == (
         float(declared["Default"]) + ingest["Timeout"] + INGEST_STALL_MARGIN_S
     )
+
+
+def test_deleting_the_stack_and_deploying_it_again_keeps_the_retained_data(deployed: Deployed) -> None:
+    """The table and bucket are retained on delete; a stack created again under the same name gets
+    a bucket of its own (its name carries the stack id) and a new table, and the retained ones stay
+    with their data. Last in this module: it replaces the module's stack."""
+    aws, cfn = deployed.aws, deployed.aws.cloudformation()
+    old_bucket = deployed.wiring.physical_ids["DataBucket"]
+    old_table = deployed.wiring.only_physical_id("AWS::DynamoDB::Table")
+    s3 = aws.s3()
+    s3.put_object(Bucket=old_bucket, Key="uploads/kept.csv", Body=b"id\n1\n")
+    cfn.delete_stack(StackName=STACK)
+    assert cfn.list_stacks(StackStatusFilter=["DELETE_COMPLETE"])["StackSummaries"]
+    parameters = {"ProviderBaseUrl": PROVIDER_URL, "CallbackBaseUrl": CALLBACK_URL, "BucketPrefix": STACK}
+    physical = deploy_stack(aws, STACK, deployed.cfn, parameters)
+    wiring = read_wiring(deployed.sam, deployed.cfn, physical, aws, STACK)
+    new_bucket = physical["DataBucket"]
+    assert new_bucket != old_bucket and new_bucket.startswith(f"{STACK}-123456789012-us-east-1-")
+    assert len(new_bucket) <= 63
+    assert wiring.functions["WebhookFunction"].environment["DATA_BUCKET"] == new_bucket
+    assert wiring.only_physical_id("AWS::DynamoDB::Table") != old_table
+    # What was retained is still there, as it was.
+    assert s3.get_object(Bucket=old_bucket, Key="uploads/kept.csv")["Body"].read() == b"id\n1\n"
+    assert old_table in aws._client("dynamodb").list_tables()["TableNames"]
+    # The new stack's roles name its own bucket: the new ingest may read its uploads.
+    role = aws._client("iam").get_role_policy(
+        RoleName=wiring.functions["IngestFunction"].role_arn.rsplit("/", 1)[1], PolicyName="IngestFunction"
+    )["PolicyDocument"]
+    # (moto hands back the inline policy CloudFormation gave it as written, a dict or its repr)
+    assert f"arn:aws:s3:::{new_bucket}/uploads/*" in str(role)
+    assert old_bucket not in str(role)
