@@ -131,6 +131,12 @@ STACK_FLAGS = (
         "RATE",
     ),
     _Flag(
+        "xray-sample-rate",
+        _rate,
+        "test only: fraction of invocations X-Ray samples (default: Lambda's rule, 1 a second then 5%%)",
+        "RATE",
+    ),
+    _Flag(
         "enforce-iam",
         _switch,
         "run each function with its own role's credentials; the embedded AWS denies what the role lacks",
@@ -192,6 +198,7 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         crash_once=args.crash_once or {},
         aws_fault_rate=args.aws_fault_rate or 0.0,
         enforce_iam=bool(args.enforce_iam),
+        xray_sample_rate=args.xray_sample_rate,
     )
 
 
