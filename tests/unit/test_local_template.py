@@ -347,3 +347,45 @@ def test_deleting_the_stack_and_deploying_it_again_keeps_the_retained_data(deplo
     # (moto hands back the inline policy CloudFormation gave it as written, a dict or its repr)
     assert f"arn:aws:s3:::{new_bucket}/uploads/*" in str(role)
     assert old_bucket not in str(role)
+
+
+def test_what_only_aws_checks_holds_its_documented_shape() -> None:
+    """docs/architecture.md, "What only AWS checks": what neither moto nor the local runtime judges."""
+    import re
+
+    sam = SamTemplate.load(PROJECT_ROOT / "template.yaml")
+    cfn = sam.translate("artifacts", "us-east-1")
+    resources = cfn["Resources"]
+    # CloudWatch may use the alarm topic's key (SNS "Key management"); the topic uses that key.
+    (key,) = [r for r in resources.values() if r["Type"] == "AWS::KMS::Key"]
+    (cloudwatch,) = [
+        s
+        for s in key["Properties"]["KeyPolicy"]["Statement"]
+        if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}
+    ]
+    assert set(cloudwatch["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    assert set(cloudwatch["Condition"]) == {"StringEquals", "ArnLike"}
+    assert resources["AlarmTopic"]["Properties"]["KmsMasterKeyId"] == {"Ref": "AlarmKey"}
+    for alarm in (r for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"):
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    # EventBridge invokes the sweep through the function's resource policy, from its own rule.
+    (rule_id,) = [k for k, r in resources.items() if r["Type"] == "AWS::Events::Rule"]
+    (permission,) = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Lambda::Permission" and r["Properties"]["Principal"] == "events.amazonaws.com"
+    ]
+    assert permission["SourceArn"] == {"Fn::GetAtt": [rule_id, "Arn"]}
+    assert permission["FunctionName"] == {"Ref": "SafetyNetFunction"}
+    # Log group names: 1-512 of [A-Za-z0-9_-/.#] with the longest stack name (128 characters).
+    longest_stack = "s" + "-" * 126 + "s"
+    for group in (r for r in resources.values() if r["Type"] == "AWS::Logs::LogGroup"):
+        name = group["Properties"]["LogGroupName"]["Fn::Sub"].replace("${AWS::StackName}", longest_stack)
+        assert re.fullmatch(r"[A-Za-z0-9_\-/.#]{1,512}", name), name
+    # The layer is built for, and declared compatible with, the functions' architecture.
+    layer = sam.resources("AWS::Serverless::LayerVersion")["RowcallLayer"]
+    architectures = sam.globals("Function")["Architectures"]
+    assert layer["Properties"]["CompatibleArchitectures"] == architectures
+    assert [layer["Metadata"]["BuildArchitecture"]] == architectures
+    for logical_id in sam.resources("AWS::Serverless::Function"):
+        assert sam.function_property(logical_id, "Architectures") == architectures
