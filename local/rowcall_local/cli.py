@@ -158,6 +158,12 @@ STACK_FLAGS = (
         "RATE",
     ),
     _Flag(
+        "xray-sample-rate",
+        _rate,
+        "test only: fraction of invocations X-Ray samples (default: Lambda's rule, 1 a second then 5%%)",
+        "RATE",
+    ),
+    _Flag(
         "enforce-iam",
         _switch,
         "run each function with its own role's credentials; the embedded AWS denies what the role lacks",
@@ -224,6 +230,7 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         parameters={}
         if args.daily_budget_usd is None
         else {"DailyBudgetUsd": usd_text(args.daily_budget_usd)},
+        xray_sample_rate=args.xray_sample_rate,
     )
 
 
