@@ -255,12 +255,21 @@ def row_basis(
     functions: dict[str, cost_model.FunctionUse], rows: int, api_functions: set[str]
 ) -> cost_model.RowBasis:
     """Per-row Lambda figures for the alternatives, from this run: the worker's time per row (it
-    creates the runs) and the webhook's time per callback."""
-    worker = functions.get("WorkerFunction", cost_model.FunctionUse(0, 0, 512))
-    create = cost_model.FunctionUse(1, max(1, math.ceil(worker.billed_ms / rows)), worker.memory_mb)
+    creates the runs), the webhook's time per callback and the recorder's per row (it fetches the
+    outputs); the per-batch states are spread over this run's one batch."""
+
+    def per_row(fid: str) -> cost_model.FunctionUse:
+        use = functions.get(fid, cost_model.FunctionUse(0, 0, 512))
+        return cost_model.FunctionUse(1, max(1, math.ceil(use.billed_ms / rows)), use.memory_mb)
+
     api = [functions[f] for f in api_functions if f in functions and functions[f].invocations]
     relay = api[0].per_invocation() if api else cost_model.FunctionUse(1, 20, 512)
-    return cost_model.RowBasis(create_run=create, relay=relay)
+    return cost_model.RowBasis(
+        create_run=per_row("WorkerFunction"),
+        relay=relay,
+        fetch_outputs=per_row("RecorderFunction"),
+        rows_per_batch=rows,
+    )
 
 
 def report(result: dict[str, Any]) -> None:

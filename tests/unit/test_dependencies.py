@@ -90,7 +90,7 @@ def test_the_runtime_lock_is_the_local_and_client_extras_at_the_dev_locks_versio
     assert _direct(runtime) == {canonicalize_name(r.name) for r in wanted}, "run `make lock`"
     for requirement in wanted:
         pinned = runtime[canonicalize_name(requirement.name)].version
-        assert requirement.specifier.contains(pinned), f"{requirement}: runtime pins {pinned}; run `make lock`"
+        assert requirement.specifier.contains(pinned), f"{requirement}: runtime {pinned}; run `make lock`"
     for name, pin in runtime.items():
         assert name in dev, f"{name} is in the runtime lock but not in the dev lock"
         assert pin.version == dev[name].version, f"{name}: runtime {pin.version}, dev {dev[name].version}"
