@@ -59,6 +59,9 @@ class AwsRequests:
     """The recorder's requests, by service and action, with SQS billed per 64 KB and per queue kind."""
 
     by_action: collections.Counter[str] = field(default_factory=collections.Counter)
+    by_caller: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Requests per function (each signs with its own key, fn-<LogicalId>); "runtime" is the local
+    event sources and the stack itself (their receives and deletes, as Lambda's pollers make them)."""
     sqs_billed: dict[str, float] = field(default_factory=lambda: {"standard": 0.0, "fifo": 0.0})
     sent_messages: collections.Counter[str] = field(default_factory=collections.Counter)
     """Messages sent per queue URL (for the event sources' receives as Lambda would make them)."""
@@ -97,6 +100,8 @@ def count_requests(recording: str) -> AwsRequests:
             continue  # unsigned: moto's own control endpoints
         key, service = scope.groups()
         from_function = key.startswith(capacity_meter.FUNCTION_KEY_PREFIX)
+        caller = key.removeprefix(capacity_meter.FUNCTION_KEY_PREFIX) if from_function else "runtime"
+        counted.by_caller[caller] += 1
         body = _body(request)
         if service == "sqs":
             action, params = _sqs_call(headers, body)
@@ -247,6 +252,7 @@ def price(
         "lambda": {fid: vars(f) | {"gb_seconds": f.gb_seconds} for fid, f in functions.items()},
         "safety_net_per_invocation": vars(safety_net),
         "aws_requests": dict(requests.by_action),
+        "aws_requests_by_caller": dict(requests.by_caller),
         "sqs_event_source_receives": {"local": requests.runtime_receives, "priced": modelled},
     }
 
@@ -282,11 +288,22 @@ def report(result: dict[str, Any]) -> None:
         f"  DynamoDB: {result['dynamodb_wru_per_row']:.3f} WRU/row,"
         f" {result['dynamodb_rru_per_row']:.3f} RRU/row"
     )
+    callers = result.get("aws_requests_by_caller", {})
+    print(
+        f"  {'function':24s} {'invocations/row':>15s} {'billed ms/inv':>13s} {'memory MB':>9s}"
+        f" {'GB-s/row':>9s} {'$/1M rows':>9s} {'AWS req/row':>11s}"
+    )
     for fid, f in sorted(result["lambda"].items()):
+        use = cost_model.FunctionUse(f["invocations"], f["billed_ms"], f["memory_mb"])
+        per_inv = f["billed_ms"] / f["invocations"] if f["invocations"] else 0.0
         print(
-            f"  {fid:24s} {f['invocations'] / rows:7.3f} invocations/row  {f['billed_ms'] / rows:8.2f} ms/row"
-            f"  at {f['memory_mb']} MB"
+            f"  {fid:24s} {f['invocations'] / rows:15.3f} {per_inv:13.1f} {f['memory_mb']:9d}"
+            f" {use.gb_seconds / rows:9.5f} {use.usd / rows * cost_model.MILLION:9.3f}"
+            f" {callers.get(fid, 0) / rows:11.3f}"
         )
+    if callers:
+        print(f"  {'event sources, the upload':24s} {'':>15s} {'':>13s} {'':>9s} {'':>9s} {'':>9s}", end="")
+        print(f" {callers.get('runtime', 0) / rows:11.3f}")
     print(
         "  AWS requests per row: "
         + ", ".join(

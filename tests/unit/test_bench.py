@@ -188,3 +188,32 @@ def test_the_transition_count_follows_the_machine() -> None:
     del child["FetchOutputs"]["End"]
     with pytest.raises(ValueError, match="loops"):
         cost_model.sfn_transitions(machine)
+
+
+def test_the_ceiling_is_moto_rate_over_requests_per_row() -> None:
+    got = run_all.ceiling({"e2e_moto_ops_per_cpu_s": 141.0, "aws_ops_per_row": 2.82, "e2e_rows_per_s": 40.0})
+    assert got["e2e_ceiling_rows_per_s"] == pytest.approx(50.0)
+    assert got["e2e_share_of_ceiling"] == pytest.approx(0.8)
+    assert run_all.ceiling({"aws_ops_per_row": 2.0}) == {}
+
+
+def test_on_done_hops_follow_the_chain_and_add_up_to_the_latency() -> None:
+    from bench import on_done_hops
+    from rowcall_local.function_pool import InvocationSpan
+
+    cb = 100.0
+    spans = [
+        InvocationSpan("WebhookFunction", 99.0, 99.1),  # an earlier callback's: not this hop
+        InvocationSpan("WebhookFunction", 100.010, 100.040),
+        InvocationSpan("WebhookFunction", 100.050, 100.060),  # a duplicate delivery after it
+        InvocationSpan("RecorderFunction", 100.070, 100.200, (100.04,)),
+        InvocationSpan("RecorderFunction", 100.210, 100.300, (100.06,)),
+        InvocationSpan("NotifierFunction", 100.320, 100.600, (100.30,)),
+    ]
+    got = on_done_hops.hops(spans, cb, received_at=100.500)
+    assert got is not None
+    assert [round(1000 * got[h]) for h in on_done_hops.HOPS] == [10, 30, 170, 90, 20, 180]
+    assert sum(got.values()) == pytest.approx(0.5)
+    assert on_done_hops.hops(spans[:3], cb, 100.5) is None  # no notifier: nothing guessed
+    summary = on_done_hops.summarize([got, got])
+    assert summary["on_done_hop_ms.recorder.p95"] == pytest.approx(90)
