@@ -43,6 +43,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import cost_model
+from bench.e2e_throughput import _cpu_seconds
 from bench.throughput import make_csv
 from rowcall_local import capacity_meter
 from rowcall_local.provider_emulator import ProviderFaults
@@ -144,6 +145,7 @@ def measure(rows: int = 5000) -> dict[str, Any]:
             httpx.post(f"{moto}/moto-api/recorder/start-recording").raise_for_status()
             httpx.post(f"{moto}{capacity_meter.RESET_PATH}").raise_for_status()
             runtime.reset_usage()
+            cpu_before = {fid: _cpu(pool.live_pids()) for fid, pool in runtime.pools.items()}
             started = time.monotonic()
             stack.aws.s3().put_object(
                 Bucket=info["bucket"],
@@ -156,6 +158,9 @@ def measure(rows: int = 5000) -> dict[str, Any]:
             # The notifier may still be finishing its invocation: let the counts settle.
             time.sleep(0.5)
             usage = runtime.usage()
+            instances = {fid: pool.live_pids() for fid, pool in runtime.pools.items()}
+            cpu_s = {fid: _cpu(pids) - cpu_before.get(fid, 0.0) for fid, pids in instances.items()}
+            peak_rss_mb = {fid: max(map(_peak_rss_mb, pids), default=0.0) for fid, pids in instances.items()}
             httpx.post(f"{moto}/moto-api/recorder/stop-recording").raise_for_status()
             capacity = httpx.get(f"{moto}{capacity_meter.CONTROL_PATH}?requesters=functions").json()
             recording = httpx.get(f"{moto}/moto-api/recorder/download-recording", timeout=120).text
@@ -182,7 +187,7 @@ def measure(rows: int = 5000) -> dict[str, Any]:
         if sweeps
         else cost_model.FunctionUse(1, 100, 512)
     )
-    return price(
+    priced = price(
         rows,
         seconds,
         usage,
@@ -193,6 +198,25 @@ def measure(rows: int = 5000) -> dict[str, Any]:
         safety_net.per_invocation(),
         provider,
     )
+    for fid, figures in priced["lambda"].items():
+        figures["cpu_s"] = cpu_s.get(fid, 0.0)
+        figures["peak_rss_mb"] = peak_rss_mb.get(fid, 0.0)
+    return priced
+
+
+def _cpu(pids: set[int]) -> float:
+    return sum(_cpu_seconds(pid) for pid in pids)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The instance's peak resident memory (VmHWM): what its memory size must hold."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def price(
@@ -291,7 +315,7 @@ def report(result: dict[str, Any]) -> None:
     callers = result.get("aws_requests_by_caller", {})
     print(
         f"  {'function':24s} {'invocations/row':>15s} {'billed ms/inv':>13s} {'memory MB':>9s}"
-        f" {'GB-s/row':>9s} {'$/1M rows':>9s} {'AWS req/row':>11s}"
+        f" {'GB-s/row':>9s} {'$/1M rows':>9s} {'AWS req/row':>11s} {'CPU ms/inv':>10s} {'peak RSS MB':>11s}"
     )
     for fid, f in sorted(result["lambda"].items()):
         use = cost_model.FunctionUse(f["invocations"], f["billed_ms"], f["memory_mb"])
@@ -300,6 +324,8 @@ def report(result: dict[str, Any]) -> None:
             f"  {fid:24s} {f['invocations'] / rows:15.3f} {per_inv:13.1f} {f['memory_mb']:9d}"
             f" {use.gb_seconds / rows:9.5f} {use.usd / rows * cost_model.MILLION:9.3f}"
             f" {callers.get(fid, 0) / rows:11.3f}"
+            f" {1000 * f.get('cpu_s', 0.0) / max(1, f['invocations']):10.1f}"
+            f" {f.get('peak_rss_mb', 0.0):11.0f}"
         )
     if callers:
         print(f"  {'event sources, the upload':24s} {'':>15s} {'':>13s} {'':>9s} {'':>9s} {'':>9s}", end="")
