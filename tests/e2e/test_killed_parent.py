@@ -149,12 +149,12 @@ def test_killing_the_process_that_started_rowcall_up_stops_the_whole_stack(
 def test_killing_rowcall_up_itself_ends_moto_and_the_function_instances(
     launched: tuple[subprocess.Popen[str], int, dict[str, str], Path],
 ) -> None:
-    _, up, info, log = launched
+    _, up, info, _ = launched
     children = _stack_processes(up)
 
     os.kill(up, signal.SIGKILL)
 
     left = lambda: {p for p in children if _alive(p)}  # noqa: E731
-    _wait_until(lambda: not left(), GONE_WITHIN_S, lambda: f"children of a killed `rowcall up` alive: {left()}")
+    _wait_until(lambda: not left(), GONE_WITHIN_S, lambda: f"children of a dead `rowcall up` alive: {left()}")
     assert not _answers(info["aws_endpoint_url"])  # moto's port closed with its process
     assert not _answers(info["provider_url"])  # the emulator ran inside `rowcall up`
