@@ -60,6 +60,8 @@ class AwsRequests:
     """The recorder's requests, by service and action, with SQS billed per 64 KB and per queue kind."""
 
     by_action: collections.Counter[str] = field(default_factory=collections.Counter)
+    by_caller_action: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Requests per "<caller> <service> <action>": which function asks what, per row."""
     by_caller: collections.Counter[str] = field(default_factory=collections.Counter)
     """Requests per function (each signs with its own key, fn-<LogicalId>); "runtime" is the local
     event sources and the stack itself (their receives and deletes, as Lambda's pollers make them)."""
@@ -107,6 +109,7 @@ def count_requests(recording: str) -> AwsRequests:
         if service == "sqs":
             action, params = _sqs_call(headers, body)
             counted.by_action[f"sqs {action}"] += 1
+            counted.by_caller_action[f"{caller} sqs {action}"] += 1
             queue = str(params.get("QueueUrl", ""))
             kind = "fifo" if queue.endswith(".fifo") else "standard"
             if action == ESM_RECEIVE and not from_function:
@@ -119,16 +122,21 @@ def count_requests(recording: str) -> AwsRequests:
         elif service == "s3":
             method = request.get("method", "GET")
             counted.by_action[f"s3 {method}"] += 1
+            counted.by_caller_action[f"{caller} s3 {method}"] += 1
             if method in ("PUT", "POST") or (method == "GET" and "list-type" in request.get("qs", "")):
                 counted.s3_write += 1
             else:
                 counted.s3_read += 1
         elif service == "sns":
-            counted.by_action["sns " + parse_qs(body).get("Action", ["?"])[-1]] += 1
+            action = parse_qs(body).get("Action", ["?"])[-1]
+            counted.by_action[f"sns {action}"] += 1
+            counted.by_caller_action[f"{caller} sns {action}"] += 1
             if "Action=Publish" in body:
                 counted.sns_publishes += 1
         else:
+            target = headers.get("X-Amz-Target") or headers.get("x-amz-target") or ""
             counted.by_action[service] += 1
+            counted.by_caller_action[f"{caller} {service} {target.rsplit('.', 1)[-1] or '?'}"] += 1
     return counted
 
 
@@ -277,6 +285,7 @@ def price(
         "safety_net_per_invocation": vars(safety_net),
         "aws_requests": dict(requests.by_action),
         "aws_requests_by_caller": dict(requests.by_caller),
+        "aws_requests_by_caller_action": dict(requests.by_caller_action),
         "sqs_event_source_receives": {"local": requests.runtime_receives, "priced": modelled},
     }
 
@@ -330,6 +339,12 @@ def report(result: dict[str, Any]) -> None:
     if callers:
         print(f"  {'event sources, the upload':24s} {'':>15s} {'':>13s} {'':>9s} {'':>9s} {'':>9s}", end="")
         print(f" {callers.get('runtime', 0) / rows:11.3f}")
+    by_caller_action = result.get("aws_requests_by_caller_action", {})
+    if by_caller_action:
+        print("  AWS requests per row, by who asks:")
+        for what, n in sorted(by_caller_action.items(), key=lambda kv: -kv[1]):
+            if n / rows >= 0.001:
+                print(f"    {what:48s} {n / rows:7.3f}")
     print(
         "  AWS requests per row: "
         + ", ".join(

@@ -217,3 +217,26 @@ def test_on_done_hops_follow_the_chain_and_add_up_to_the_latency() -> None:
     assert on_done_hops.hops(spans[:3], cb, 100.5) is None  # no notifier: nothing guessed
     summary = on_done_hops.summarize([got, got])
     assert summary["on_done_hop_ms.recorder.p95"] == pytest.approx(90)
+
+
+def test_requests_are_counted_by_the_function_that_signed_them() -> None:
+    from bench import cost
+
+    def line(key: str, service: str, **more: object) -> str:
+        auth = f"AWS4-HMAC-SHA256 Credential={key}/20261203/us-east-1/{service}/aws4_request, SignedHeaders=x"
+        return json.dumps({"headers": {"Authorization": auth, **more.pop("headers", {})}, **more})  # type: ignore[dict-item]
+
+    recording = "\n".join(
+        [
+            line("fn-WebhookFunction", "sqs", headers={"X-Amz-Target": "AmazonSQS.SendMessage"}, body=""),
+            line("fn-RecorderFunction", "dynamodb", headers={"X-Amz-Target": "DynamoDB_20120810.UpdateItem"}),
+            line("fn-RecorderFunction", "dynamodb", headers={"X-Amz-Target": "DynamoDB_20120810.UpdateItem"}),
+            line("testing", "sqs", headers={"X-Amz-Target": "AmazonSQS.ReceiveMessage"}, body=""),
+            json.dumps({"headers": {}}),  # unsigned: moto's own control endpoint, not counted
+        ]
+    )
+    counted = cost.count_requests(recording)
+    assert counted.by_caller == {"WebhookFunction": 1, "RecorderFunction": 2, "runtime": 1}
+    assert counted.by_caller_action["RecorderFunction dynamodb UpdateItem"] == 2
+    assert counted.by_caller_action["WebhookFunction sqs SendMessage"] == 1
+    assert counted.runtime_receives == 1
