@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from rowcall.models import usd_text
+from rowcall_local.child_process import when_parent_gone
 from rowcall_local.provider_emulator import ProviderFaults
 from rowcall_local.stack import PROJECT_ROOT, LocalStack, StackOptions
 from rowcall_local.technique_catalog import Technique, load_catalog
@@ -235,6 +236,8 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
 
 
 def _until_signalled() -> threading.Event:
+    """Set on Ctrl-C, SIGTERM, the terminal hanging up, or the process that started this one going
+    away (a killed test run, a CI time limit): a stack nobody can stop any more stops itself."""
     stop = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -242,6 +245,8 @@ def _until_signalled() -> threading.Event:
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGHUP, handle)
+    when_parent_gone(stop.set)
     return stop
 
 
