@@ -329,10 +329,20 @@ class ChunkCounter(BaseModel):
     last_start_at: float | None = None
     worker_until: int | None = None
     reopened_seq: int = 0
+    # `started` counts every run of the chunk (chunks made before it did lack this): never
+    # short, so `finished >= started` is when none of its runs can still be out.
+    starts_counted: bool = False
+    last_run_at: float | None = None
 
     @property
     def finished(self) -> int:
         return self.completed + self.failed
+
+    @property
+    def runs_maybe_out(self) -> bool:
+        """False only when the counts say every run started for the chunk has its outcome (a
+        counter that is short or long errs towards True, and is recounted when quiet)."""
+        return self.finished < self.started
 
 
 class RowState(BaseModel):

@@ -178,7 +178,10 @@ class RunStarter:
                 batch.batch_id, chunk, holder=holder, back_in_s=slot_wait_s if waits else 0.0
             )
         if refused:
-            # One write per refused row and one count: never stranded `running` by a crash.
+            # Counted as started too (their outcomes are counted), so the counts never say a
+            # run is out less than it is. One write per refused row and one count: never
+            # stranded `running` by a crash.
+            self._ledger.chunks.add_started(batch.batch_id, chunk, len(refused))
             self._finisher.record_outcomes(batch.batch_id, chunk, refused)
         if report.stopped:
             # A canceled batch may have waited for this worker to let go of its chunk.
@@ -236,7 +239,7 @@ class RunStarter:
             else:
                 jobs.append(job)
         if jobs:
-            started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
+            started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder, self._ledger.chunks)
             try:
                 lease = _Lease(self._ledger, batch.batch_id, chunk, holder)
                 asyncio.run(self._start_all(batch, jobs, report, time_left_s, started, refused, lease))

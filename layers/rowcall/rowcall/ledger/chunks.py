@@ -22,6 +22,7 @@ from rowcall.ledger.keys import (
     batch_key,
     batch_pk,
     chunk_key,
+    chunk_sk,
     open_chunk_sk,
 )
 from rowcall.ledger.table import Table
@@ -48,6 +49,8 @@ class ChunkLedger:
                 "completed": 0,
                 "failed": 0,
                 "started": 0,
+                # Counted from the start: `started` covers every run of the chunk (see add_started).
+                "starts_counted": True,
                 "created_at": time.time(),
                 "open_pk": OPEN_PARTITION,
                 "open_sk": open_chunk_sk(batch_id, chunk.index),
@@ -83,12 +86,30 @@ class ChunkLedger:
         return _counter(stored) if stored else None
 
     def add_started(self, batch_id: str, chunk: int, started: int) -> None:
+        """Count runs about to be recorded as started (before their start page is written, so
+        `started` is never short of the start pages: a crash between the two, or a repeated
+        `ADD`, leaves it long). With `completed + failed` it says whether a run of the chunk
+        may still be out, which is what lets the recorder skip its batch read
+        (`BatchFinisher.finish_canceled`). `last_run_at` is the chunk's last real start, unlike
+        `last_start_at`, which a delivery that only waited for slots also moves."""
+        if started <= 0:
+            return
+        now = time.time()
         self._table.update(
             chunk_key(batch_id, chunk),
-            "ADD #started :n SET #last_start_at = :now",
+            "ADD #started :n SET #last_start_at = :now, #last_run_at = :now",
             condition="attribute_exists(#rows)",
-            values={":n": started, ":now": time.time()},
+            values={":n": started, ":now": now},
         )
+
+    def counters_between(self, batch_id: str, first: int, last: int) -> dict[int, ChunkCounter]:
+        """The counters of chunks first..last of a batch in one query (paged past 1 MB): for
+        many open chunks of one batch, a read unit per ~16 counters instead of one each."""
+        found = self._table.query_all(
+            "pk = :pk AND sk BETWEEN :first AND :last",
+            {":pk": batch_pk(batch_id), ":first": chunk_sk(first), ":last": chunk_sk(last)},
+        )
+        return {counter.index: counter for counter in map(_counter, found)}
 
     def settle(self, batch_id: str, counter: ChunkCounter, rows: Iterable[RowState]) -> bool | None:
         """Fold a finished chunk into its batch's counts, once, from a recount of its rows.
@@ -142,14 +163,16 @@ class ChunkLedger:
         batch left out its counts when it reopened (`BatchLedger.reopen`)."""
         reopened = self._table.update(
             chunk_key(batch_id, chunk),
-            "SET #reopened_seq = :seq, #completed = :c, #failed = :f, #open_pk = :open, #open_sk = :open_sk, "
-            "#last_start_at = :at REMOVE #settled",
+            "SET #reopened_seq = :seq, #completed = :c, #failed = :f, #started = :kept, #open_pk = :open, "
+            "#open_sk = :open_sk, #last_start_at = :at REMOVE #settled",
             condition="attribute_exists(#settled) AND "
             "(attribute_not_exists(#reopened_seq) OR #reopened_seq < :seq)",
             values={
                 ":seq": seq,
                 ":c": completed,
                 ":f": failed,
+                # The rows that keep their outcome: the reruns are counted again as they start.
+                ":kept": completed + failed,
                 ":open": OPEN_PARTITION,
                 ":open_sk": open_chunk_sk(batch_id, chunk),
                 ":at": time.time(),
