@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from rowcall_local.provider_emulator import ProviderFaults
+from rowcall_local.provider_emulator import IDEMPOTENCY_MODES, ProviderFaults
 from rowcall_local.stack import PROJECT_ROOT, LocalStack, StackOptions
 
 ENV_PREFIX = "ROWCALL_"
@@ -65,6 +65,12 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _idempotency_mode(text: str) -> str:
+    if text not in IDEMPOTENCY_MODES:
+        raise argparse.ArgumentTypeError(f"{text}: expected one of {', '.join(IDEMPOTENCY_MODES)}")
+    return text
+
+
 def _switch(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -91,6 +97,13 @@ STACK_FLAGS = (
     _Flag("provider-duplicate-callback-rate", _rate, "fraction of callbacks sent twice", "RATE"),
     _Flag("provider-drop-callback-rate", _rate, "fraction of callbacks never sent", "RATE"),
     _Flag("provider-credits", _at_least(0), "runs the provider accepts before 402 insufficient_credits", "N"),
+    _Flag(
+        "provider-idempotency",
+        _idempotency_mode,
+        "a repeated idempotency key: duplicate = 409 within 2 h (default); replay = the original run "
+        "within 24 h, 422 idempotency_conflict for another body",
+        "replay|duplicate",
+    ),
     _Flag(
         "max-in-flight",
         _at_least(1),
@@ -146,6 +159,7 @@ _FAULT_FIELDS = {
     "provider_duplicate_callback_rate": "duplicate_callback_rate",
     "provider_drop_callback_rate": "drop_callback_rate",
     "provider_credits": "credits",
+    "provider_idempotency": "idempotency",
 }
 
 
