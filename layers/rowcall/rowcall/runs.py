@@ -31,12 +31,14 @@ from rowcall.models import (
     RunInput,
 )
 from rowcall.provider import (
+    REPLAY_AGE_S,
     ProviderClient,
     ProviderConnection,
     ProviderUnavailable,
     RunAlreadyCreated,
     RunCreated,
     RunRefused,
+    created_epoch_s,
 )
 from rowcall.queues import ChunkQueue
 from rowcall.source import read_source
@@ -56,6 +58,12 @@ LEASE_S = 30.0
 # a chunk that finds no free slot comes back after a few seconds.
 FAIR_SHARE_DIVISOR = 4
 SLOT_WAIT_S = (2, 5)
+
+
+def _replayed(created: RunCreated, sent_at: float) -> bool:
+    """The provider answered with the run the same key made before (FLORA's 24-hour replay)."""
+    at = created_epoch_s(created.run)
+    return at is not None and at < sent_at - REPLAY_AGE_S
 
 
 class _Lease:
@@ -395,6 +403,7 @@ class RunStarter:
             callback_url=self._callback_url(batch.batch_id, job.row_id, attempt),
             idempotency_key=idempotency_key_for(batch.batch_id, job.row_id, attempt),
         )
+        sent_at = time.time()
         try:
             outcome = await client.create_run(batch.spec.technique_id, request)
         except ProviderUnavailable as exc:
@@ -405,9 +414,12 @@ class RunStarter:
         if isinstance(outcome, RunCreated | RunAlreadyCreated):
             run_id = outcome.run.run_id if isinstance(outcome, RunCreated) else None
             await starts.add(job.record, attempt, run_id, job.line)
-            if isinstance(outcome, RunCreated):
+            if isinstance(outcome, RunCreated) and not _replayed(outcome, sent_at):
                 report.started += 1
             else:
+                # A run an earlier delivery created (it died before its start page): its id is
+                # recorded now when the provider replays it, and it is not started twice (its
+                # slot is the dead delivery's).
                 report.already_started += 1
             return
         if outcome.batch_reason is not None:
