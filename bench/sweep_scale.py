@@ -113,7 +113,6 @@ def _synthesize(ledger: Ledger, shape: Shape, now: float) -> dict[str, int]:
             "completed": 0,
             "failed": 0,
             "started": 0,
-            "starts_counted": True,
             "created_at": now - 600,
         }
         if chunk.index >= shape.chunks * STARTED_SHARE:

@@ -192,7 +192,7 @@ def test_a_chunk_whose_counter_moved_lately_is_not_read_and_its_silent_run_is_as
         report = net(aws, provider, now + 30).sweep()
     assert (report.open_chunks, report.looked_into, report.asked, reads.count) == (1, 0, 0, 0)
     with RowReads(aws, batch_id) as reads:
-        report = net(aws, provider, now + 61).sweep()
+        report = net(aws, provider, time.time() + 61).sweep()  # 61 s after its last movement
     assert (report.looked_into, report.asked, report.recorded) == (1, 1, 1)
     assert reads.count >= 2  # its rows and its start pages, now that nothing has moved for 60 s
     batch = aws.ledger.batches.get(batch_id)

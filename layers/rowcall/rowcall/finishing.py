@@ -53,10 +53,11 @@ class BatchFinisher:
             counter = self._ledger.chunks.counter(batch_id, chunk)
         self.after_outcomes(batch_id, counter)
         # The batch may be canceled, waiting for these runs (its chunks never settle then). It
-        # can finish only once no run of this chunk is out, and the counter just written says
-        # when that may be: the batch is read then, not once per received batch. A counter that
-        # errs (short or long) leaves the finish to the safety net's sweep of the batch.
-        if counter is None or not counter.runs_maybe_out:
+        # can finish only once no worker holds this chunk and none of its runs is out, and the
+        # counter just written says when that may be: the batch is read then, not once per
+        # received batch. What a counter that errs leaves undone, the safety net's sweep of the
+        # canceled batch does.
+        if counter is None or not (counter.runs_maybe_out or counter.held(time.time())):
             self.finish_canceled(batch_id, chunk)
         return completed + failed
 

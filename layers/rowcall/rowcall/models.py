@@ -329,9 +329,8 @@ class ChunkCounter(BaseModel):
     last_start_at: float | None = None
     worker_until: int | None = None
     reopened_seq: int = 0
-    # `started` counts every run of the chunk (chunks made before it did lack this): never
-    # short, so `finished >= started` is when none of its runs can still be out.
-    starts_counted: bool = False
+    # The chunk's runs as its deliveries counted them at their release (see
+    # ChunkLedger.release); `last_run_at`: the last release that had started runs.
     last_run_at: float | None = None
 
     @property
@@ -340,9 +339,15 @@ class ChunkCounter(BaseModel):
 
     @property
     def runs_maybe_out(self) -> bool:
-        """False only when the counts say every run started for the chunk has its outcome (a
-        counter that is short or long errs towards True, and is recounted when quiet)."""
+        """True while the counts say a run of the chunk is still out. Only a hint for skipping a
+        read: long counts (a repeated `ADD`) make it True too long (the safety net's sweep of
+        the batch does what the skipped read would have); short ones make it False too soon
+        (a read more, which checks the start pages and rows itself)."""
         return self.finished < self.started
+
+    def held(self, now: float) -> bool:
+        """A worker's lease on the chunk has not run out."""
+        return self.worker_until is not None and self.worker_until >= now
 
 
 class RowState(BaseModel):

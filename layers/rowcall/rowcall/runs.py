@@ -182,14 +182,18 @@ class RunStarter:
                 self._start_rows(batch, message.chunk, holder, report, time_left_s, refused)
         finally:
             waits = bool(report.waiting_for_slots and not report.deferred and self._chunk_queue is not None)
+            # The release counts the runs this delivery started, with the refused rows (their
+            # outcomes are counted too): what lets the recorder skip its batch read while a run
+            # of the chunk is out (`ChunkCounter.runs_maybe_out`). No write of its own.
             self._ledger.chunks.release(
-                batch.batch_id, chunk, holder=holder, back_in_s=slot_wait_s if waits else 0.0
+                batch.batch_id,
+                chunk,
+                holder=holder,
+                back_in_s=slot_wait_s if waits else 0.0,
+                started=report.started + report.already_started + len(refused),
             )
         if refused:
-            # Counted as started too (their outcomes are counted), so the counts never say a
-            # run is out less than it is. One write per refused row and one count: never
-            # stranded `running` by a crash.
-            self._ledger.chunks.add_started(batch.batch_id, chunk, len(refused))
+            # One write per refused row and one count: never stranded `running` by a crash.
             self._finisher.record_outcomes(batch.batch_id, chunk, refused)
         if report.stopped:
             # A canceled batch may have waited for this worker to let go of its chunk.
@@ -247,7 +251,7 @@ class RunStarter:
             else:
                 jobs.append(job)
         if jobs:
-            started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder, self._ledger.chunks)
+            started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
             try:
                 lease = _Lease(self._ledger, batch.batch_id, chunk, holder)
                 asyncio.run(self._start_all(batch, jobs, report, time_left_s, started, refused, lease))

@@ -11,17 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from rowcall.ledger import ChunkLedger, RowLedger, StartedRun
+from rowcall.ledger import RowLedger, StartedRun
 
 PAGE_ROWS = 25
 
 
 class StartLog:
-    def __init__(
-        self, rows: RowLedger, batch_id: str, chunk: int, holder: str, chunks: ChunkLedger | None = None
-    ) -> None:
+    def __init__(self, rows: RowLedger, batch_id: str, chunk: int, holder: str) -> None:
         self._rows = rows
-        self._chunks = chunks
         self._batch_id = batch_id
         self._chunk = chunk
         self._holder = holder
@@ -55,9 +52,5 @@ class StartLog:
 
     def _write(self, page: list[StartedRun]) -> None:
         self._pages += 1
-        if self._chunks is not None:
-            # Counted before the page that names them: the count is never short of the pages.
-            runs = sum(1 for started in page if started.has_run)
-            self._chunks.add_started(self._batch_id, self._chunk, runs)
         self._rows.record_starts(self._batch_id, self._chunk, page, f"{self._holder}-{self._pages:05d}")
         self.recorded += len(page)

@@ -49,8 +49,6 @@ class ChunkLedger:
                 "completed": 0,
                 "failed": 0,
                 "started": 0,
-                # Counted from the start: `started` covers every run of the chunk (see add_started).
-                "starts_counted": True,
                 "created_at": time.time(),
                 "open_pk": OPEN_PARTITION,
                 "open_sk": open_chunk_sk(batch_id, chunk.index),
@@ -86,12 +84,7 @@ class ChunkLedger:
         return _counter(stored) if stored else None
 
     def add_started(self, batch_id: str, chunk: int, started: int) -> None:
-        """Count runs about to be recorded as started (before their start page is written, so
-        `started` is never short of the start pages: a crash between the two, or a repeated
-        `ADD`, leaves it long). With `completed + failed` it says whether a run of the chunk
-        may still be out, which is what lets the recorder skip its batch read
-        (`BatchFinisher.finish_canceled`). `last_run_at` is the chunk's last real start, unlike
-        `last_start_at`, which a delivery that only waited for slots also moves."""
+        """Count runs started outside a worker's delivery (its release counts its own)."""
         if started <= 0:
             return
         now = time.time()
@@ -202,16 +195,29 @@ class ChunkLedger:
         )
         return claimed is not None
 
-    def release(self, batch_id: str, chunk: int, *, holder: str, back_in_s: float = 0.0) -> None:
+    def release(
+        self, batch_id: str, chunk: int, *, holder: str, back_in_s: float = 0.0, started: int = 0
+    ) -> None:
         """The delivery's end is activity too: a chunk cycling through the queue (waiting for
         slots, deferred) is never mistaken by the safety net for one whose message was lost.
         `back_in_s`: the delivery sent the chunk again with that delay, so the chunk counts as
         active until its copy is due (otherwise a wait of a few seconds plus a busy queue looked
         stalled, and each resend added a copy that cycled too: 333 deliveries of 14 chunks in a
-        chaos run on a loaded machine)."""
+        chaos run on a loaded machine).
+
+        `started`: the runs the delivery started (and rows it refused), added to the chunk's
+        `started`. A delivery that dies before its release leaves `started` short: the recorder
+        then reads its batch more often than needed (`ChunkCounter.runs_maybe_out`), nothing
+        else. `last_run_at` moves only when runs started: waiting for slots is not progress."""
+        now = time.time()
+        update = "SET #last_start_at = :at"
+        values: dict[str, Any] = {":holder": holder, ":at": now + max(0.0, back_in_s)}
+        if started > 0:
+            update += ", #last_run_at = :now ADD #started :started"
+            values |= {":now": now, ":started": started}
         self._table.update(
             chunk_key(batch_id, chunk),
-            "SET #last_start_at = :now REMOVE #worker, #worker_until",
+            update + " REMOVE #worker, #worker_until",
             condition="#worker = :holder",
-            values={":holder": holder, ":now": time.time() + max(0.0, back_in_s)},
+            values=values,
         )
