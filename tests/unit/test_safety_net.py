@@ -226,3 +226,21 @@ def test_a_chunk_no_worker_has_touched_is_sent_again_without_reading_its_rows(
         report = net(aws, provider, time.time() + 61).sweep()
     assert (report.looked_into, report.chunks_resent, reads.count) == (1, 1, 0)
     assert [m.chunk.index for m in chunk_messages(aws)] == [0]
+
+
+def test_a_chunk_counted_finished_but_not_settled_is_settled_by_the_next_sweep(
+    aws: Aws, provider: ScriptedProvider
+) -> None:
+    """The recorder counted the last outcomes and died before the settle: no waiting for the
+    chunk to go still."""
+    now = time.time()
+    batch_id = started_batch(aws, at=now)
+    for record in (1, 2, 3):
+        outcome = RowOutcome(status=RowStatus.COMPLETED, run_id=f"run_{record}")
+        assert aws.ledger.rows.finish(batch_id, 0, record, outcome, attempt=1)
+    aws.ledger.chunks.add_outcomes(batch_id, 0, completed=3, failed=0)
+    report = net(aws, provider, now + 1).sweep()
+    assert (report.recounted, report.looked_into, report.asked) == (1, 0, 0)
+    batch = aws.ledger.batches.get(batch_id)
+    assert batch is not None and (batch.status, batch.completed_count) == (BatchStatus.COMPLETED, 3)
+    assert len(aws.drain(aws.done_queue_url)) == 1

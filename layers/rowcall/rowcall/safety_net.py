@@ -145,6 +145,12 @@ class SafetyNet:
             self._ledger.chunks.close(batch_id, chunk)  # nothing more will run here
             report.closed += 1
             return
+        if counter.finished >= counter.rows:
+            # Counted finished yet open: the recorder that counted its last outcome died before
+            # settling it (or is settling it now; the settle is conditional). No need to wait.
+            self._finisher.recount(batch_id, chunk)
+            report.recounted += 1
+            return
         now = self._clock()
         if not self._still(counter, now):
             return  # an outcome or a start within `reconcile_after_s`: nothing of it is stale yet
