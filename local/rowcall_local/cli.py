@@ -16,7 +16,7 @@ from typing import Any
 
 from rowcall.models import usd_text
 from rowcall_local.child_process import when_parent_gone
-from rowcall_local.provider_emulator import ProviderFaults
+from rowcall_local.provider_emulator import IDEMPOTENCY_MODES, ProviderFaults
 from rowcall_local.stack import PROJECT_ROOT, LocalStack, StackOptions
 from rowcall_local.technique_catalog import Technique, load_catalog
 
@@ -83,6 +83,10 @@ def _catalog(text: str) -> tuple[Technique, ...]:
         return load_catalog(Path(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+def _idempotency_mode(text: str) -> str:
+    if text not in IDEMPOTENCY_MODES:
+        raise argparse.ArgumentTypeError(f"{text}: expected one of {', '.join(IDEMPOTENCY_MODES)}")
+    return text
 
 
 def _switch(text: str) -> bool:
@@ -119,6 +123,12 @@ STACK_FLAGS = (
     ),
     _Flag("provider-run-cost", _usd, "run_cost of the emulator's open techniques (default 0.04)", "USD"),
     _Flag("daily-budget-usd", _usd, "most run_cost started per UTC day (template DailyBudgetUsd)", "USD"),
+        "provider-idempotency",
+        _idempotency_mode,
+        "a repeated idempotency key: duplicate = 409 within 2 h (default); replay = the original run "
+        "within 24 h, 422 idempotency_conflict for another body",
+        "replay|duplicate",
+    ),
     _Flag(
         "max-in-flight",
         _at_least(1),
@@ -182,6 +192,7 @@ _FAULT_FIELDS = {
     "provider_credits": "credits",
     "provider_techniques": "techniques",
     "provider_run_cost": "run_cost_usd",
+    "provider_idempotency": "idempotency",
 }
 
 
