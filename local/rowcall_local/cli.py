@@ -83,6 +83,8 @@ def _catalog(text: str) -> tuple[Technique, ...]:
         return load_catalog(Path(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _idempotency_mode(text: str) -> str:
     if text not in IDEMPOTENCY_MODES:
         raise argparse.ArgumentTypeError(f"{text}: expected one of {', '.join(IDEMPOTENCY_MODES)}")
@@ -123,6 +125,7 @@ STACK_FLAGS = (
     ),
     _Flag("provider-run-cost", _usd, "run_cost of the emulator's open techniques (default 0.04)", "USD"),
     _Flag("daily-budget-usd", _usd, "most run_cost started per UTC day (template DailyBudgetUsd)", "USD"),
+    _Flag(
         "provider-idempotency",
         _idempotency_mode,
         "a repeated idempotency key: duplicate = 409 within 2 h (default); replay = the original run "
