@@ -108,6 +108,15 @@ class _Scan:
 _OPEN_TECHNIQUE = TechniqueDefinition(technique_id="-", inputs=[], run_cost=None)
 
 
+# What a read of a deleted upload answers. The role may read uploads/* and not s3:ListBucket, and to
+# such a caller S3 answers a missing key or version 403, not 404 (S3 API reference, HeadObject and
+# GetObject, "Permissions"); under uploads/, which the template lets it read, that 403 means gone.
+# Granting ListBucket instead would let ingest list the whole bucket (results too) to learn what
+# this HEAD already tells. The cost: a role that lost its read would log every upload "gone"
+# (with the code) rather than fail it - test_least_privilege runs ingest on its role.
+_GONE_CODES = ("404", "NoSuchKey", "NoSuchVersion", "403", "AccessDenied")
+
+
 class Ingestor:
     def __init__(
         self,
@@ -196,8 +205,12 @@ class Ingestor:
                 self._s3, SourceObject(bucket=created.bucket, key=created.key, version=created.version_id)
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchVersion"):
-                logger.warning("uploaded object is gone", extra={"key": created.key})
+            code = exc.response.get("Error", {}).get("Code")
+            if code in _GONE_CODES:
+                logger.warning(
+                    "uploaded object is gone",
+                    extra={"key": created.key, "version": created.version_id, "code": code},
+                )
                 return None
             raise
         version = created.version_id or head.get("VersionId")

@@ -132,6 +132,8 @@ class SafetyNetSettings(_EnvSettings):
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
     reconcile_after_s: float = Field(alias="RECONCILE_AFTER_SECONDS", gt=0)
     callback_deadline_s: float = Field(alias="CALLBACK_DEADLINE_SECONDS", gt=0)
+    ingest_max_event_age_s: float = Field(alias="INGEST_MAX_EVENT_AGE_SECONDS", default=21600, gt=0)
+    ingest_timeout_s: float = Field(alias="INGEST_TIMEOUT_SECONDS", default=900, gt=0)
     # A batch paused `daily_budget` goes on by itself the next UTC day (template DailyBudgetUsd).
     daily_budget_usd: float | None = Field(alias="DAILY_BUDGET_USD", default=None, ge=0)
 

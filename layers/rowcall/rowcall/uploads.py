@@ -236,3 +236,24 @@ class Uploads:
                 f"the metadata is {size} bytes; S3 allows {MAX_METADATA_BYTES}",
                 {"metadata": f"{size} bytes, at most {MAX_METADATA_BYTES}"},
             )
+
+
+def presigning_s3_client(region_name: str | None = None) -> S3Client:
+    """The S3 client that presigns upload URLs: SigV4, against the bucket's Regional virtual-hosted
+    endpoint `https://{bucket}.s3.{region}.amazonaws.com` (per partition).
+
+    botocore otherwise presigns with the legacy global host `{bucket}.s3.amazonaws.com`, where S3
+    answers 307 for a bucket less than a day old and 400 in Regions opened after March 2019 - and the
+    stack creates its bucket, so the first day after a deploy is when uploads would fail. SigV4
+    carries the signed headers (size, type, metadata). Where an endpoint is configured (the local
+    stack's embedded AWS, an IP address) botocore addresses the bucket by path there instead.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "virtual", "us_east_1_regional_endpoint": "regional"},
+    )
+    client: S3Client = boto3.client("s3", region_name=region_name, config=config)
+    return client
