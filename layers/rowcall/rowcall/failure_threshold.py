@@ -57,6 +57,13 @@ class FailureThreshold:
             logger.warning("batch paused at its failure threshold", extra={"batch_id": batch_id})
         return paused
 
+    def remember(self, batch_id: str, threshold: float | None) -> None:
+        """A caller that read the batch anyway hands its threshold over: no read of its own."""
+        with self._lock:
+            self._thresholds[batch_id] = threshold
+            while len(self._thresholds) > _CACHE_SIZE:
+                self._thresholds.popitem(last=False)
+
     def _threshold(self, batch_id: str) -> float | None:
         with self._lock:
             if batch_id in self._thresholds:
@@ -64,8 +71,5 @@ class FailureThreshold:
                 return self._thresholds[batch_id]
         batch = self._ledger.batches.get(batch_id)
         threshold = batch.spec.max_failed_percent if batch is not None else None
-        with self._lock:
-            self._thresholds[batch_id] = threshold
-            while len(self._thresholds) > _CACHE_SIZE:
-                self._thresholds.popitem(last=False)
+        self.remember(batch_id, threshold)
         return threshold

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from rowcall.failure_threshold import FailureThreshold
 from rowcall.ledger import Ledger
 from rowcall.ledger.slots import RELEASE_SHARDS
-from rowcall.models import ChunkCounter, RowOutcome, RowStatus
+from rowcall.models import BatchState, ChunkCounter, RowOutcome, RowStatus
 from rowcall.queues import DoneQueue
 
 
@@ -67,6 +67,11 @@ class BatchFinisher:
         if counter is None or not (counter.runs_maybe_out or counter.held(time.time())):
             self.finish_canceled(batch_id, chunk)
         return completed + failed
+
+    def knows(self, batch: BatchState) -> None:
+        """The batch as a caller read it (the recorder, for its technique): what the finisher
+        needs of it once per batch (its failure threshold) is taken from there, not read again."""
+        self._failure_threshold.remember(batch.batch_id, batch.spec.max_failed_percent)
 
     def _write_rows(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> list[RowResult]:
         """The results whose row write won. Up to `row_writers` rows are written at once (a

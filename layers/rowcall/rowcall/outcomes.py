@@ -139,6 +139,7 @@ class OutcomeRecorder:
         batch = self._ledger.batches.get(batch_id)
         if batch is None:
             return None
+        self._finisher.knows(batch)
         self._techniques[batch_id] = batch.spec.technique_id
         if len(self._techniques) > TECHNIQUE_CACHE_SIZE:
             self._techniques.popitem(last=False)
