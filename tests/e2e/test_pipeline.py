@@ -89,8 +89,13 @@ def test_a_tricky_csv_finishes_with_one_signed_on_done_and_its_results(stack: Lo
             "outputs",
             "error_code",
             "error_message",
+            "charged_cost_usd",
+            "reused_from",
+            "saved_outputs",
         ]
         assert [r[:3] for r in rows[1:4]] == [r[:3] for r in TRICKY_ROWS[1:4]]
+        # Each completed run is charged the emulator's run_cost for an open technique (0.04).
+        assert all(r[8] == "0.04" for r in rows[1:])
         assert rows[4][1] == '\'=HYPERLINK("x")'
         assert rows[5][:2] == ["A-6", "last, row"]
         assert all(r[3] == "completed" and r[4] for r in rows[1:])
