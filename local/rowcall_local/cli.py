@@ -92,6 +92,15 @@ STACK_FLAGS = (
     _Flag("provider-drop-callback-rate", _rate, "fraction of callbacks never sent", "RATE"),
     _Flag("provider-credits", _at_least(0), "runs the provider accepts before 402 insufficient_credits", "N"),
     _Flag(
+        "provider-output-bytes", _at_least(0), "size of each output the provider serves (default 16384)", "N"
+    ),
+    _Flag(
+        "provider-output-ttl-s",
+        _positive_seconds,
+        "outputs vanish from the provider's URLs this long after their run finished (default: never)",
+        "SECONDS",
+    ),
+    _Flag(
         "max-in-flight",
         _at_least(1),
         "cap on runs started but not finished, across all batches (template MaxInFlight)",
@@ -146,6 +155,8 @@ _FAULT_FIELDS = {
     "provider_duplicate_callback_rate": "duplicate_callback_rate",
     "provider_drop_callback_rate": "drop_callback_rate",
     "provider_credits": "credits",
+    "provider_output_bytes": "output_bytes",
+    "provider_output_ttl_s": "output_ttl_s",
 }
 
 

@@ -29,6 +29,8 @@ class RowResult:
     outcome: RowOutcome
     line: int | None = None
     key: str | None = None
+    save: bool = False
+    """Its outputs are to be saved (the batch's `save-outputs`) before its chunk settles."""
 
 
 class BatchFinisher:
@@ -73,6 +75,7 @@ class BatchFinisher:
                     attempt=result.attempt,
                     line=result.line,
                     key=result.key,
+                    save_pending=result.save,
                 )
             ]
 
@@ -137,6 +140,8 @@ class BatchFinisher:
             if not (counter.last_start_at or counter.last_outcome_at or counter.worker_until):
                 continue  # never touched by a worker: no row of it has run
             rows = {row.record: row for row in self._ledger.rows.rows_of_chunk(batch_id, index)}
+            if any(row.save_pending for row in rows.values()):
+                return  # outputs still being saved: the saver finishes it once they are
             for record, start in self._ledger.rows.starts(batch_id, index).items():
                 row = rows.get(record)
                 current = row.attempt if row is not None else 1

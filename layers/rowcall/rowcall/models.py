@@ -82,6 +82,7 @@ class BatchSpec(BaseModel):
     static_inputs: tuple[RunInput, ...] = ()
     on_done_url: str | None = None
     name: str
+    save_outputs: bool = True
 
     @field_validator("on_done_url")
     @classmethod
@@ -347,6 +348,9 @@ class RowState(BaseModel):
     attempt: int = 1
     run_id: str | None = None
     outputs: list[dict[str, Any]] = Field(default_factory=list)
+    save_pending: bool = False
+    """Its outputs are being saved (contract section 7); its chunk does not settle meanwhile."""
+    saved_outputs: list[dict[str, Any]] | None = None
     error_code: str | None = None
     error_message: str | None = None
     updated_at: str | None = None

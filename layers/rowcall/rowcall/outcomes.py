@@ -18,6 +18,7 @@ from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.ledger import Ledger
 from rowcall.models import FinishedRun, RowOutcome, RowStatus, RunObject
 from rowcall.provider import ProviderClient, ProviderConnection, ProviderUnavailable, RunNotFound
+from rowcall.saved_outputs import SaveMessage, SaveQueue
 
 logger = Logger(child=True)
 
@@ -78,11 +79,21 @@ class OutcomeRecorder:
     """Records one received batch of finished runs: the GETs of its completed runs in flight
     together, then each chunk's outcomes written and counted together (one `ADD` per chunk)."""
 
-    def __init__(self, *, ledger: Ledger, finisher: BatchFinisher, provider: ProviderConnection) -> None:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        finisher: BatchFinisher,
+        provider: ProviderConnection,
+        save_queue: SaveQueue | None = None,
+    ) -> None:
         self._ledger = ledger
         self._finisher = finisher
         self._provider = provider
         self._techniques: OrderedDict[str, str] = OrderedDict()
+        # Batches whose outputs are saved (`save-outputs`), read with the technique.
+        self._saving: dict[str, bool] = {}
+        self._save_queue = save_queue
 
     def record(self, messages: Sequence[tuple[str, FinishedRun]]) -> RecordReport:
         report = RecordReport()
@@ -99,11 +110,15 @@ class OutcomeRecorder:
                 report.dropped += 1
             else:
                 report.fetched += finished.status is RowStatus.COMPLETED
-                result = RowResult(record=finished.record, attempt=finished.attempt, outcome=outcome)
+                save = self._saves(finished, outcome)
+                result = RowResult(
+                    record=finished.record, attempt=finished.attempt, outcome=outcome, save=save
+                )
                 groups[(finished.batch_id, finished.chunk)].append((message_id, result))
         for (batch_id, chunk), group in groups.items():
             try:
                 report.recorded += self._finisher.record_outcomes(batch_id, chunk, [r for _, r in group])
+                self._send_saves(batch_id, chunk, [r for _, r in group])
             except Exception:
                 # Row writes are conditional, so the retry repeats none; a count missed here
                 # is found by the recount when the chunk settles or goes quiet.
@@ -111,6 +126,32 @@ class OutcomeRecorder:
                 report.failed.update(message_id for message_id, _ in group)
         self._finisher.release_slots(report.recorded)
         return report
+
+    def _saves(self, finished: FinishedRun, outcome: RowOutcome) -> bool:
+        return bool(
+            self._save_queue is not None
+            and outcome.status is RowStatus.COMPLETED
+            and outcome.outputs
+            and self._saving.get(finished.batch_id, False)
+        )
+
+    def _send_saves(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> None:
+        """One save message per completed row to save, whether its write won just now or on an
+        earlier delivery (whose send may have been lost): the saver drops one with nothing left
+        to save."""
+        messages = [
+            SaveMessage(
+                batch_id=batch_id,
+                chunk=chunk,
+                record=r.record,
+                attempt=r.attempt,
+                run_id=r.outcome.run_id or "",
+            )
+            for r in results
+            if r.save and r.outcome.run_id
+        ]
+        if messages and self._save_queue is not None:
+            self._save_queue.send(messages)
 
     async def _resolve_all(self, messages: Sequence[FinishedRun]) -> list[RowOutcome | BaseException | None]:
         async with self._provider.http() as http:
@@ -135,6 +176,8 @@ class OutcomeRecorder:
         if batch is None:
             return None
         self._techniques[batch_id] = batch.spec.technique_id
+        self._saving[batch_id] = batch.spec.save_outputs
         if len(self._techniques) > TECHNIQUE_CACHE_SIZE:
-            self._techniques.popitem(last=False)
+            forgotten, _ = self._techniques.popitem(last=False)
+            self._saving.pop(forgotten, None)
         return batch.spec.technique_id

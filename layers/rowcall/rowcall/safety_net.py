@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -35,12 +35,14 @@ from rowcall.models import (
     ChunkMessage,
     DoneMessage,
     RowOutcome,
+    RowState,
     RowStatus,
     RunObject,
 )
 from rowcall.outcomes import RunNotFinished, fetched_outcome
 from rowcall.provider import ProviderConnection, ProviderUnavailable, RunNotFound
 from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue, DoneQueue
+from rowcall.saved_outputs import SaveMessage, SaveQueue
 
 logger = Logger(child=True)
 
@@ -64,6 +66,7 @@ class SweepReport:
     timed_out: int = 0
     recounted: int = 0
     chunks_resent: int = 0
+    saves_resent: int = 0
     on_dones_resent: int = 0
     ingests_failed: int = 0
     closed: int = 0
@@ -72,7 +75,12 @@ class SweepReport:
     @property
     def findings(self) -> int:
         return (
-            self.recorded + self.timed_out + self.chunks_resent + self.on_dones_resent + self.ingests_failed
+            self.recorded
+            + self.timed_out
+            + self.chunks_resent
+            + self.saves_resent
+            + self.on_dones_resent
+            + self.ingests_failed
         )
 
 
@@ -87,7 +95,9 @@ class SafetyNet:
         provider: ProviderConnection,
         times: SafetyNetTimes,
         clock: Callable[[], float] = time.time,
+        save_queue: SaveQueue | None = None,
     ) -> None:
+        self._save_queue = save_queue
         self._ledger = ledger
         self._finisher = finisher
         self._chunk_queue = chunk_queue
@@ -132,6 +142,7 @@ class SafetyNet:
         now = self._clock()
         rows = {row.record: row for row in self._ledger.rows.rows_of_chunk(batch_id, chunk)}
         finished = {record for record, row in rows.items() if row.finished}
+        self._resend_saves(batch_id, chunk, rows.values(), now, report)
         if len(finished) >= counter.rows:
             self._finisher.recount(batch_id, chunk)
             report.recounted += 1
@@ -162,6 +173,32 @@ class SafetyNet:
         if counter.finished < len(finished) and self._quiet(counter, now):
             self._finisher.recount(batch_id, chunk)  # outcomes written but never counted
             report.recounted += 1
+
+    def _resend_saves(
+        self, batch_id: str, chunk: int, rows: Iterable[RowState], now: float, report: SweepReport
+    ) -> None:
+        """Rows whose outputs have waited `reconcile-after-s` to be saved: their save message was
+        lost (a recorder that died after the row write), dead-lettered, or its saver died. Sent
+        again marked `resent`, so the saver first records any copy already made."""
+        if self._save_queue is None:
+            return
+        stalled = [
+            SaveMessage(
+                batch_id=batch_id,
+                chunk=chunk,
+                record=row.record,
+                attempt=row.attempt,
+                run_id=row.run_id,
+                resent=True,
+            )
+            for row in rows
+            if row.save_pending
+            and row.run_id
+            and (row.updated_at is None or now - _epoch(row.updated_at) >= self._times.reconcile_after_s)
+        ]
+        if stalled:
+            self._save_queue.send(stalled)
+            report.saves_resent += len(stalled)
 
     def _quiet(self, counter: ChunkCounter, now: float) -> bool:
         last = max(counter.last_outcome_at or 0, counter.last_start_at or 0, counter.created_at or 0)

@@ -179,7 +179,7 @@ class BatchLedger:
             batch_id,
             "SET #status = :failed, #reason = :reason, #reason_message = :message, #finished_at = :now, "
             "#updated_at = :now, #notification = :notification, #open_pk = :open, #open_sk = :open_sk "
-            "ADD #finish_seq :one",
+            "ADD #finish_seq :one REMOVE #results",
             _NOT_FINISHED,
             {
                 ":failed": BatchStatus.FAILED.value,
@@ -255,7 +255,7 @@ class BatchLedger:
         finished = self._transition(
             batch_id,
             "SET #completed_count = :c, #failed_count = :f, #finished_at = :now, #updated_at = :now, "
-            "#notification = :notification ADD #finish_seq :one REMOVE #cancel_pending",
+            "#notification = :notification ADD #finish_seq :one REMOVE #cancel_pending, #results",
             "#status = :canceled AND #cancel_pending = :true",
             {
                 ":c": completed,
@@ -322,7 +322,7 @@ class BatchLedger:
         finished = self._transition(
             batch_id,
             "SET #status = :status, #finished_at = :now, #updated_at = :now, #notification = :notification, "
-            "#open_pk = :open, #open_sk = :open_sk ADD #finish_seq :one",
+            "#open_pk = :open, #open_sk = :open_sk ADD #finish_seq :one REMOVE #results",
             "#status IN (:ingesting, :running) AND #chunks_settled = :chunks AND #chunk_count = :chunks",
             {
                 ":status": status.value,

@@ -99,9 +99,11 @@ class ChunkLedger:
         if counter.settled:
             return None
         completed = failed = 0
+        saving = False
         for row in rows:
             completed += row.status is RowStatus.COMPLETED
             failed += row.status is RowStatus.FAILED
+            saving |= row.save_pending
         if completed + failed < counter.rows:
             self._table.update(
                 chunk_key(batch_id, counter.index),
@@ -110,6 +112,8 @@ class ChunkLedger:
                 values={":c": completed, ":f": failed, ":was_c": counter.completed, ":was_f": counter.failed},
             )
             return False
+        if saving:
+            return False  # outputs still being saved: the saver settles it once they are
         settled = self._table.transact(
             [
                 self._table.update_item(
