@@ -49,13 +49,19 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 
 
 def _crash_spec(text: str) -> dict[str, float]:
-    function, _, seconds = text.partition(":")
-    try:
-        return {function: _positive_seconds(seconds)}
-    except (ValueError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(
-            f"{text}: expected FUNCTION:SECONDS, e.g. WorkerFunction:2"
-        ) from None
+    """FUNCTION:SECONDS, or several separated by commas (each function killed once)."""
+    spec: dict[str, float] = {}
+    for part in text.split(","):
+        function, _, seconds = part.strip().partition(":")
+        try:
+            spec[function] = _positive_seconds(seconds)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(
+                f"{part}: expected FUNCTION:SECONDS[,FUNCTION:SECONDS], e.g. WorkerFunction:2"
+            ) from None
+        if not function:
+            raise argparse.ArgumentTypeError(f"{part}: expected FUNCTION:SECONDS, e.g. WorkerFunction:2")
+    return spec
 
 
 def _positive_seconds(text: str) -> float:

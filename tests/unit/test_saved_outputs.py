@@ -126,7 +126,7 @@ def test_other_outputs_carry_their_formats_signature(output_type: str, magic: by
 
 
 def test_the_emulator_serves_each_output_the_same_every_time_and_404s_after_its_ttl() -> None:
-    provider = start_provider(output_bytes=2048, output_ttl_s=1.0)
+    provider = start_provider(output_bytes=2048, output_ttl_s=4.0)
     try:
         created = httpx.post(
             f"{provider.url}/techniques/t/runs",
@@ -146,7 +146,7 @@ def test_the_emulator_serves_each_output_the_same_every_time_and_404s_after_its_
             == Media(f"{run_id}/output_0", "imageUrl", 2048).digest()
         )
         assert httpx.get(url.replace(run_id, "run_nope")).status_code == 404
-        _eventually(lambda: httpx.get(url).status_code == 404, 5.0)
+        _eventually(lambda: httpx.get(url).status_code == 404, 15.0)
         assert provider.stats()["media_gets"] >= 4
     finally:
         provider.stop()
@@ -526,3 +526,39 @@ def test_a_reused_row_copies_the_saved_objects_inside_the_bucket(aws: Aws) -> No
         copy_saved_outputs(aws.s3, aws.bucket, [{"output_id": "o", "error": "x"}], batch_id="b", row_name="k")
         is None
     )
+
+
+# -- a finished status waits for its results CSV -------------------------------------------------
+
+
+def test_a_finished_batch_shows_running_until_its_results_are_named(
+    aws: Aws, callbacks: Receiver, save_queue_url: str
+) -> None:
+    from rowcall.api import BatchQueries
+    from rowcall.ondone import OnDoneDelivery
+    from rowcall.signing import WebhookSigner
+
+    provider = start_provider(output_bytes=100)
+    try:
+        batch_id = _run_and_record(aws, provider, callbacks, save_queue_url, b"p\none\n", 1)
+        _saver(aws).save(_saves(aws, save_queue_url))
+        stored = aws.ledger.batches.get(batch_id)
+        assert stored is not None and stored.status is BatchStatus.COMPLETED
+        shown = BatchQueries(aws.ledger).get(batch_id)
+        assert (shown["status"], shown["results"]["csv_key"]) == ("running", None)
+        (message,) = [DoneMessage.model_validate_json(b) for b in aws.drain(aws.done_queue_url)]
+        OnDoneDelivery(
+            s3=aws.s3,
+            sns=aws.sns,
+            ledger=aws.ledger,
+            done_queue=aws.done_queue,
+            http=webhook_client(LOOPBACK_ALLOWED),
+            signer=WebhookSigner("whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            topic_arn=aws.sns.create_topic(Name="done")["TopicArn"],
+        ).deliver(message)
+        shown = BatchQueries(aws.ledger).get(batch_id)
+        assert shown["status"] == "completed"
+        body = aws.s3.get_object(Bucket=aws.bucket, Key=shown["results"]["csv_key"])["Body"].read()
+        assert b"completed" in body
+    finally:
+        provider.stop()
