@@ -167,14 +167,25 @@ def test_an_output_gone_before_it_is_saved_is_given_up_and_the_batch_completes(
 ) -> None:
     # Outputs gone almost at once: no copy can be made, each is given up with its reason.
     with running_stack(
-        tmp_path_factory.mktemp("rowcall-outputs-gone"), "--provider-delay-ms", "5:20", "--provider-output-ttl-s", "0.001"
+        tmp_path_factory.mktemp("rowcall-outputs-gone"),
+        "--provider-delay-ms",
+        "5:20",
+        "--provider-output-ttl-s",
+        "0.001",
     ) as gone:
         key = "uploads/e2e-outputs-gone.csv"
-        gone.s3.put_object(Bucket=gone.info["bucket"], Key=key, Body=b"sku,prompt\nk1,a\nk2,b\n", Metadata={"key-column": "sku"})
+        gone.s3.put_object(
+            Bucket=gone.info["bucket"],
+            Key=key,
+            Body=b"sku,prompt\nk1,a\nk2,b\n",
+            Metadata={"key-column": "sku"},
+        )
         batch_id = gone.batch_for(key)["batch_id"]
         finished = _watch_until_finished(gone, batch_id, 120)
         assert (finished["status"], finished["completed_count"]) == ("completed", 2)
         assert (finished["outputs_saved_count"], finished["outputs_failed_count"]) == (0, 2)
         for row in _all_rows(gone, batch_id):
             assert row["status"] == "completed"
-            assert row["saved_outputs"] == [{"output_id": "output_0", "error": "the output is gone (HTTP 404)"}]
+            assert row["saved_outputs"] == [
+                {"output_id": "output_0", "error": "the output is gone (HTTP 404)"}
+            ]

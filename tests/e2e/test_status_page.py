@@ -174,7 +174,9 @@ def test_the_page_follows_batches_to_their_end_and_acts_on_them(page: Page, stac
     # The gallery: each completed row's saved image as a thumbnail named by its row, served by the
     # page's own server from the bucket and linking to the full file.
     with stack.api as api:
-        completed = api.get(f"/batches/{first}/rows", params={"status": "completed", "limit": 100}).json()["items"]
+        completed = api.get(f"/batches/{first}/rows", params={"status": "completed", "limit": 100}).json()[
+            "items"
+        ]
     saved = {row["key"]: row["saved_outputs"][0]["key"] for row in completed}
     figures = card.locator(".gallery figure")
     expect(figures).to_have_count(ended["completed_count"])

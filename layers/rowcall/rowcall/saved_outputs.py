@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -385,14 +384,3 @@ def copy_saved_outputs(
             raise
         copied.append({**entry, "key": target})
     return copied
-
-
-def saved_keys(saved: Sequence[dict[str, Any]] | None) -> str:
-    """The results CSV's `saved_outputs` cell: the JSON list of bucket keys."""
-    return json.dumps([entry["key"] for entry in saved or () if entry.get("key")])
-
-
-def outputs_of(saved: Sequence[dict[str, Any]]) -> Iterator[str]:
-    for entry in saved:
-        if entry.get("key"):
-            yield str(entry["key"])
