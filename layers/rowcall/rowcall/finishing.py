@@ -49,8 +49,11 @@ class BatchFinisher:
         moved = self._write_rows(batch_id, chunk, results)
         completed = sum(r.outcome.status is RowStatus.COMPLETED for r in moved)
         failed = sum(r.outcome.status is RowStatus.FAILED for r in moved)
+        saving = sum(r.save and r.outcome.status is RowStatus.COMPLETED for r in moved)
         if completed or failed:
-            counter = self._ledger.chunks.add_outcomes(batch_id, chunk, completed=completed, failed=failed)
+            counter = self._ledger.chunks.add_outcomes(
+                batch_id, chunk, completed=completed, failed=failed, saving=saving
+            )
         else:
             counter = self._ledger.chunks.counter(batch_id, chunk)
         self.after_outcomes(batch_id, counter)
@@ -101,6 +104,15 @@ class BatchFinisher:
             if self._ledger.chunks.settle(batch_id, counter, rows) is False:
                 return  # the counter ran ahead of the rows; it says what they say now
         self.finish_if_done(batch_id)
+
+    def after_saves(self, batch_id: str, chunk: int) -> None:
+        """A row's outputs were saved: once the chunk's counter says none is left to save, it
+        may settle (from a recount of its rows, as any) and the batch finish. One read per save,
+        the chunk's rows only when they may all be done."""
+        counter = self._ledger.chunks.counter(batch_id, chunk)
+        if counter is not None and counter.saving <= 0:
+            self.after_outcomes(batch_id, counter)
+        self.finish_canceled(batch_id, chunk)
 
     def recount(self, batch_id: str, chunk: int) -> None:
         """For a chunk gone quiet: the counter may have missed outcomes (a crash between a row

@@ -379,6 +379,8 @@ class ChunkCounter(BaseModel):
     completed: int = 0
     failed: int = 0
     started: int = 0
+    saving: int = 0
+    """Completed rows whose outputs are still being saved (a hint: `add_outcomes`)."""
     settled: bool = False
     created_at: float | None = None
     last_outcome_at: float | None = None

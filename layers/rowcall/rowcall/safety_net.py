@@ -221,7 +221,13 @@ class SafetyNet:
             report.asked += 1
             outcome = self._answered(run, answer)
             if outcome is not None:
-                results.append(RowResult(run.record, run.attempt, outcome))
+                save = bool(
+                    self._save_queue is not None
+                    and batch.spec.save_outputs
+                    and outcome.status is RowStatus.COMPLETED
+                    and outcome.outputs
+                )
+                results.append(RowResult(run.record, run.attempt, outcome, save=save))
         newly_asked = {_asked_key(run): now for run in to_ask}
         deadline = self._times.callback_deadline_s
         for run in silent:
@@ -242,6 +248,19 @@ class SafetyNet:
             recorded = self._finisher.record_outcomes(batch.batch_id, chunk, results)
             self._finisher.release_slots(recorded)
             report.recorded += recorded
+            saves = [
+                SaveMessage(
+                    batch_id=batch.batch_id,
+                    chunk=chunk,
+                    record=r.record,
+                    attempt=r.attempt,
+                    run_id=r.outcome.run_id,
+                )
+                for r in results
+                if r.save and r.outcome.run_id
+            ]
+            if saves and self._save_queue is not None:
+                self._save_queue.send(saves)
 
     def _answered(self, run: StartedRun, answer: object) -> RowOutcome | None:
         """The run's outcome from the one GET; None while it is still going (asked once: its

@@ -28,7 +28,9 @@ import hashlib
 import random
 import re
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +63,8 @@ DOWNLOAD_CHUNK = 1024 * 1024
 TRIES = 4
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 8.0
+# Rows of one received batch copied at once (SQS hands the saver at most ten).
+ROWS_AT_ONCE = 10
 
 EXTENSIONS = {
     "image/png": ".png",
@@ -186,34 +190,67 @@ class OutputSaver:
 
     def save(self, messages: Sequence[tuple[str, SaveMessage, bool]]) -> SaveReport:
         """(message id, message, redelivered) each; a message that could not be finished is
-        named in `failed` (SQS brings it back)."""
+        named in `failed` (SQS brings it back). The rows of one chunk are saved together (their
+        names from one read of the chunk), then the chunk is looked at once."""
         report = SaveReport()
-        for message_id, message, redelivered in messages:
+        groups: dict[tuple[str, int], list[tuple[str, SaveMessage, bool]]] = defaultdict(list)
+        for entry in messages:
+            groups[(entry[1].batch_id, entry[1].chunk)].append(entry)
+        for (batch_id, chunk), group in groups.items():
             try:
-                self._save_row(message, redelivered or message.resent, report)
+                self._save_group(batch_id, chunk, group, report)
             except Exception:
-                logger.exception("outputs not saved, retried later", extra={"batch_id": message.batch_id})
-                report.failed.add(message_id)
+                logger.exception(
+                    "outputs not saved, retried later", extra={"batch_id": batch_id, "chunk": chunk}
+                )
+                report.failed.update(message_id for message_id, _, _ in group)
+            try:
+                self._finisher.after_saves(batch_id, chunk)
+            except Exception:
+                # The safety net recounts a chunk whose rows are all finished at its next sweep.
+                logger.exception(
+                    "chunk not settled after saves", extra={"batch_id": batch_id, "chunk": chunk}
+                )
         return report
 
-    def _save_row(self, message: SaveMessage, redelivered: bool, report: SaveReport) -> None:
-        row = self._ledger.rows.get(message.batch_id, message.chunk, message.record)
-        if not _awaits_save(row, message):
-            report.skipped += 1  # saved already, or the row moved on (a reprocess)
-            self._after(message)
+    def _save_group(
+        self, batch_id: str, chunk: int, group: Sequence[tuple[str, SaveMessage, bool]], report: SaveReport
+    ) -> None:
+        rows = {m.record: self._ledger.rows.get(batch_id, chunk, m.record) for _, m, _ in group}
+        waiting = [(i, m, again or m.resent) for i, m, again in group if _awaits_save(rows[m.record], m)]
+        report.skipped += len(group) - len(waiting)  # saved already, or the row moved on (a reprocess)
+        if not waiting:
             return
-        assert row is not None
-        batch = self._ledger.batches.get(message.batch_id)
+        batch = self._ledger.batches.get(batch_id)
         if batch is None:
-            report.skipped += 1
+            report.skipped += len(waiting)
             return
-        name = self.row_name(batch, message.chunk, message.record)
-        saved: list[dict[str, Any]] = []
-        for output in row.outputs:
-            entry = self.save_output(batch.batch_id, name, output, redelivered)
-            saved.append(entry)
+        names = self.row_names(batch, chunk, {m.record for _, m, _ in waiting})
+        with ThreadPoolExecutor(min(len(waiting), ROWS_AT_ONCE), thread_name_prefix="saver") as pool:
+            futures = [
+                (message_id, pool.submit(self._save_row, batch, rows[m.record], m, names[m.record], again))
+                for message_id, m, again in waiting
+            ]
+            for message_id, future in futures:
+                try:
+                    outcome = future.result()
+                except Exception:
+                    logger.exception("outputs not saved, retried later", extra={"batch_id": batch_id})
+                    report.failed.add(message_id)
+                    continue
+                if outcome is not None:
+                    report.saved += outcome[0]
+                    report.given_up += outcome[1]
+
+    def _save_row(
+        self, batch: BatchState, row: RowState | None, message: SaveMessage, name: str, redelivered: bool
+    ) -> tuple[int, int] | None:
+        """Copies the row's outputs and records them: (saved, given up), None when another
+        saver recorded the row first."""
+        assert row is not None
+        saved = [self.save_output(batch.batch_id, name, output, redelivered) for output in row.outputs]
         ok = sum("key" in entry for entry in saved)
-        if self._ledger.rows.record_saved(
+        recorded = self._ledger.rows.record_saved(
             message.batch_id,
             message.chunk,
             message.record,
@@ -222,46 +259,53 @@ class OutputSaver:
             run_id=message.run_id,
             saved_count=ok,
             failed_count=len(saved) - ok,
-        ):
-            report.saved += ok
-            report.given_up += len(saved) - ok
-        self._after(message)
-
-    def _after(self, message: SaveMessage) -> None:
-        """The chunk may settle now (and the batch finish); a canceled batch may finish."""
-        self._finisher.recount(message.batch_id, message.chunk)
-        self._finisher.finish_canceled(message.batch_id, message.chunk)
+        )
+        return (ok, len(saved) - ok) if recorded else None
 
     # -- row names -------------------------------------------------------------------------
 
-    def row_name(self, batch: BatchState, chunk: int, record: int) -> str:
-        line, key = self._line_and_key(batch, chunk, record)
+    def row_names(self, batch: BatchState, chunk: int, records: set[int]) -> dict[int, str]:
+        """Each record's directory name, claimed where a key could be shared."""
+        names: dict[int, str] = {}
         keyed = batch.spec.key_column is not None
-        base = base_row_name(key, line, keyed=keyed)
-        if not keyed or not key:
-            return base  # line numbers are unique in a batch: nothing to claim
-        for candidate in (base, f"{base}-{line}", f"{base}-{line}-{chunk}-{record}"):
-            if self._ledger.rows.claim_name(batch.batch_id, candidate, chunk=chunk, record=record):
-                return candidate
-        raise RuntimeError(f"no free row name for record {record} of {batch.batch_id}")
+        for record, (line, key) in self._lines_and_keys(batch, chunk, records).items():
+            base = base_row_name(key, line, keyed=keyed)
+            if not keyed or not key:
+                names[record] = base  # line numbers are unique in a batch: nothing to claim
+                continue
+            for candidate in (base, f"{base}-{line}", f"{base}-{line}-{chunk}-{record}"):
+                if self._ledger.rows.claim_name(batch.batch_id, candidate, chunk=chunk, record=record):
+                    names[record] = candidate
+                    break
+            else:
+                raise RuntimeError(f"no free row name for record {record} of {batch.batch_id}")
+        return names
 
-    def _line_and_key(self, batch: BatchState, chunk: int, record: int) -> tuple[int, str | None]:
-        """The record's line and key, from one ranged GET of its chunk read up to it."""
+    def _lines_and_keys(
+        self, batch: BatchState, chunk: int, records: set[int]
+    ) -> dict[int, tuple[int, str | None]]:
+        """The records' lines and keys, from one ranged GET of their chunk read as far as the
+        last of them."""
         plan = self._plan(batch.batch_id).get(chunk)
         if plan is None or batch.header is None:
             raise RuntimeError(f"chunk {chunk} of {batch.batch_id} is not planned")
+        found: dict[int, tuple[int, str | None]] = {}
         with contextlib.closing(read_source(self._s3, batch.source, start=plan.start, end=plan.end)) as body:
-            records = data_records(
+            for record in data_records(
                 split_lines(body),
                 width=len(batch.header),
                 offset=plan.start,
                 line=plan.first_line,
                 first_number=plan.first_record,
-            )
-            for found in records:
-                if found.number == record:
-                    return found.line, row_key(batch.header, found.fields or [], batch.spec, found.number)
-        raise RuntimeError(f"record {record} not in chunk {chunk} of {batch.batch_id}")
+            ):
+                if record.number in records:
+                    key = row_key(batch.header, record.fields or [], batch.spec, record.number)
+                    found[record.number] = (record.line, key)
+                    if len(found) == len(records):
+                        return found
+        raise RuntimeError(
+            f"records {sorted(records - found.keys())} not in chunk {chunk} of {batch.batch_id}"
+        )
 
     def _plan(self, batch_id: str) -> dict[int, ChunkPlan]:
         if batch_id not in self._plans:

@@ -72,13 +72,19 @@ class ChunkLedger:
             _, batch_id, chunk = entry["open_sk"].split("#")
             yield batch_id, int(chunk)
 
-    def add_outcomes(self, batch_id: str, chunk: int, *, completed: int, failed: int) -> ChunkCounter | None:
-        """Count outcomes the caller's row writes moved; the counter as it now stands."""
+    def add_outcomes(
+        self, batch_id: str, chunk: int, *, completed: int, failed: int, saving: int = 0
+    ) -> ChunkCounter | None:
+        """Count outcomes the caller's row writes moved; the counter as it now stands.
+        `saving`: how many of the completed rows wait for their outputs to be saved (a hint, as
+        the counts are: the saver settles the chunk once it reaches 0, the recount decides)."""
+        update = "ADD #completed :c, #failed :f SET #last_outcome_at = :now"
+        values: dict[str, Any] = {":c": completed, ":f": failed, ":now": time.time()}
+        if saving:
+            update = "ADD #completed :c, #failed :f, #saving :s SET #last_outcome_at = :now"
+            values[":s"] = saving
         stored = self._table.update(
-            chunk_key(batch_id, chunk),
-            "ADD #completed :c, #failed :f SET #last_outcome_at = :now",
-            condition="attribute_exists(#rows)",
-            values={":c": completed, ":f": failed, ":now": time.time()},
+            chunk_key(batch_id, chunk), update, condition="attribute_exists(#rows)", values=values
         )
         return _counter(stored) if stored else None
 

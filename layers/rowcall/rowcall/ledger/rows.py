@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from rowcall.ledger.keys import batch_key, batch_pk, row_key, row_sk, rows_pk
+from rowcall.ledger.keys import batch_key, batch_pk, chunk_key, row_key, row_sk, rows_pk
 from rowcall.ledger.table import Table
 from rowcall.models import RowOutcome, RowState, RowStatus, iso, utcnow
 
@@ -145,7 +145,8 @@ class RowLedger:
         failed_count: int,
     ) -> bool:
         """A completed row's outputs saved (or given up): recorded once, with the batch's counts
-        in the same transaction, so a repeated save neither records nor counts twice. False
+        and its chunk's hint in the same transaction, so a repeated save neither records nor
+        counts twice. False
         when it was recorded already or the row moved on (a reprocess)."""
         return self._table.transact(
             [
@@ -167,6 +168,10 @@ class RowLedger:
                     batch_key(batch_id),
                     "ADD #outputs_saved_count :saved_n, #outputs_failed_count :failed_n",
                     values={":saved_n": saved_count, ":failed_n": failed_count},
+                ),
+                # The chunk's hint of rows still saving (`ChunkLedger.add_outcomes`).
+                self._table.update_item(
+                    chunk_key(batch_id, chunk), "ADD #saving :minus_one", values={":minus_one": -1}
                 ),
             ]
         )
