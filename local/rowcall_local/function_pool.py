@@ -18,7 +18,9 @@ from rowcall_local.function_runtime import InstanceSpec, serve
 
 log = logging.getLogger(__name__)
 
-_READY_TIMEOUT_S = 60.0
+# Fifteen instances import boto3 and Powertools at once: on two cores shared with other stacks
+# (load average 20-30 measured 2026-12-03) that took over 60 s.
+_READY_TIMEOUT_S = 180.0
 _KILL_GRACE_S = 1.0  # past the function's own timeout, before its instance is killed
 
 

@@ -49,7 +49,7 @@ def _all_rows(stack: LocalStack, batch_id: str) -> list[dict[str, Any]]:
     cursor = None
     with stack.api as api:
         while True:
-            params: dict[str, Any] = {"limit": 500}
+            params: dict[str, Any] = {"limit": 100}
             if cursor:
                 params["cursor"] = cursor
             page = api.get(f"/batches/{batch_id}/rows", params=params).json()
