@@ -126,7 +126,9 @@ def count_requests(recording: str) -> AwsRequests:
     return counted
 
 
-def measure(rows: int = 5000) -> dict[str, Any]:
+def measure(rows: int = 5000, save_outputs: str = "off") -> dict[str, Any]:
+    """`save_outputs`: the batch's `save-outputs` (contract section 3); "off" is the figure the
+    goal is set for, "on" adds the saver and every output copied into the bucket."""
     state = Path(tempfile.mkdtemp(prefix="rowcall-cost-"))
     options = StackOptions(state_dir=state, provider_faults=ProviderFaults(delay_ms=(20, 200)))
     hook = WebhookReceiver()
@@ -144,7 +146,12 @@ def measure(rows: int = 5000) -> dict[str, Any]:
                 Bucket=info["bucket"],
                 Key=f"uploads/cost-{rows}.csv",
                 Body=make_csv(rows),
-                Metadata={"key-column": "sku", "input-types": "reference=imageUrl", "on-done-url": hook.url},
+                Metadata={
+                    "key-column": "sku",
+                    "input-types": "reference=imageUrl",
+                    "on-done-url": hook.url,
+                    "save-outputs": save_outputs,
+                },
             )
             hook.wait_for(lambda got: len(got) >= 1, timeout_s=max(600, rows / 5))
             seconds = time.monotonic() - started

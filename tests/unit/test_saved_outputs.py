@@ -562,3 +562,38 @@ def test_a_finished_batch_shows_running_until_its_results_are_named(
         assert b"completed" in body
     finally:
         provider.stop()
+
+
+def test_the_safety_net_sends_again_a_save_that_was_lost(
+    aws: Aws, callbacks: Receiver, save_queue_url: str
+) -> None:
+    import time
+
+    from rowcall.safety_net import SafetyNet, SafetyNetTimes
+
+    provider = start_provider(output_bytes=200)
+    try:
+        batch_id = _run_and_record(aws, provider, callbacks, save_queue_url, b"p\none\ntwo\n", 2)
+        assert len(aws.drain(save_queue_url)) == 2  # lost: the recorder died after its row writes
+        net = SafetyNet(
+            ledger=aws.ledger,
+            finisher=aws.finisher,
+            chunk_queue=aws.chunk_queue,
+            done_queue=aws.done_queue,
+            provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
+            times=SafetyNetTimes(reconcile_after_s=30, callback_deadline_s=600),
+            clock=lambda: time.time() + 60,
+            save_queue=SaveQueue(aws.sqs, save_queue_url),
+        )
+        report = net.sweep()
+        assert report.saves_resent == 2
+        batch = aws.ledger.batches.get(batch_id)
+        assert batch is not None and batch.status is BatchStatus.RUNNING  # still waiting for its outputs
+        resent = _saves(aws, save_queue_url)
+        assert all(m.resent for _, m, _ in resent)
+        assert _saver(aws).save(resent).saved == 2
+        batch = aws.ledger.batches.get(batch_id)
+        assert batch is not None and batch.status is BatchStatus.COMPLETED
+        assert net.sweep().saves_resent == 0
+    finally:
+        provider.stop()
