@@ -69,7 +69,16 @@ def test_sqs_mappings_are_read_back_from_moto(deployed: Deployed) -> None:
     wiring = deployed.wiring
     by_function = {t.function_id: t for t in wiring.sqs_triggers}
     expected = dict(_sam_events(deployed.sam, "SQS"))
-    assert set(by_function) == set(expected) == {"WorkerFunction", "RecorderFunction", "NotifierFunction"}
+    assert (
+        set(by_function)
+        == set(expected)
+        == {
+            "WorkerFunction",
+            "RecorderFunction",
+            "NotifierFunction",
+            "SaverFunction",
+        }
+    )
     sqs = deployed.aws.sqs()
     for function_id, props in expected.items():
         trigger = by_function[function_id]
@@ -136,6 +145,7 @@ def test_code_layers_timeouts_and_async_retries(deployed: Deployed) -> None:
         "WebhookFunction": 3,
         "RecorderFunction": 2,
         "NotifierFunction": 2,
+        "SaverFunction": 2,
         "SafetyNetFunction": 1,
     }
     (schedule,) = deployed.wiring.schedule_triggers
