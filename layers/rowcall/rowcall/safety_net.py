@@ -98,6 +98,7 @@ class SafetyNet:
         save_queue: SaveQueue | None = None,
     ) -> None:
         self._save_queue = save_queue
+        self._save_backlog: int | None = None
         self._ledger = ledger
         self._finisher = finisher
         self._chunk_queue = chunk_queue
@@ -108,6 +109,7 @@ class SafetyNet:
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
+        self._save_backlog = None  # read once per sweep, when a row waits to be saved
         batches: dict[str, BatchState | None] = {}
         for batch_id, chunk in list(self._ledger.chunks.open_chunks()):
             report.open_chunks += 1
@@ -182,6 +184,16 @@ class SafetyNet:
         again marked `resent`, so the saver first records any copy already made."""
         if self._save_queue is None:
             return
+        candidates = [r for r in rows if r.save_pending]
+        if not candidates:
+            return
+        if self._save_backlog is None:
+            self._save_backlog = self._save_queue.backlog()
+        if self._save_backlog > 0:
+            # Saves still wait in the queue: these rows' messages are most likely among them,
+            # and sending them again would only lengthen the wait (measured: a chaos run's net
+            # sent 200 copies a sweep into a backlog). Looked at again once it has drained.
+            return
         stalled = [
             SaveMessage(
                 batch_id=batch_id,
@@ -191,9 +203,8 @@ class SafetyNet:
                 run_id=row.run_id,
                 resent=True,
             )
-            for row in rows
-            if row.save_pending
-            and row.run_id
+            for row in candidates
+            if row.run_id
             and (row.updated_at is None or now - _epoch(row.updated_at) >= self._times.reconcile_after_s)
         ]
         if stalled:

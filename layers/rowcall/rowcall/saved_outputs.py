@@ -131,6 +131,13 @@ class SaveQueue:
         self._sqs = sqs
         self._url = url
 
+    def backlog(self) -> int:
+        """Messages waiting to be received (SQS's approximate count)."""
+        got = self._sqs.get_queue_attributes(
+            QueueUrl=self._url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        return int(got.get("Attributes", {}).get("ApproximateNumberOfMessages", "0"))
+
     def send(self, messages: Sequence[SaveMessage]) -> None:
         for start in range(0, len(messages), 10):  # SQS's batch limit
             entries = [
