@@ -33,6 +33,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,23 @@ def _sqs_call(headers: dict[str, str], body: str) -> tuple[str, dict[str, Any]]:
     return params.get("Action", "?"), params
 
 
+def _records(recording: str) -> Iterator[dict[str, Any]]:
+    """moto's recorder writes one JSON object per line, but requests recorded at once from two
+    threads (the saver's ten copies) can share a line: each object is read in turn."""
+    decoder = json.JSONDecoder()
+    for line in recording.splitlines():
+        at = 0
+        while line[at:].strip():
+            request, end = decoder.raw_decode(line, at)
+            yield request
+            at = end
+            while at < len(line) and line[at].isspace():
+                at += 1
+
+
 def count_requests(recording: str) -> AwsRequests:
     counted = AwsRequests()
-    for line in recording.splitlines():
-        if not line.strip():
-            continue
-        request = json.loads(line)
+    for request in _records(recording):
         headers = request.get("headers") or {}
         auth = headers.get("Authorization") or headers.get("authorization") or ""
         scope = _SCOPE.search(auth)
