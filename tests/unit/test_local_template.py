@@ -271,7 +271,7 @@ def test_default_deploy_reserves_no_concurrency_so_any_account_quota_takes_it() 
     cfn = sam.translate("artifacts", "us-east-1")
     defaults = _defaults(sam)
     reservations = _reservations(cfn, defaults)
-    assert len(reservations) == 6
+    assert len(reservations) == 7  # every function, the saver included
     # The account quota the defaults need: the 100 Lambda keeps unreserved plus the reservations.
     assert LAMBDA_UNRESERVED_MINIMUM + sum(reservations.values()) == LAMBDA_UNRESERVED_MINIMUM, reservations
     # Every reservation is opt-in through a parameter, and opting in reserves exactly what is asked.
