@@ -3,8 +3,8 @@
     .venv/bin/python bench/run_all.py [--out bench/results.json]
 
 Each piece also runs alone (bench/cost.py, bench/polling_baseline.py, bench/ingest_bench.py,
-bench/e2e_throughput.py, bench/hot_items.py). A piece that fails is reported and its keys are
-left out of the JSON rather than stopping the others; the exit status is then 1.
+bench/e2e_throughput.py, bench/hot_items.py, bench/sweep_scale.py). A piece that fails is reported
+and its keys are left out of the JSON rather than stopping the others; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ REQUIRED_KEYS = (
     "moto_ops_per_s",
     "aws_ops_per_row",
     "hot_item_max_writes_per_s",
+    "sweep_read_units_500k_running",
+    "sweep_seconds_500k_running",
 )
 
 
@@ -155,6 +157,13 @@ GOALS = (
         _at_most("hot_item_max_writes_per_s", 1000),
         "<= 1000",
     ),
+    Goal(
+        "sweep_read_units_500k_running",
+        "sweep read units, 500k-row batch mid-run",
+        _at_most("sweep_read_units_500k_running", 2000),
+        "<= 2000",
+    ),
+    Goal("sweep_seconds_500k_running", "that sweep's duration (s)", None, "(explains)"),
 )
 
 
@@ -228,12 +237,30 @@ def _hot_items() -> dict[str, Any]:
     return {"hot_item_max_writes_per_s": float(line.split()[1])}
 
 
+def _sweep() -> dict[str, Any]:
+    """In a child process: it installs the embedded AWS's meter and serves moto in-process."""
+    import subprocess
+
+    script = Path(__file__).with_name("sweep_scale.py")
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=True, timeout=1800
+    )
+    print(done.stdout, end="")
+    figures: dict[str, Any] = {}
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(": ")
+        if key in ("sweep_read_units_500k_running", "sweep_seconds_500k_running"):
+            figures[key] = float(value)
+    return figures
+
+
 PIECES: dict[str, Callable[[], dict[str, Any]]] = {
     "polling_start": _start_polling,
     "callbacks": _callbacks,
     "cost": _cost,
     "ingest": _ingest,
     "hot_items": _hot_items,
+    "sweep": _sweep,
     "e2e": _e2e,
     "polling": _join_polling,
 }
