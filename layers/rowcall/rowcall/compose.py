@@ -15,6 +15,7 @@ from rowcall.callbacks import CallbackIntake
 from rowcall.finishing import BatchFinisher
 from rowcall.identity import CallbackSigner, secret_list
 from rowcall.ingest import IngestLimits, Ingestor
+from rowcall.input_checks import TechniqueCache
 from rowcall.ledger import Ledger
 from rowcall.ondone import OnDoneDelivery
 from rowcall.outbound import DestinationPolicy, webhook_client
@@ -110,6 +111,10 @@ def ingestor() -> Ingestor:
             defaults=settings.spec_defaults(),
         ),
         destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
+        provider=ProviderConnection(
+            base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
+        ),
+        techniques=TechniqueCache(),
     )
 
 
@@ -169,6 +174,7 @@ def uploads() -> Uploads:
         default_technique_id=settings.default_technique_id,
         destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
         defaults=settings.spec_defaults(),
+        intents=_ledger(settings.table_name).upload_intents,
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rowcall.metadata import SpecDefaults
+from rowcall.models import MAX_USD
 
 
 def _none_when_empty(value: Any) -> Any:
@@ -37,7 +38,7 @@ class _BatchDefaults(_EnvSettings):
     """The template's defaults for §3 keys an upload leaves out: ingest applies them, and
     POST /uploads checks a request with them as ingest will."""
 
-    max_batch_cost_usd: float | None = Field(alias="MAX_BATCH_COST_USD", default=None, ge=0)
+    max_batch_cost_usd: float | None = Field(alias="MAX_BATCH_COST_USD", default=None, ge=0, le=MAX_USD)
     reuse_completed_rows: bool = Field(alias="REUSE_COMPLETED_ROWS", default=True)
     save_outputs: bool = Field(alias="SAVE_OUTPUTS", default=True)
     default_provider: Literal["flora", "replicate"] = Field(alias="DEFAULT_PROVIDER", default="flora")
