@@ -16,7 +16,7 @@ from moto import mock_aws
 
 from rowcall.api import ApiError
 from rowcall.outbound import DestinationPolicy
-from rowcall.uploads import UPLOAD_URL_VALID_S, UploadGrant, Uploads, object_key, parse_request
+from rowcall.uploads import UPLOAD_URL_VALID_S, UploadGrant, UploadRequest, Uploads, object_key, parse_request
 from rowcall_local.strict_s3 import presign_problem
 from tests.unit.conftest import template_resource
 
