@@ -10,6 +10,7 @@ import boto3
 from aws_lambda_powertools.utilities import parameters
 from botocore.config import Config
 
+from rowcall.admission import Admission
 from rowcall.api import BatchQueries, RowQueries
 from rowcall.batch_actions import BatchActions
 from rowcall.callbacks import CallbackIntake
@@ -88,9 +89,19 @@ def _ledger(table: str) -> Ledger:
 ROW_WRITERS = 10
 
 
-def _finisher(ledger: Ledger, done_queue_url: str, max_in_flight: int) -> BatchFinisher:
+def _finisher(
+    ledger: Ledger, done_queue_url: str, max_in_flight: int, chunk_queue_url: str | None = None
+) -> BatchFinisher:
+    """With the chunk queue, slots given back wake the chunks waiting for them."""
+    admission = None
+    if chunk_queue_url and max_in_flight > 0:
+        admission = Admission(ledger, ChunkQueue(_sqs(), chunk_queue_url), max_in_flight)
     return BatchFinisher(
-        ledger, DoneQueue(_sqs(), done_queue_url), capped=max_in_flight > 0, row_writers=ROW_WRITERS
+        ledger,
+        DoneQueue(_sqs(), done_queue_url),
+        capped=max_in_flight > 0,
+        row_writers=ROW_WRITERS,
+        admission=admission,
     )
 
 
@@ -120,7 +131,7 @@ def run_starter() -> RunStarter:
     return RunStarter(
         s3=_s3(),
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight, settings.chunk_queue_url),
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
@@ -130,6 +141,7 @@ def run_starter() -> RunStarter:
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
         max_in_flight=settings.max_in_flight,
         intent_valid_s=settings.reconcile_after_s,
+        daily_budget_usd=settings.daily_budget_usd,
     )
 
 
@@ -180,7 +192,7 @@ def outcome_recorder() -> OutcomeRecorder:
     ledger = _ledger(settings.table_name)
     return OutcomeRecorder(
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight, settings.chunk_queue_url),
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
@@ -219,7 +231,7 @@ def safety_net() -> SafetyNet:
     ledger = _ledger(settings.table_name)
     return SafetyNet(
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight, settings.chunk_queue_url),
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
         done_queue=DoneQueue(_sqs(), settings.done_queue_url),
         provider=ProviderConnection(
@@ -228,6 +240,12 @@ def safety_net() -> SafetyNet:
         times=SafetyNetTimes(
             reconcile_after_s=settings.reconcile_after_s, callback_deadline_s=settings.callback_deadline_s
         ),
+        admission=(
+            Admission(ledger, ChunkQueue(_sqs(), settings.chunk_queue_url), settings.max_in_flight)
+            if settings.max_in_flight
+            else None
+        ),
+        daily_budget_usd=settings.daily_budget_usd,
     )
 
 

@@ -126,6 +126,17 @@ class ChunkPlan(BaseModel):
     rows: int = Field(ge=1)
 
 
+class ChunkCursor(BaseModel):
+    """Where a chunk's next delivery resumes: every record before `record` was started, refused
+    or already known by the delivery that wrote it. `offset` and `line` are that record's."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record: int = Field(ge=1)
+    offset: int = Field(ge=0)
+    line: int = Field(ge=1)
+
+
 class ChunkMessage(BaseModel):
     """The chunk queue's message: small whatever the row width, the worker reads the range itself."""
 
@@ -133,6 +144,10 @@ class ChunkMessage(BaseModel):
 
     batch_id: str
     chunk: ChunkPlan
+    # Set on a chunk woken from the waiting list: where to resume, and since when it waits (a
+    # chunk woken that finds no slot keeps its place in the list).
+    cursor: ChunkCursor | None = None
+    waiting_since_ms: int | None = None
 
 
 class DoneMessage(BaseModel):
@@ -303,6 +318,10 @@ class BatchState(BaseModel):
     cancel_pending: bool = False
     canceled_at: str | None = None
     reprocess: ReprocessPlan | None = None
+    # Budget (contract shapes, issue 13): USD per run (None: the provider has no price, not
+    # budgeted) and the batch's current ceiling (None: none).
+    run_cost_usd: float | None = None
+    max_cost_usd: float | None = None
 
     @property
     def counts_settled(self) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,15 +12,18 @@ from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
+from rowcall.admission import Admission
 from rowcall.csvsplit import data_records, split_lines
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
 from rowcall.ledger import NO_RUN, Ledger, release_shard
+from rowcall.ledger.budget import Limits, Reservation, micro_usd
 from rowcall.metadata import row_inputs, row_key
 from rowcall.models import (
     OPEN_BATCH_STATUSES,
     BatchState,
     BatchStatus,
+    ChunkCursor,
     ChunkMessage,
     ChunkPlan,
     CreateRunRequest,
@@ -52,10 +54,9 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # Stop starting rows this long before the invocation's deadline; the rest go with the retry.
 DEADLINE_MARGIN_S = 20.0
 LEASE_S = 30.0
-# Under the cap a chunk starts at most cap / 4 rows per delivery before yielding to others, and
-# a chunk that finds no free slot comes back after a few seconds.
+# Under the cap a chunk starts at most cap / 4 rows per delivery before yielding to others; a
+# chunk that finds no free slot waits in the ledger's waiting list until slots are given back.
 FAIR_SHARE_DIVISOR = 4
-SLOT_WAIT_S = (2, 5)
 
 
 class _Lease:
@@ -87,6 +88,7 @@ class RowJob:
     key: str
     inputs: list[RunInput]
     attempt: int = 1
+    offset: int = 0
 
     @property
     def row_id(self) -> str:
@@ -106,6 +108,9 @@ class ChunkReport:
     waiting_for_slots: int = 0
     stopped: str | None = None
     """The batch left the running state (canceled, paused, failed) while this chunk started."""
+    cursor: ChunkCursor | None = None
+    """The first row left waiting for slots: where the chunk's next delivery resumes."""
+    woken: int = 0
 
 
 class ChunkIncomplete(Exception):
@@ -130,6 +135,8 @@ class RunStarter:
         chunk_queue: ChunkQueue | None = None,
         max_in_flight: int = 0,
         intent_valid_s: float = 900.0,
+        daily_budget_usd: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._s3 = s3
         self._ledger = ledger
@@ -141,6 +148,11 @@ class RunStarter:
         self._chunk_queue = chunk_queue
         self._cap = max_in_flight
         self._intent_valid_s = intent_valid_s
+        self._daily_max = micro_usd(daily_budget_usd) if daily_budget_usd is not None else None
+        self._clock = clock
+        self._admission = None
+        if chunk_queue is not None and max_in_flight:
+            self._admission = Admission(ledger, chunk_queue, max_in_flight, clock)
 
     def start_chunk(self, message: ChunkMessage, time_left_s: Callable[[], float]) -> ChunkReport:
         report = ChunkReport()
@@ -161,8 +173,6 @@ class RunStarter:
         if not self._ledger.chunks.claim(batch.batch_id, chunk, holder=holder, until_epoch=until):
             raise ChunkBusy(f"chunk {chunk} is being started by another delivery")
         refused: list[RowResult] = []
-        # Drawn first: the release says how long the chunk waits in SQS if it must.
-        slot_wait_s = random.randint(*SLOT_WAIT_S)
         try:
             # Read again under the lease: a cancel before it is seen here, one after it by the
             # check before each group of creates; either way nothing starts once it is canceled.
@@ -171,12 +181,9 @@ class RunStarter:
                 report.stopped = current.status.value if current else "unknown_batch"
             else:
                 batch = current
-                self._start_rows(batch, message.chunk, holder, report, time_left_s, refused)
+                self._start_rows(batch, message, holder, report, time_left_s, refused)
         finally:
-            waits = bool(report.waiting_for_slots and not report.deferred and self._chunk_queue is not None)
-            self._ledger.chunks.release(
-                batch.batch_id, chunk, holder=holder, back_in_s=slot_wait_s if waits else 0.0
-            )
+            self._ledger.chunks.release(batch.batch_id, chunk, holder=holder)
         if refused:
             # One write per refused row and one count: never stranded `running` by a crash.
             self._finisher.record_outcomes(batch.batch_id, chunk, refused)
@@ -184,10 +191,13 @@ class RunStarter:
             # A canceled batch may have waited for this worker to let go of its chunk.
             self._finisher.finish_canceled(batch.batch_id, chunk)
         logger.info("chunk processed", extra={"chunk": chunk, **report.__dict__})
-        if report.waiting_for_slots and not report.deferred and self._chunk_queue is not None:
-            # Waits in SQS, not in a sleeping Lambda: a new delayed message, so waiting never
-            # counts towards the queue's maxReceiveCount.
-            self._chunk_queue.send([message], delay_seconds=slot_wait_s)
+        if report.waiting_for_slots and not report.deferred and self._admission is not None:
+            # Waits in the ledger, not in SQS nor in a sleeping Lambda: nothing runs for it until
+            # slots are given back. A delivery that started nothing keeps its place in the list;
+            # one that took its share goes behind the chunks already waiting.
+            keep_place = report.started == 0 and message.waiting_since_ms is not None
+            since = message.waiting_since_ms if keep_place else None
+            report.woken = self._admission.wait(message.model_copy(update={"cursor": report.cursor}), since)
             return report
         if report.deferred:
             raise ChunkIncomplete(
@@ -198,15 +208,18 @@ class RunStarter:
     def _start_rows(
         self,
         batch: BatchState,
-        plan: ChunkPlan,
+        message: ChunkMessage,
         holder: str,
         report: ChunkReport,
         time_left_s: Callable[[], float],
         refused: list[RowResult],
     ) -> None:
+        plan = message.chunk
         chunk = plan.index
+        cursor = message.cursor
         if batch.reprocess is not None and str(chunk) in batch.reprocess.chunks:
             self._reopen(batch, chunk, batch.reprocess)
+            cursor = None  # rows before any cursor may have been reopened
         rows = {r.record: r for r in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk)}
         attempts = {record: row.attempt for record, row in rows.items()}
         known = {record for record, row in rows.items() if row.finished}
@@ -230,7 +243,7 @@ class RunStarter:
             ):
                 known.add(record)
         jobs = []
-        for job in self._jobs(batch, plan, attempts):
+        for job in self._jobs(batch, plan, attempts, cursor):
             if job.record in known:
                 report.skipped_known += 1
             else:
@@ -269,16 +282,22 @@ class RunStarter:
         # has finished since): it settles now, as after any outcome.
         self._finisher.after_outcomes(batch.batch_id, self._ledger.chunks.counter(batch.batch_id, chunk))
 
-    def _jobs(self, batch: BatchState, chunk: ChunkPlan, attempts: dict[int, int]) -> Iterator[RowJob]:
+    def _jobs(
+        self, batch: BatchState, chunk: ChunkPlan, attempts: dict[int, int], cursor: ChunkCursor | None = None
+    ) -> Iterator[RowJob]:
+        """The chunk's rows, from the cursor on when there is one (the rows before it were dealt
+        with by the delivery that wrote it: read once, not once per delivery)."""
         header = batch.header or []
-        lines = split_lines(read_source(self._s3, batch.source, start=chunk.start, end=chunk.end))
-        records = data_records(
-            lines,
-            width=len(header),
-            offset=chunk.start,
-            line=chunk.first_line,
-            first_number=chunk.first_record,
-        )
+        start, line, first = chunk.start, chunk.first_line, chunk.first_record
+        if (
+            cursor is not None
+            and chunk.start <= cursor.offset < chunk.end
+            and cursor.record >= chunk.first_record
+            and cursor.line >= chunk.first_line
+        ):
+            start, line, first = cursor.offset, cursor.line, cursor.record
+        lines = split_lines(read_source(self._s3, batch.source, start=start, end=chunk.end))
+        records = data_records(lines, width=len(header), offset=start, line=line, first_number=first)
         for record in records:
             if record.fields is None:
                 continue
@@ -289,6 +308,7 @@ class RunStarter:
                 key=row_key(header, record.fields, batch.spec, record.number),
                 inputs=row_inputs(header, record.fields, batch.spec),
                 attempt=attempts.get(record.number, 1),
+                offset=record.start,
             )
 
     async def _start_all(
@@ -341,9 +361,15 @@ class RunStarter:
             unused = granted - (report.started - before)
             if unused:
                 shard = release_shard(batch.batch_id, group[0].chunk)
-                await asyncio.to_thread(self._ledger.slots.release, unused, shard)
+                if self._admission is not None:
+                    report.woken += await asyncio.to_thread(self._admission.release, unused, shard)
+                else:
+                    await asyncio.to_thread(self._ledger.slots.release, unused, shard)
         stopped = report.batch_refusal or report.paused or report.stopped
         report.waiting_for_slots = len(remaining) if not stopped else 0
+        if remaining and not stopped:
+            first = remaining[0]
+            report.cursor = ChunkCursor(record=first.record, offset=first.offset, line=first.line)
 
     async def _start_group(
         self,
@@ -355,11 +381,13 @@ class RunStarter:
         starts: StartLog,
         refused: list[RowResult],
     ) -> None:
-        async def start(job: RowJob) -> None:
+        limits = self._limits(batch)
+
+        async def start(job: RowJob) -> bool:
             if report.batch_refusal or report.paused:
                 await starts.add(job.record, job.attempt, NO_RUN, job.line)  # its intent resolved: no run
-                return
-            await self._start_row(client, batch, job, report, starts, refused)
+                return True
+            return await self._start_row(client, batch, job, report, starts, refused)
 
         for first in range(0, len(jobs), self._concurrency):
             if report.batch_refusal or report.paused or report.stopped:
@@ -374,8 +402,25 @@ class RunStarter:
                 report.deferred += len(jobs) - first
                 return
             group = jobs[first : first + self._concurrency]
-            await asyncio.to_thread(starts.intend, [job.record for job in group])
-            await asyncio.gather(*(start(job) for job in group))
+            # The budget is reserved before the creates are sent, so no fault can overspend it.
+            reservation = await asyncio.to_thread(
+                self._ledger.budget.reserve, batch.batch_id, len(group), limits, self._clock()
+            )
+            if reservation.runs == 0 and reservation.short_by is None:
+                report.deferred += len(jobs) - first  # the budget counters were too contended
+                return
+            group = group[: reservation.runs]
+            if group:
+                await asyncio.to_thread(starts.intend, [job.record for job in group])
+                no_new_run = sum(await asyncio.gather(*(start(job) for job in group)))
+                # Refused or 409: no run was made for these reservations.
+                await asyncio.to_thread(
+                    self._ledger.budget.give_back, batch.batch_id, no_new_run, limits, reservation.day
+                )
+            if reservation.short_by is not None:
+                # What it could afford is started; the rest waits for a resume (or the next day).
+                await asyncio.to_thread(self._pause_for_budget, batch, reservation, limits, report)
+                return
 
     async def _start_row(
         self,
@@ -385,7 +430,9 @@ class RunStarter:
         report: ChunkReport,
         starts: StartLog,
         refused: list[RowResult],
-    ) -> None:
+    ) -> bool:
+        """Whether the provider certainly made no new run for this create (its reservation is
+        given back); a create whose answer was lost may have made one and keeps it."""
         attempt = job.attempt
         request = CreateRunRequest(
             inputs=job.inputs,
@@ -398,28 +445,30 @@ class RunStarter:
             logger.warning("row deferred", extra={"row_id": job.row_id, "problem": str(exc)})
             report.deferred += 1
             await starts.add(job.record, attempt, NO_RUN, job.line)
-            return
+            return False
         if isinstance(outcome, RunCreated | RunAlreadyCreated):
             run_id = outcome.run.run_id if isinstance(outcome, RunCreated) else None
             await starts.add(job.record, attempt, run_id, job.line)
             if isinstance(outcome, RunCreated):
                 report.started += 1
-            else:
-                report.already_started += 1
-            return
+                return False
+            # The run was made by an earlier create, which kept its own reservation.
+            report.already_started += 1
+            return True
         if outcome.batch_reason is not None:
             await asyncio.to_thread(self._refuse_batch, batch, outcome, report)
             await starts.add(job.record, attempt, NO_RUN, job.line)
-            return
+            return True
         if outcome.pauses_batch:
             await asyncio.to_thread(self._pause_batch, batch, outcome, report)
             await starts.add(job.record, attempt, NO_RUN, job.line)
-            return
+            return True
         report.refused += 1
         failure = RowOutcome(
             status=RowStatus.FAILED, error_code=outcome.code, error_message=outcome.message or None
         )
         refused.append(RowResult(job.record, attempt, failure, line=job.line, key=job.key))
+        return True
 
     def _status(self, batch_id: str) -> BatchStatus | None:
         batch = self._ledger.batches.get(batch_id)
@@ -434,6 +483,36 @@ class RunStarter:
         message = refusal.message or f"provider answered {refusal.status_code} {refusal.code}"
         if self._ledger.batches.pause(batch.batch_id, "insufficient_credits", message):
             logger.warning("batch paused", extra={"reason": refusal.code})
+
+    def _limits(self, batch: BatchState) -> Limits:
+        """A provider with no price is not budgeted (run cost 0)."""
+        return Limits(
+            run_cost=micro_usd(batch.run_cost_usd) if batch.run_cost_usd else 0,
+            batch_max=micro_usd(batch.max_cost_usd) if batch.max_cost_usd is not None else None,
+            daily_max=self._daily_max,
+        )
+
+    def _pause_for_budget(
+        self, batch: BatchState, reservation: Reservation, limits: Limits, report: ChunkReport
+    ) -> None:
+        """The batch cannot afford its next run: nothing more starts (runs started finish and
+        are recorded). `over_budget` resumes with a higher `max_cost_usd`; `daily_budget` by
+        itself the next UTC day (the safety net)."""
+        if report.paused:
+            return
+        report.paused = True
+        run_cost = limits.run_cost / 1_000_000
+        if reservation.short_by == "daily_budget":
+            ceiling = (limits.daily_max or 0) / 1_000_000
+            message = (
+                f"the stack's daily budget of ${ceiling:.2f} for {reservation.day} (UTC) allows no more runs"
+            )
+        else:
+            ceiling = (limits.batch_max or 0) / 1_000_000
+            message = f"the batch's budget of ${ceiling:.2f} allows no more runs of ${run_cost:.4f}"
+        reason = reservation.short_by or "over_budget"
+        if self._ledger.batches.pause(batch.batch_id, reason, message):
+            logger.warning("batch paused", extra={"reason": reason})
 
     def _refuse_batch(self, batch: BatchState, refusal: RunRefused, report: ChunkReport) -> None:
         if report.batch_refusal is not None:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _EnvSettings(BaseModel):
@@ -14,6 +14,14 @@ class _EnvSettings(BaseModel):
 
     table_name: str = Field(alias="TABLE_NAME")
     max_in_flight: int = Field(alias="MAX_IN_FLIGHT", default=0, ge=0)
+    # Stack-wide ceiling on the cost of the runs started per UTC day (template DailyBudgetUsd;
+    # empty: none). The worker reserves against it; the safety net resumes the next day.
+    daily_budget_usd: float | None = Field(alias="DAILY_BUDGET_USD", default=None, gt=0)
+
+    @field_validator("daily_budget_usd", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -68,6 +76,8 @@ class UploadSettings(_EnvSettings):
 
 class RecorderSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    # Slots given back wake the chunks waiting for them (under MaxInFlight).
+    chunk_queue_url: str | None = Field(alias="CHUNK_QUEUE_URL", default=None)
     provider_url: str = Field(alias="PROVIDER_URL")
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
 

@@ -13,12 +13,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rowcall.ledger.batches import BatchLedger
+from rowcall.ledger.budget import BudgetLedger
 from rowcall.ledger.chunks import ChunkLedger
 from rowcall.ledger.notifications import NotificationLedger
 from rowcall.ledger.row_errors import RowErrorLedger
 from rowcall.ledger.rows import NO_RUN, RowLedger, StartedRun
 from rowcall.ledger.slots import SlotLedger, release_shard
 from rowcall.ledger.table import RetryPolicy, Table
+from rowcall.ledger.waiting import WaitingList
 from rowcall.models import utcnow
 
 if TYPE_CHECKING:
@@ -40,11 +42,14 @@ class Ledger:
         self.row_errors = RowErrorLedger(self.table)
         self.notifications = NotificationLedger(self.table, clock)
         self.slots = SlotLedger(self.table)
+        self.waiting = WaitingList(self.table)
+        self.budget = BudgetLedger(self.table)
 
 
 __all__ = [
     "NO_RUN",
     "BatchLedger",
+    "BudgetLedger",
     "ChunkLedger",
     "Ledger",
     "NotificationLedger",
@@ -54,5 +59,6 @@ __all__ = [
     "SlotLedger",
     "StartedRun",
     "Table",
+    "WaitingList",
     "release_shard",
 ]
