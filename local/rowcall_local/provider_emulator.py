@@ -440,12 +440,35 @@ class _Provider:
         self._keys: dict[str, tuple[str, float]] = {}
         self._credits = faults.credits
         self._in_flight = 0
+        # Runs in flight integrated over time since `_window_start`: in_flight_avg is this area
+        # over the window's length (how full a cap was kept, seen from the provider).
+        self._window_start = self._area_at = time.monotonic()
+        self._in_flight_area = 0.0
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._stopping = threading.Event()
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         with self._lock:
-            return dict(self._stats)
+            now = time.monotonic()
+            area = self._in_flight_area + self._in_flight * (now - self._area_at)
+            elapsed = now - self._window_start
+            return {
+                **self._stats,
+                "in_flight": self._in_flight,
+                "in_flight_avg": round(area / elapsed, 4) if elapsed > 0 else float(self._in_flight),
+            }
+
+    def reset_window(self) -> None:
+        """`POST /_stats/reset`: in_flight_avg is measured from now (the counts are kept)."""
+        with self._lock:
+            self._window_start = self._area_at = time.monotonic()
+            self._in_flight_area = 0.0
+
+    def _in_flight_changes_locked(self, by: int) -> None:
+        now = time.monotonic()
+        self._in_flight_area += self._in_flight * (now - self._area_at)
+        self._area_at = now
+        self._in_flight += by
 
     def finished_runs(self) -> list[tuple[str | None, int]]:
         """(callback URL, completed_at in unix ms) of every finished run."""
@@ -472,10 +495,16 @@ class _Provider:
                 return _only(method, "GET", lambda: self._list(parts.query, request.authorization))
             case ["_stats"]:
                 return _only(method, "GET", lambda: _Reply(200, dict(self.stats())))
+            case ["_stats", "reset"]:
+                return _only(method, "POST", self._reset_stats_window)
             case ["_credits"]:
                 return _only(method, "POST", lambda: self._add_credits(request.body))
             case _:
                 return _error(404, "not_found", f"no route for {parts.path}")
+
+    def _reset_stats_window(self) -> _Reply:
+        self.reset_window()
+        return _Reply(200, dict(self.stats()))
 
     def _authorized(self, authorization: str | None) -> bool:
         scheme, _, token = (authorization or "").partition(" ")
@@ -557,7 +586,7 @@ class _Provider:
             self._stats["unique_idempotency_keys"] += 1
         if self._credits is not None:
             self._credits -= 1
-        self._in_flight += 1
+        self._in_flight_changes_locked(+1)
         self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
         return run
 
@@ -573,7 +602,7 @@ class _Provider:
         with self._lock:
             record = self._runs[run_id]
             record.run = self._finished_locked(record.run)
-            self._in_flight -= 1
+            self._in_flight_changes_locked(-1)
             url = record.callback_url
             copies = self._callback_copies_locked() if url is not None else 0
             event = self._event_locked(record.run) if copies else None
@@ -938,8 +967,11 @@ class ProviderEmulator:
     def workspace_id(self) -> str:
         return self._provider.workspace_id
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         return self._provider.stats()
+
+    def reset_stats_window(self) -> None:
+        self._provider.reset_window()
 
     def finished_runs(self) -> list[tuple[str | None, int]]:
         """(callback URL, completed_at in unix ms) of every finished run: when each run ended."""
