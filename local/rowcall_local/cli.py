@@ -131,6 +131,12 @@ STACK_FLAGS = (
         "RATE",
     ),
     _Flag(
+        "daily-budget-usd",
+        _positive_seconds,
+        "most the runs started per UTC day may cost, all batches together (template DailyBudgetUsd)",
+        "USD",
+    ),
+    _Flag(
         "enforce-iam",
         _switch,
         "run each function with its own role's credentials; the embedded AWS denies what the role lacks",
@@ -192,6 +198,7 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         crash_once=args.crash_once or {},
         aws_fault_rate=args.aws_fault_rate or 0.0,
         enforce_iam=bool(args.enforce_iam),
+        daily_budget_usd=args.daily_budget_usd,
     )
 
 

@@ -88,6 +88,7 @@ class StackOptions:
     max_rows: int | None = None
     max_bytes: int | None = None
     max_in_flight: int | None = None
+    daily_budget_usd: float | None = None
     reconcile_after_s: float | None = None
     callback_deadline_s: float | None = None
     chunk_rows: int | None = None
@@ -321,6 +322,7 @@ class LocalStack:
             "CallbackDeadlineSeconds": _whole(self.options.callback_deadline_s),
             "ChunkRows": self.options.chunk_rows,
             "MaxInFlight": self.options.max_in_flight,
+            "DailyBudgetUsd": self.options.daily_budget_usd,
             **self.options.parameters,
         }
         return {k: str(v) for k, v in wanted.items() if v is not None and sam.declares_parameter(k)}
