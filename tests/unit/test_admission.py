@@ -15,9 +15,9 @@ import pytest
 from rowcall.admission import Admission
 from rowcall.batch_actions import BatchActions
 from rowcall.finishing import BatchFinisher
-from rowcall.ledger.budget import Limits, micro_usd
+from rowcall.ledger.budget import Limits
 from rowcall.ledger.keys import batch_key
-from rowcall.models import BatchStatus, ChunkMessage
+from rowcall.models import BatchStatus, ChunkMessage, to_micro_usd
 from rowcall.provider import ProviderConnection
 from rowcall.runs import ChunkBusy, RunStarter
 from rowcall.safety_net import SafetyNet, SafetyNetTimes
@@ -82,13 +82,15 @@ def set_budget(aws: Aws, batch_id: str, *, run_cost_usd: float, max_cost_usd: fl
     """What ingest writes on the batch (contract shapes: the technique's price, the budget)."""
     if max_cost_usd is None:
         aws.ledger.table.update(
-            batch_key(batch_id), "SET #run_cost_usd = :cost", values={":cost": str(run_cost_usd)}
+            batch_key(batch_id),
+            "SET #run_cost_micro_usd = :cost REMOVE #max_cost_micro_usd",
+            values={":cost": to_micro_usd(run_cost_usd)},
         )
     else:
         aws.ledger.table.update(
             batch_key(batch_id),
-            "SET #run_cost_usd = :cost, #max_cost_usd = :max",
-            values={":cost": str(run_cost_usd), ":max": str(max_cost_usd)},
+            "SET #run_cost_micro_usd = :cost, #max_cost_micro_usd = :max",
+            values={":cost": to_micro_usd(run_cost_usd), ":max": to_micro_usd(max_cost_usd)},
         )
 
 
@@ -258,13 +260,12 @@ def test_a_batch_budget_is_never_passed_by_concurrent_workers_and_duplicate_deli
     for message in (first, second, first):  # late duplicates
         starter(aws, provider, callbacks, cap=0).start_chunk(message, lambda: 300.0)
     assert provider.stats()["creates"] == 3
-    assert aws.ledger.budget.reserved(batch_id) <= micro_usd(0.035)
+    assert aws.ledger.budget.reserved(batch_id) <= to_micro_usd(0.035)
     batch = aws.ledger.batches.get(batch_id)
     assert batch is not None and (batch.status, batch.reason) == (BatchStatus.PAUSED, "over_budget")
     # A higher budget and a resume finish it, still without a second run for any row.
-    set_budget(aws, batch_id, run_cost_usd=0.01, max_cost_usd=1.0)
     chunk_messages(aws)
-    BatchActions(aws.ledger, aws.chunk_queue, aws.finisher).resume(batch_id)
+    BatchActions(aws.ledger, aws.chunk_queue, aws.finisher).resume(batch_id, max_cost_usd=1.0)
     for message in chunk_messages(aws):
         starter(aws, provider, callbacks, cap=0).start_chunk(message, lambda: 300.0)
     assert provider.stats()["creates"] == 8 and provider.stats()["duplicate_creates"] == 0
@@ -273,7 +274,7 @@ def test_a_batch_budget_is_never_passed_by_concurrent_workers_and_duplicate_deli
 def test_a_reservation_is_kept_for_a_lost_answer_and_given_back_for_a_refusal(aws: Aws) -> None:
     batch_id = ingest(aws, ROWS)
     budget = aws.ledger.budget
-    limits = Limits(run_cost=micro_usd(0.01), batch_max=micro_usd(0.05), daily_max=micro_usd(0.03))
+    limits = Limits(run_cost=to_micro_usd(0.01), batch_max=to_micro_usd(0.05), daily_max=to_micro_usd(0.03))
     now = time.time()
     first = budget.reserve(batch_id, 2, limits, now)
     assert (first.runs, first.short_by) == (2, None)
@@ -282,9 +283,9 @@ def test_a_reservation_is_kept_for_a_lost_answer_and_given_back_for_a_refusal(aw
     assert budget.reserve(batch_id, 1, limits, now).runs == 0
     budget.give_back(batch_id, 1, limits, first.day)  # refused: no run
     assert budget.reserve(batch_id, 5, limits, now).runs == 1
-    assert budget.reserved(batch_id) == budget.reserved_on(first.day) == micro_usd(0.03)
+    assert budget.reserved(batch_id) == budget.reserved_on(first.day) == to_micro_usd(0.03)
     # A price-less provider is not budgeted at all.
-    free = Limits(run_cost=0, batch_max=micro_usd(0.01), daily_max=micro_usd(0.01))
+    free = Limits(run_cost=0, batch_max=to_micro_usd(0.01), daily_max=to_micro_usd(0.01))
     assert budget.reserve(batch_id, 100, free, now).runs == 100
 
 
@@ -330,4 +331,4 @@ def test_the_daily_budget_pauses_and_the_next_utc_day_resumes(
     for message in resent:
         next_day.start_chunk(message, lambda: 300.0)
     assert provider.stats()["creates"] == 4  # two more: the new day's budget
-    assert aws.ledger.budget.reserved_on("2026-03-02") == micro_usd(0.02)
+    assert aws.ledger.budget.reserved_on("2026-03-02") == to_micro_usd(0.02)

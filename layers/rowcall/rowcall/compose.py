@@ -119,6 +119,7 @@ def ingestor() -> Ingestor:
             max_bytes=settings.max_bytes,
             chunk_rows=settings.chunk_rows,
             default_technique_id=settings.default_technique_id,
+            defaults=settings.spec_defaults(),
         ),
         destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
     )
@@ -183,6 +184,7 @@ def uploads() -> Uploads:
         max_bytes=settings.max_bytes,
         default_technique_id=settings.default_technique_id,
         destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
+        defaults=settings.spec_defaults(),
     )
 
 

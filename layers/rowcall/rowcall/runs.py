@@ -17,7 +17,7 @@ from rowcall.csvsplit import data_records, split_lines
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
 from rowcall.ledger import NO_RUN, Ledger, release_shard
-from rowcall.ledger.budget import Limits, Reservation, micro_usd
+from rowcall.ledger.budget import Limits, Reservation
 from rowcall.metadata import row_inputs, row_key
 from rowcall.models import (
     OPEN_BATCH_STATUSES,
@@ -31,6 +31,7 @@ from rowcall.models import (
     RowOutcome,
     RowStatus,
     RunInput,
+    to_micro_usd,
 )
 from rowcall.provider import (
     ProviderClient,
@@ -148,7 +149,7 @@ class RunStarter:
         self._chunk_queue = chunk_queue
         self._cap = max_in_flight
         self._intent_valid_s = intent_valid_s
-        self._daily_max = micro_usd(daily_budget_usd) if daily_budget_usd is not None else None
+        self._daily_max = to_micro_usd(daily_budget_usd) if daily_budget_usd is not None else None
         self._clock = clock
         self._admission = None
         if chunk_queue is not None and max_in_flight:
@@ -487,8 +488,8 @@ class RunStarter:
     def _limits(self, batch: BatchState) -> Limits:
         """A provider with no price is not budgeted (run cost 0)."""
         return Limits(
-            run_cost=micro_usd(batch.run_cost_usd) if batch.run_cost_usd else 0,
-            batch_max=micro_usd(batch.max_cost_usd) if batch.max_cost_usd is not None else None,
+            run_cost=batch.run_cost_micro_usd or 0,
+            batch_max=batch.max_cost_micro_usd,
             daily_max=self._daily_max,
         )
 

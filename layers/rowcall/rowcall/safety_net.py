@@ -29,7 +29,7 @@ from rowcall.admission import Admission
 from rowcall.batch_actions import BatchActions, WrongState
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.ledger import Ledger, StartedRun
-from rowcall.ledger.budget import micro_usd, utc_day
+from rowcall.ledger.budget import utc_day
 from rowcall.ledger.keys import rows_pk
 from rowcall.models import (
     BatchState,
@@ -40,6 +40,7 @@ from rowcall.models import (
     RowOutcome,
     RowStatus,
     RunObject,
+    to_micro_usd,
 )
 from rowcall.outcomes import RunNotFinished, fetched_outcome
 from rowcall.provider import ProviderConnection, ProviderUnavailable, RunNotFound
@@ -109,7 +110,7 @@ class SafetyNet:
         self._times = times
         self._clock = clock
         self._admission = admission
-        self._daily_budget = micro_usd(daily_budget_usd) if daily_budget_usd is not None else None
+        self._daily_budget = to_micro_usd(daily_budget_usd) if daily_budget_usd is not None else None
         self._waiting: set[tuple[str, int]] = set()
 
     def sweep(self) -> SweepReport:
@@ -149,7 +150,7 @@ class SafetyNet:
                 continue
             if self._daily_budget is not None:
                 spent = self._ledger.budget.reserved_on(today) if spent is None else spent
-                run_cost = micro_usd(batch.run_cost_usd or 0)
+                run_cost = batch.run_cost_micro_usd or 0
                 if spent + run_cost > self._daily_budget:
                     continue
             try:

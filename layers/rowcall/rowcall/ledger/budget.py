@@ -23,11 +23,6 @@ if TYPE_CHECKING:
 
 BUDGET_SK = "BUDGET"
 RESERVE_TRIES = 5
-MICRO = 1_000_000
-
-
-def micro_usd(usd: float) -> int:
-    return round(usd * MICRO)
 
 
 def utc_day(epoch: float) -> str:
