@@ -12,6 +12,7 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import hmac
@@ -457,6 +458,11 @@ class _Provider:
                 "in_flight": self._in_flight,
                 "in_flight_avg": round(area / elapsed, 4) if elapsed > 0 else float(self._in_flight),
             }
+
+    def set_delay_ms(self, delay_ms: tuple[int, int]) -> None:
+        """Runs created from now on last this long (benchmarks of slow and fast runs, one stack)."""
+        with self._lock:
+            self._faults = dataclasses.replace(self._faults, delay_ms=delay_ms)
 
     def reset_window(self) -> None:
         """`POST /_stats/reset`: in_flight_avg is measured from now (the counts are kept)."""
@@ -972,6 +978,9 @@ class ProviderEmulator:
 
     def reset_stats_window(self) -> None:
         self._provider.reset_window()
+
+    def set_delay_ms(self, delay_ms: tuple[int, int]) -> None:
+        self._provider.set_delay_ms(delay_ms)
 
     def finished_runs(self) -> list[tuple[str | None, int]]:
         """(callback URL, completed_at in unix ms) of every finished run: when each run ended."""

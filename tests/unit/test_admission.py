@@ -332,3 +332,24 @@ def test_the_daily_budget_pauses_and_the_next_utc_day_resumes(
         next_day.start_chunk(message, lambda: 300.0)
     assert provider.stats()["creates"] == 4  # two more: the new day's budget
     assert aws.ledger.budget.reserved_on("2026-03-02") == to_micro_usd(0.02)
+
+
+def test_a_woken_chunk_with_nothing_to_start_hands_its_wakeup_on(
+    aws: Aws, provider: ProviderEmulator, callbacks: Receiver
+) -> None:
+    batch_id = ingest(aws, ROWS)
+    first, second = chunk_messages(aws)
+    assert aws.ledger.slots.acquire(CAP, CAP) == CAP
+    gate = admission(aws)
+    gate.wait(first)
+    time.sleep(0.01)
+    gate.wait(second)
+    assert gate.release(1, 0) == 1
+    (woken,) = chunk_messages(aws)
+    assert woken.chunk.index == 0
+    # Its batch was paused meanwhile: it starts nothing, and its slot must not stay idle.
+    assert aws.ledger.batches.pause(batch_id, "insufficient_credits", "402")
+    report = starter(aws, provider, callbacks).start_chunk(woken, lambda: 300.0)
+    assert report.not_open == "paused" and report.started == 0
+    (next_woken,) = chunk_messages(aws)
+    assert next_woken.chunk.index == 1 and waiting(aws) == []

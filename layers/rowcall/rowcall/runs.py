@@ -165,6 +165,7 @@ class RunStarter:
                 # The invocation that ended it may have died before handing over its on-done.
                 self._finisher.finish_if_done(batch.batch_id)
                 self._finisher.finish_canceled(batch.batch_id)
+            self._pass_wake_on(message)
             return report
         chunk = message.chunk.index
         holder = uuid.uuid4().hex
@@ -172,6 +173,7 @@ class RunStarter:
         # out) frees its chunk within LEASE_S for the redelivery or the safety net.
         until = time.time() + min(time_left_s(), LEASE_S)
         if not self._ledger.chunks.claim(batch.batch_id, chunk, holder=holder, until_epoch=until):
+            self._pass_wake_on(message)
             raise ChunkBusy(f"chunk {chunk} is being started by another delivery")
         refused: list[RowResult] = []
         try:
@@ -200,11 +202,21 @@ class RunStarter:
             since = message.waiting_since_ms if keep_place else None
             report.woken = self._admission.wait(message.model_copy(update={"cursor": report.cursor}), since)
             return report
+        if report.started == 0:
+            self._pass_wake_on(message)
         if report.deferred:
             raise ChunkIncomplete(
                 f"{report.deferred} rows of chunk {message.chunk.index} are left for a retry"
             )
         return report
+
+    def _pass_wake_on(self, message: ChunkMessage) -> None:
+        """A woken delivery that starts nothing (its batch paused or ended, its rows started by a
+        copy, its chunk busy) hands its wake-up to the next waiter, or the slot that woke it would
+        stay free until the safety net's repair."""
+        woken = message.waiting_since_ms is not None
+        if self._admission is not None and woken and self._admission.free() > 0:
+            self._admission.wake(1)
 
     def _start_rows(
         self,
