@@ -355,20 +355,14 @@ class RunStarter:
         starts: StartLog,
         refused: list[RowResult],
     ) -> None:
-        """Slots first, a grant at a time; a chunk takes at most a fair share of the cap while
-        other chunks wait, and then goes to the back of the waiting list."""
+        """Slots first, a grant at a time; a chunk takes at most a fair share of the cap per
+        delivery and then goes back to the queue behind the other batches' chunks."""
         share = max(1, self._cap // FAIR_SHARE_DIVISOR)
         remaining = list(jobs)
         taken = 0
         while remaining and not (report.batch_refusal or report.paused or report.stopped):
-            if taken >= share:
-                # Its share is taken: it yields to the chunks waiting, if any; with none waiting
-                # it goes on while slots are free (one delivery, not one per share).
-                if await asyncio.to_thread(self._ledger.waiting.anyone):
-                    break
-                taken = 0
             wanted = min(len(remaining), self._concurrency, share - taken)
-            granted = await asyncio.to_thread(self._ledger.slots.acquire, wanted, self._cap)
+            granted = await asyncio.to_thread(self._ledger.slots.acquire, wanted, self._cap) if wanted else 0
             if granted == 0:
                 break
             taken += granted
