@@ -356,7 +356,7 @@ class RunStarter:
         refused: list[RowResult],
     ) -> None:
         """Slots first, a grant at a time; a chunk takes at most a fair share of the cap per
-        delivery and then goes back to the queue behind the other batches' chunks."""
+        delivery and then goes to the back of the waiting list, behind the other chunks."""
         share = max(1, self._cap // FAIR_SHARE_DIVISOR)
         remaining = list(jobs)
         taken = 0
