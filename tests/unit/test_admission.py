@@ -353,3 +353,40 @@ def test_a_woken_chunk_with_nothing_to_start_hands_its_wakeup_on(
     assert report.not_open == "paused" and report.started == 0
     (next_woken,) = chunk_messages(aws)
     assert next_woken.chunk.index == 1 and waiting(aws) == []
+
+
+def test_rows_a_cursor_passed_by_are_started_once_the_chain_ends(
+    aws: Aws, provider: ProviderEmulator, callbacks: Receiver
+) -> None:
+    """A crashed worker's row (a fresh intent, no run) is skipped and the cursor moves past it;
+    once no delivery is left and the chunk is quiet, the safety net sends the chunk again whole,
+    and the row starts once its intent is stale. No row gets a second run."""
+    batch_id = ingest(aws, ROWS)
+    first, _ = chunk_messages(aws)
+    aws.ledger.rows.record_intents(batch_id, 0, [1], "dead-00001", time.time())
+    run = starter(aws, provider, callbacks)
+    deliveries = [first]
+    while deliveries:  # every wake-up delivered at once, as the queue would
+        for message in deliveries:
+            run.start_chunk(message, lambda: 300.0)
+        aws.ledger.slots.release(held(aws), 0)  # the runs end
+        admission(aws).wake(10)
+        deliveries = chunk_messages(aws)
+    assert provider.stats()["creates"] == 3  # rows 2-4; row 1 waits for its intent to go stale
+    net = SafetyNet(
+        ledger=aws.ledger,
+        finisher=aws.finisher,
+        chunk_queue=aws.chunk_queue,
+        done_queue=aws.done_queue,
+        provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
+        times=SafetyNetTimes(reconcile_after_s=60, callback_deadline_s=3600),
+        clock=lambda: time.time() + 120,
+        admission=admission(aws),
+    )
+    assert net.sweep().chunks_resent == 2  # chunk 0, and chunk 1 (never delivered here)
+    (whole,) = [m for m in chunk_messages(aws) if m.chunk.index == 0]
+    assert whole.cursor is None
+    stale = starter(aws, provider, callbacks)
+    stale._intent_valid_s = 0.0
+    assert stale.start_chunk(whole, lambda: 300.0).started == 1
+    assert provider.stats()["creates"] == 4 and provider.stats()["duplicate_creates"] == 0
