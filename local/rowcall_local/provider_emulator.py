@@ -36,6 +36,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rowcall.flora_signature import EVENT_HEADER, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, signature_header
+from rowcall_local.technique_catalog import DEFAULT_RUN_COST_USD, Catalog, Technique, input_problems
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,19 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 WEBHOOK_API_VERSION = "2026-06-11"
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
-RUN_COST_USD = 0.04
+RUN_COST_USD = DEFAULT_RUN_COST_USD
+# Charges are summed in whole micro-USD, so the total is exact whatever the count of runs.
+MICRO_USD = 1_000_000
+# What `GET /_stats?technique_id=T` counts of one technique's runs.
+TECHNIQUE_STAT_NAMES = (
+    "creates",
+    "duplicate_creates",
+    "gets",
+    "polls",
+    "technique_gets",
+    "completed",
+    "failed",
+)
 STAT_NAMES = (
     "creates",
     "unique_idempotency_keys",
@@ -66,6 +79,7 @@ STAT_NAMES = (
     "callbacks_failed",
     "deliveries_given_up",
     "last_callback_sent_at_ms",
+    "technique_gets",
 )
 
 RunStatus = Literal["pending", "running", "completed", "failed"]
@@ -82,6 +96,9 @@ class ProviderFaults:
     drop_callback_rate: float = 0.0
     credits: int | None = None
     seed: int | None = None
+    # The technique catalog (--provider-techniques) and the open techniques' price (--provider-run-cost).
+    techniques: tuple[Technique, ...] = ()
+    run_cost_usd: float = DEFAULT_RUN_COST_USD
 
     def __post_init__(self) -> None:
         low, high = self.delay_ms
@@ -93,6 +110,8 @@ class ProviderFaults:
                 raise ValueError(f"{name} must be within 0..1")
         if self.credits is not None and self.credits < 0:
             raise ValueError("credits must be >= 0")
+        if not self.run_cost_usd >= 0:
+            raise ValueError("run_cost_usd must be >= 0")
 
 
 NO_FAULTS = ProviderFaults()
@@ -245,8 +264,17 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> _Reply:
-    return _Reply(status, {"error": {"code": code, "message": message}}, headers or {})
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    fields: dict[str, str] | None = None,
+) -> _Reply:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    return _Reply(status, {"error": error}, headers or {})
 
 
 def _describe(exc: ValidationError) -> str:
@@ -446,6 +474,9 @@ class _Provider:
         self._window_start = self._area_at = time.monotonic()
         self._in_flight_area = 0.0
         self._stats = dict.fromkeys(STAT_NAMES, 0)
+        self._catalog = Catalog(faults.techniques, faults.run_cost_usd)
+        self._charged_micro = 0
+        self._by_technique: dict[str, dict[str, int]] = {}
         self._stopping = threading.Event()
 
     def stats(self) -> dict[str, int | float]:
@@ -455,6 +486,7 @@ class _Provider:
             elapsed = now - self._window_start
             return {
                 **self._stats,
+                "charged_cost_usd": self._charged_micro / MICRO_USD,
                 "in_flight": self._in_flight,
                 "in_flight_avg": round(area / elapsed, 4) if elapsed > 0 else float(self._in_flight),
             }
@@ -476,6 +508,19 @@ class _Provider:
         self._area_at = now
         self._in_flight += by
 
+    def technique_stats(self, technique_id: str) -> dict[str, Any]:
+        """One technique's runs alone (`GET /_stats?technique_id=T`)."""
+        with self._lock:
+            counts = dict(self._by_technique.get(technique_id) or dict.fromkeys(TECHNIQUE_STAT_NAMES, 0))
+        charged = counts.pop("charged_micro", 0)
+        return {"technique_id": technique_id, **counts, "charged_cost_usd": charged / MICRO_USD}
+
+    def _count_locked(self, technique_id: str, name: str, by: int = 1) -> None:
+        counts = self._by_technique.get(technique_id)
+        if counts is None:
+            counts = self._by_technique[technique_id] = dict.fromkeys(TECHNIQUE_STAT_NAMES, 0)
+        counts[name] = counts.get(name, 0) + by
+
     def finished_runs(self) -> list[tuple[str | None, int]]:
         """(callback URL, completed_at in unix ms) of every finished run."""
         with self._lock:
@@ -493,6 +538,8 @@ class _Provider:
         segments = [unquote(part) for part in parts.path.split("/") if part]
         method = request.method
         match segments:
+            case ["techniques", technique_id]:
+                return _only(method, "GET", lambda: self._technique(technique_id, request.authorization))
             case ["techniques", technique_id, "runs"]:
                 return _only(method, "POST", lambda: self._create(technique_id, request))
             case ["techniques", technique_id, "runs", run_id]:
@@ -500,7 +547,7 @@ class _Provider:
             case ["technique-runs"]:
                 return _only(method, "GET", lambda: self._list(parts.query, request.authorization))
             case ["_stats"]:
-                return _only(method, "GET", lambda: _Reply(200, dict(self.stats())))
+                return _only(method, "GET", lambda: self._stats_reply(parts.query))
             case ["_stats", "reset"]:
                 return _only(method, "POST", self._reset_stats_window)
             case ["_credits"]:
@@ -511,6 +558,24 @@ class _Provider:
     def _reset_stats_window(self) -> _Reply:
         self.reset_window()
         return _Reply(200, dict(self.stats()))
+
+    def _stats_reply(self, query_string: str) -> _Reply:
+        technique_id = (parse_qs(query_string).get("technique_id") or [""])[-1]
+        if technique_id:
+            return _Reply(200, dict(self.technique_stats(technique_id)))
+        return _Reply(200, dict(self.stats()))
+
+    def _technique(self, technique_id: str, authorization: str | None) -> _Reply:
+        """`GET /techniques/{id}`, as the SDK's `techniques.retrieve` types it."""
+        if not self._authorized(authorization):
+            return _error(401, "unauthorized", "missing or invalid bearer token")
+        with self._lock:
+            self._stats["technique_gets"] += 1
+            self._count_locked(technique_id, "technique_gets")
+        technique = self._catalog.find(technique_id)
+        if technique is None:
+            return _error(404, "not_found", f"technique {technique_id} not found")
+        return _Reply(200, technique.wire())
 
     def _authorized(self, authorization: str | None) -> bool:
         scheme, _, token = (authorization or "").partition(" ")
@@ -523,12 +588,19 @@ class _Provider:
             return _error(401, "unauthorized", "missing or invalid bearer token")
         with self._lock:
             self._stats["creates"] += 1
+            self._count_locked(technique_id, "creates")
         if technique_id.startswith("missing-"):
             return _error(404, "not_found", f"technique {technique_id} not found")
         try:
             body = CreateRunRequest.model_validate_json(request.body)
         except ValidationError as exc:
             return _error(422, "validation_error", _describe(exc))
+        declared = self._catalog.declared(technique_id)
+        if declared is not None:
+            problems = input_problems(declared, [(i.id, i.type, i.value) for i in body.inputs])
+            if problems:
+                message = f"the inputs do not fit technique {technique_id}"
+                return _error(400, "input_validation_error", message, fields=problems)
         key = _idempotency_key(body.idempotency_key, request.idempotency_key)
         if isinstance(key, _Reply):
             return key
@@ -554,6 +626,7 @@ class _Provider:
             existing = self._keys.get(key) if key is not None else None
             if existing is not None:
                 self._stats["duplicate_creates"] += 1
+                self._count_locked(technique_id, "duplicate_creates")
                 message = f"idempotency_key already used by run {existing[0]}"
                 return _error(409, "idempotency_duplicate", message)
             if self._credits is not None and self._credits <= 0:
@@ -607,8 +680,12 @@ class _Provider:
     def _finish(self, run_id: str) -> None:
         with self._lock:
             record = self._runs[run_id]
-            record.run = self._finished_locked(record.run)
+            record.run = self._finished_locked(record.run, record.technique_id)
             self._in_flight_changes_locked(-1)
+            self._count_locked(record.technique_id, record.run.status)
+            charged = round((record.run.charged_cost or 0.0) * MICRO_USD)
+            self._charged_micro += charged
+            self._count_locked(record.technique_id, "charged_micro", charged)
             url = record.callback_url
             copies = self._callback_copies_locked() if url is not None else 0
             event = self._event_locked(record.run) if copies else None
@@ -619,7 +696,7 @@ class _Provider:
         for copy in range(copies):
             self._scheduler.call_later(copy * DUPLICATE_CALLBACK_GAP_S, partial(self._deliver, delivery, 0))
 
-    def _finished_locked(self, run: RunObject) -> RunObject:
+    def _finished_locked(self, run: RunObject, technique_id: str) -> RunObject:
         now = _now_ms()
         times = {"started_at": run.started_at or now, "completed_at": now}
         if self._rng.random() < self._faults.fail_rate:
@@ -631,7 +708,9 @@ class _Provider:
             type="imageUrl",
             url=f"https://cdn.provider.invalid/runs/{run.run_id}/output_0.png",
         )
-        success = {"status": "completed", "progress": 100, "outputs": [output], "charged_cost": RUN_COST_USD}
+        technique = self._catalog.find(technique_id)
+        run_cost = technique.run_cost if technique is not None else self._catalog.run_cost_usd
+        success = {"status": "completed", "progress": 100, "outputs": [output], "charged_cost": run_cost}
         return run.model_copy(update={**times, **success})
 
     def _event_locked(self, run: RunObject) -> WebhookEvent:
@@ -691,10 +770,12 @@ class _Provider:
             return _error(401, "unauthorized", "missing or invalid bearer token")
         with self._lock:
             self._stats["gets"] += 1
+            self._count_locked(technique_id, "gets")
             record = self._runs.get(run_id)
             run = record.run if record is not None and record.technique_id == technique_id else None
             if run is not None and not run.terminal:
                 self._stats["polls"] += 1
+                self._count_locked(technique_id, "polls")
         if run is None:
             return _error(404, "not_found", f"run {run_id} not found")
         return _Reply(200, run.wire())
@@ -981,6 +1062,9 @@ class ProviderEmulator:
 
     def set_delay_ms(self, delay_ms: tuple[int, int]) -> None:
         self._provider.set_delay_ms(delay_ms)
+
+    def technique_stats(self, technique_id: str) -> dict[str, Any]:
+        return self._provider.technique_stats(technique_id)
 
     def finished_runs(self) -> list[tuple[str | None, int]]:
         """(callback URL, completed_at in unix ms) of every finished run: when each run ended."""

@@ -36,6 +36,7 @@ STATS = (
     "callbacks_failed",
     "deliveries_given_up",
     "last_callback_sent_at_ms",
+    "technique_gets",
 )
 
 StartEmulator = Callable[..., ProviderEmulator]
@@ -214,10 +215,11 @@ def test_a_run_is_created_pending_then_a_signed_envelope_says_it_completed(
         "max_in_flight": 1,
         "callbacks_sent": 1,
         "last_callback_sent_at_ms": stats["last_callback_sent_at_ms"],
+        "charged_cost_usd": 0.04,
         "in_flight": 0,
         "in_flight_avg": stats["in_flight_avg"],
     }
-    assert tuple(stats) == (*STATS, "in_flight", "in_flight_avg")
+    assert tuple(stats) == (*STATS, "charged_cost_usd", "in_flight", "in_flight_avg")
     # One run in flight for part of the time since the start: between none and one on average.
     assert 0 < stats["in_flight_avg"] < 1
     assert abs(stats["last_callback_sent_at_ms"] / 1000 - time.time()) < 60

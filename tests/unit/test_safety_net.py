@@ -157,3 +157,43 @@ def test_the_open_chunks_of_a_failed_batch_leave_the_index(aws: Aws, provider: S
     aws.finisher.fail(batch_id, "technique_not_found", "404")
     assert net(aws, provider, T0 + 5).sweep().closed == 1
     assert list(aws.ledger.chunks.open_chunks()) == []
+
+
+def test_a_quiet_ingest_fails_only_once_no_attempt_of_its_event_can_still_run(
+    aws: Aws, provider: ScriptedProvider
+) -> None:
+    """Lambda keeps a throttled or retried S3 event up to the ingest's MaximumEventAgeInSeconds and
+    an attempt then runs up to its timeout: the batch fails `ingest_interrupted` only after both."""
+    import time
+
+    from rowcall.safety_net import ingest_stall_after
+
+    done = aws.ledger.batches.get(ingest(aws, ROWS))
+    assert done is not None
+    stalled, _ = aws.ledger.batches.open(
+        done.model_copy(update={"batch_id": "b-stalled", "status": BatchStatus.VALIDATING})
+    )
+    quiet_since = time.time()
+    stall_s = ingest_stall_after(max_event_age_s=3600, ingest_timeout_s=900)
+    assert stall_s >= 3600 + 900
+    times = SafetyNetTimes(reconcile_after_s=60, callback_deadline_s=600, ingest_stall_s=stall_s)
+
+    def sweep_at(now: float) -> BatchStatus:
+        SafetyNet(
+            ledger=aws.ledger,
+            finisher=aws.finisher,
+            chunk_queue=aws.chunk_queue,
+            done_queue=aws.done_queue,
+            provider=ProviderConnection(base_url=provider.url, api_key="key"),
+            times=times,
+            clock=lambda: now,
+        ).sweep()
+        batch = aws.ledger.batches.get(stalled.batch_id)
+        assert batch is not None
+        return batch.status
+
+    # The retry of an event that waited almost its full age may still be running: not yet.
+    assert sweep_at(quiet_since + 3600 + 900 - 60) is BatchStatus.VALIDATING
+    assert sweep_at(quiet_since + stall_s + 1) is BatchStatus.FAILED
+    failed = aws.ledger.batches.get(stalled.batch_id)
+    assert failed is not None and failed.reason == "ingest_interrupted"

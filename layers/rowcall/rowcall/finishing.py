@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rowcall.admission import Admission
+from rowcall.failure_threshold import FailureThreshold
 from rowcall.ledger import Ledger
 from rowcall.ledger.slots import RELEASE_SHARDS
 from rowcall.models import ChunkCounter, RowOutcome, RowStatus
@@ -49,6 +50,7 @@ class BatchFinisher:
         self._row_writers = max(1, row_writers)
         # Given slots back, it wakes as many chunks waiting for them.
         self._admission = admission
+        self._failure_threshold = FailureThreshold(ledger)
 
     def record_outcomes(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> int:
         """Write each row's outcome (once per attempt), then count the rows that moved in one
@@ -56,10 +58,15 @@ class BatchFinisher:
         moved = self._write_rows(batch_id, chunk, results)
         completed = sum(r.outcome.status is RowStatus.COMPLETED for r in moved)
         failed = sum(r.outcome.status is RowStatus.FAILED for r in moved)
+        charged = sum(r.outcome.charged_cost_micro_usd or 0 for r in moved)
         if completed or failed:
-            counter = self._ledger.chunks.add_outcomes(batch_id, chunk, completed=completed, failed=failed)
+            counter = self._ledger.chunks.add_outcomes(
+                batch_id, chunk, completed=completed, failed=failed, charged_micro_usd=charged
+            )
         else:
             counter = self._ledger.chunks.counter(batch_id, chunk)
+        if completed or failed:
+            self._failure_threshold.count(batch_id, finished=completed + failed, failed=failed)
         self.after_outcomes(batch_id, counter)
         # The batch may be canceled, waiting for these runs (its chunks never settle then).
         self.finish_canceled(batch_id, chunk)
@@ -139,6 +146,7 @@ class BatchFinisher:
         counters = {c.index: c for c in self._ledger.chunks.counters(batch_id)}
         order = sorted(counters, key=lambda index: index != chunk)
         completed, failed = batch.completed_count, batch.failed_count
+        charged = batch.charged_cost_micro_usd
         now = time.time()
         for index in order:
             counter = counters[index]
@@ -156,7 +164,10 @@ class BatchFinisher:
                     return  # a run still out
             completed += sum(row.status is RowStatus.COMPLETED for row in rows.values())
             failed += sum(row.status is RowStatus.FAILED for row in rows.values())
-        message = self._ledger.batches.finish_canceled(batch_id, completed=completed, failed=failed)
+            charged += sum(row.charged_cost_micro_usd or 0 for row in rows.values() if row.finished)
+        message = self._ledger.batches.finish_canceled(
+            batch_id, completed=completed, failed=failed, charged_micro_usd=charged
+        )
         if message is not None:
             self._done.send(message)
 

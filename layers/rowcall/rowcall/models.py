@@ -66,6 +66,9 @@ PROVIDERS: tuple[ProviderName, ...] = ("flora", "replicate")
 # Money in the ledger is whole micro-USD: DynamoDB ADDs and compares them exactly, where sums of
 # float USD would drift. USD floats only at the API and CSV boundary.
 MICRO_USD = 1_000_000
+# The largest budget taken (a billion USD): far past any batch, and a micro-USD count that stays
+# an exact integer everywhere (DynamoDB numbers, JSON, floats up to 2**53).
+MAX_USD = 1_000_000_000
 
 
 def to_micro_usd(usd: float) -> int:
@@ -110,7 +113,7 @@ class BatchSpec(BaseModel):
     on_done_url: str | None = None
     name: str
     # Contract §3's cost and provider keys; defaults come from the stack's parameters.
-    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_cost_usd: float | None = Field(default=None, ge=0, le=MAX_USD)
     reuse: bool = True
     save_outputs: bool = True
     max_failed_percent: float | None = Field(default=None, ge=0, le=100)
@@ -320,6 +323,18 @@ class ReprocessPlan(BaseModel):
         return str(counter.index) in self.chunks and counter.reopened_seq < self.seq
 
 
+class RowRules(BaseModel):
+    """What each row's cells must hold beyond the header's width, decided by the pre-flight from
+    the technique (contract §4): ingest, workers, row listing and results skip the same rows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    required: tuple[str, ...] = ()
+    """Columns of inputs the technique requires: an empty cell is `missing_input`."""
+    urls: tuple[str, ...] = ()
+    """Columns of URL-typed inputs: a cell that is not an absolute https URL is `invalid_input_url`."""
+
+
 class BatchState(BaseModel):
     """The batch item as stored. Counters of finished rows live in chunk items until settled."""
 
@@ -363,7 +378,11 @@ class BatchState(BaseModel):
     reused_count: int = 0
     outputs_saved_count: int = 0
     outputs_failed_count: int = 0
-    # The failure threshold counts rows finished since the last resume: these were finished then.
+    row_rules: RowRules | None = None
+    # The failure threshold's counts (kept only for a batch with one), and what they were at the
+    # last resume: it judges the rows finished since.
+    threshold_finished: int = 0
+    threshold_failed: int = 0
     threshold_finished_base: int = 0
     threshold_failed_base: int = 0
 

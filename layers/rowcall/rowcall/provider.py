@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from rowcall.input_checks import TechniqueDefinition, TechniqueRefused
 from rowcall.models import CreateRunRequest, RunObject
 
 # Provider answers that say the whole batch cannot run, whatever the row: reason codes of §4.
@@ -145,6 +146,22 @@ def _fetched(response: httpx.Response) -> RunObject | RunNotFound | None:
     raise ProviderUnavailable(f"provider refused the fetch: HTTP {response.status_code} {error.code}")
 
 
+def _technique_of(response: httpx.Response) -> TechniqueDefinition | TechniqueRefused | None:
+    status = response.status_code
+    if status == 200:
+        try:
+            return TechniqueDefinition.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise ProviderUnavailable(f"provider answered a technique that is not one: {exc}") from None
+    if status == 429 or status >= 500:
+        return None
+    error = _error_of(response)
+    reason = BATCH_FATAL_CODES.get(status)
+    if reason is None:
+        raise ProviderUnavailable(f"provider refused the technique: HTTP {status} {error.code}")
+    return TechniqueRefused(reason, f"the provider answered {status} {error.code}: {error.message}"[:500])
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
@@ -186,6 +203,13 @@ class ProviderClient:
         """The run with its outputs (its `poll_url`); asked once, after its terminal webhook."""
         url = f"{self._base}/techniques/{quote(technique_id, safe='')}/runs/{quote(run_id, safe='')}"
         return await self._with_retries("GET", url, None, _fetched, "return the run")
+
+    async def get_technique(self, technique_id: str) -> TechniqueDefinition | TechniqueRefused:
+        """The technique's definition (`GET /techniques/{id}`), or the refusal that fails the
+        batch (404 technique_not_found, 401/403 provider_unauthorized). 429 and 5xx are retried;
+        past the retries, ProviderUnavailable."""
+        url = f"{self._base}/techniques/{quote(technique_id, safe='')}"
+        return await self._with_retries("GET", url, None, _technique_of, "return the technique")
 
     async def _with_retries(
         self,

@@ -16,6 +16,7 @@ from rowcall.admission import Admission
 from rowcall.csvsplit import data_records, split_lines
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
+from rowcall.input_checks import row_checker
 from rowcall.ledger import NO_RUN, Ledger, release_shard
 from rowcall.ledger.budget import Limits, Reservation
 from rowcall.metadata import row_inputs, row_key
@@ -286,7 +287,10 @@ class RunStarter:
         rows = list(self._ledger.rows.rows_of_chunk(batch.batch_id, chunk))
         completed = sum(r.status is RowStatus.COMPLETED for r in rows)
         failed = sum(r.status is RowStatus.FAILED for r in rows)
-        self._ledger.chunks.reopen(batch.batch_id, chunk, seq=plan.seq, completed=completed, failed=failed)
+        charged = sum(r.charged_cost_micro_usd or 0 for r in rows if r.finished)
+        self._ledger.chunks.reopen(
+            batch.batch_id, chunk, seq=plan.seq, completed=completed, failed=failed, charged_micro_usd=charged
+        )
         logger.info(
             "chunk reopened",
             extra={"chunk": chunk, "seq": plan.seq, "rerun": counter.rows - completed - failed},
@@ -310,7 +314,14 @@ class RunStarter:
         ):
             start, line, first = cursor.offset, cursor.line, cursor.record
         lines = split_lines(read_source(self._s3, batch.source, start=start, end=chunk.end))
-        records = data_records(lines, width=len(header), offset=start, line=line, first_number=first)
+        records = data_records(
+            lines,
+            width=len(header),
+            offset=start,
+            line=line,
+            first_number=first,
+            check=row_checker(header, batch.row_rules),
+        )
         for record in records:
             if record.fields is None:
                 continue

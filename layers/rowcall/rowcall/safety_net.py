@@ -48,8 +48,23 @@ from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue, DoneQueue
 
 logger = Logger(child=True)
 
-# An ingest runs at most 15 minutes and Lambda retries it twice; quiet this long, it is gone.
-INGEST_STALL_S = 3 * 15 * 60 + 300
+# Slack over the last possible attempt's end: clock skew between functions and the sweep's minute.
+INGEST_STALL_MARGIN_S = 300
+
+
+def ingest_stall_after(max_event_age_s: float, ingest_timeout_s: float) -> float:
+    """How long an ingest may stay quiet before no attempt of its S3 event can still run.
+
+    Lambda starts an async attempt (first, retry, or after throttling) only while the event is
+    younger than `MaximumEventAgeInSeconds`, counted from when Lambda received it - before the batch
+    was first written, so before any `updated_at` of it. An attempt started then runs at most the
+    function's timeout. Quiet for both (and a margin), the ingest is gone, not queued.
+    """
+    return max_event_age_s + ingest_timeout_s + INGEST_STALL_MARGIN_S
+
+
+# Lambda's defaults (6 hours, 15 minutes) where the sweep is not told the ingest's own settings.
+INGEST_STALL_S = ingest_stall_after(6 * 3600, 15 * 60)
 # The notifier's claim lease; past it, a delivery that held it has died.
 NOTIFY_STALL_S = 330
 
@@ -58,6 +73,7 @@ NOTIFY_STALL_S = 330
 class SafetyNetTimes:
     reconcile_after_s: float
     callback_deadline_s: float
+    ingest_stall_s: float = INGEST_STALL_S
 
 
 @dataclass
@@ -295,7 +311,7 @@ class SafetyNet:
             return
         now = self._clock()
         if batch.status in (BatchStatus.VALIDATING, BatchStatus.INGESTING):
-            if now - _epoch(batch.updated_at) >= INGEST_STALL_S:
+            if now - _epoch(batch.updated_at) >= self._times.ingest_stall_s:
                 self._finisher.fail(
                     batch_id, "ingest_interrupted", "the upload's ingest stopped and did not resume"
                 )
@@ -350,4 +366,4 @@ def _epoch(moment: str) -> float:
     return datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
 
 
-__all__ = ["ProviderUnavailable", "SafetyNet", "SafetyNetTimes", "SweepReport"]
+__all__ = ["ProviderUnavailable", "SafetyNet", "SafetyNetTimes", "SweepReport", "ingest_stall_after"]

@@ -20,6 +20,7 @@ from rowcall.ledger.row_errors import RowErrorLedger
 from rowcall.ledger.rows import NO_RUN, RowLedger, StartedRun
 from rowcall.ledger.slots import SlotLedger, release_shard
 from rowcall.ledger.table import RetryPolicy, Table
+from rowcall.ledger.uploads import UploadIntentLedger
 from rowcall.ledger.waiting import WaitingList
 from rowcall.models import utcnow
 
@@ -44,6 +45,7 @@ class Ledger:
         self.slots = SlotLedger(self.table)
         self.waiting = WaitingList(self.table)
         self.budget = BudgetLedger(self.table)
+        self.upload_intents = UploadIntentLedger(self.table)
 
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "SlotLedger",
     "StartedRun",
     "Table",
+    "UploadIntentLedger",
     "WaitingList",
     "release_shard",
 ]

@@ -72,13 +72,16 @@ class ChunkLedger:
             _, batch_id, chunk = entry["open_sk"].split("#")
             yield batch_id, int(chunk)
 
-    def add_outcomes(self, batch_id: str, chunk: int, *, completed: int, failed: int) -> ChunkCounter | None:
-        """Count outcomes the caller's row writes moved; the counter as it now stands."""
+    def add_outcomes(
+        self, batch_id: str, chunk: int, *, completed: int, failed: int, charged_micro_usd: int = 0
+    ) -> ChunkCounter | None:
+        """Count outcomes the caller's row writes moved, and what their runs were charged; the
+        counter as it now stands."""
         stored = self._table.update(
             chunk_key(batch_id, chunk),
-            "ADD #completed :c, #failed :f SET #last_outcome_at = :now",
+            "ADD #completed :c, #failed :f, #charged_micro_usd :m SET #last_outcome_at = :now",
             condition="attribute_exists(#rows)",
-            values={":c": completed, ":f": failed, ":now": time.time()},
+            values={":c": completed, ":f": failed, ":m": charged_micro_usd, ":now": time.time()},
         )
         return _counter(stored) if stored else None
 
@@ -98,36 +101,46 @@ class ChunkLedger:
         """
         if counter.settled:
             return None
-        completed = failed = 0
+        completed = failed = charged = 0
         for row in rows:
             completed += row.status is RowStatus.COMPLETED
             failed += row.status is RowStatus.FAILED
+            charged += (row.charged_cost_micro_usd or 0) if row.finished else 0
         if completed + failed < counter.rows:
             self._table.update(
                 chunk_key(batch_id, counter.index),
-                "SET #completed = :c, #failed = :f",
+                "SET #completed = :c, #failed = :f, #charged_micro_usd = :m",
                 condition="#completed = :was_c AND #failed = :was_f AND attribute_not_exists(#settled)",
-                values={":c": completed, ":f": failed, ":was_c": counter.completed, ":was_f": counter.failed},
+                values={
+                    ":c": completed,
+                    ":f": failed,
+                    ":m": charged,
+                    ":was_c": counter.completed,
+                    ":was_f": counter.failed,
+                },
             )
             return False
         settled = self._table.transact(
             [
                 self._table.update_item(
                     chunk_key(batch_id, counter.index),
-                    "SET #settled = :true, #completed = :c, #failed = :f REMOVE #open_pk, #open_sk",
+                    "SET #settled = :true, #completed = :c, #failed = :f, #charged_micro_usd = :m "
+                    "REMOVE #open_pk, #open_sk",
                     condition="attribute_not_exists(#settled)",
-                    values={":true": True, ":c": completed, ":f": failed},
+                    values={":true": True, ":c": completed, ":f": failed, ":m": charged},
                 ),
                 # A canceled batch's final counts are a recount made when it finishes; a chunk
                 # settling after that would count its rows twice.
                 self._table.update_item(
                     batch_key(batch_id),
-                    "ADD #chunks_settled :one, #completed_count :c, #failed_count :f SET #updated_at = :now",
+                    "ADD #chunks_settled :one, #completed_count :c, #failed_count :f, "
+                    "#charged_cost_micro_usd :m SET #updated_at = :now",
                     condition="#status <> :canceled",
                     values={
                         ":one": 1,
                         ":c": completed,
                         ":f": failed,
+                        ":m": charged,
                         ":now": iso(self._clock()),
                         ":canceled": BatchStatus.CANCELED.value,
                     },
@@ -136,20 +149,23 @@ class ChunkLedger:
         )
         return True if settled else None
 
-    def reopen(self, batch_id: str, chunk: int, *, seq: int, completed: int, failed: int) -> bool:
+    def reopen(
+        self, batch_id: str, chunk: int, *, seq: int, completed: int, failed: int, charged_micro_usd: int = 0
+    ) -> bool:
         """settled -> open for reprocess `seq`, once: its counter now counts only the rows that
         keep their outcome (the reopened ones are pending); back in the index of open work. The
         batch left out its counts when it reopened (`BatchLedger.reopen`)."""
         reopened = self._table.update(
             chunk_key(batch_id, chunk),
-            "SET #reopened_seq = :seq, #completed = :c, #failed = :f, #open_pk = :open, #open_sk = :open_sk, "
-            "#last_start_at = :at REMOVE #settled",
+            "SET #reopened_seq = :seq, #completed = :c, #failed = :f, #charged_micro_usd = :m, "
+            "#open_pk = :open, #open_sk = :open_sk, #last_start_at = :at REMOVE #settled",
             condition="attribute_exists(#settled) AND "
             "(attribute_not_exists(#reopened_seq) OR #reopened_seq < :seq)",
             values={
                 ":seq": seq,
                 ":c": completed,
                 ":f": failed,
+                ":m": charged_micro_usd,
                 ":open": OPEN_PARTITION,
                 ":open_sk": open_chunk_sk(batch_id, chunk),
                 ":at": time.time(),
