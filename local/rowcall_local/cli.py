@@ -15,7 +15,8 @@ from types import FrameType
 from typing import Any
 
 from rowcall.models import usd_text
-from rowcall_local.provider_emulator import ProviderFaults
+from rowcall_local.child_process import when_parent_gone
+from rowcall_local.provider_emulator import IDEMPOTENCY_MODES, ProviderFaults
 from rowcall_local.stack import PROJECT_ROOT, LocalStack, StackOptions
 from rowcall_local.technique_catalog import Technique, load_catalog
 
@@ -84,6 +85,12 @@ def _catalog(text: str) -> tuple[Technique, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _idempotency_mode(text: str) -> str:
+    if text not in IDEMPOTENCY_MODES:
+        raise argparse.ArgumentTypeError(f"{text}: expected one of {', '.join(IDEMPOTENCY_MODES)}")
+    return text
+
+
 def _switch(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -118,6 +125,13 @@ STACK_FLAGS = (
     ),
     _Flag("provider-run-cost", _usd, "run_cost of the emulator's open techniques (default 0.04)", "USD"),
     _Flag("daily-budget-usd", _usd, "most run_cost started per UTC day (template DailyBudgetUsd)", "USD"),
+    _Flag(
+        "provider-idempotency",
+        _idempotency_mode,
+        "a repeated idempotency key: duplicate = 409 within 2 h (default); replay = the original run "
+        "within 24 h, 422 idempotency_conflict for another body",
+        "replay|duplicate",
+    ),
     _Flag(
         "max-in-flight",
         _at_least(1),
@@ -181,6 +195,7 @@ _FAULT_FIELDS = {
     "provider_credits": "credits",
     "provider_techniques": "techniques",
     "provider_run_cost": "run_cost_usd",
+    "provider_idempotency": "idempotency",
 }
 
 
@@ -235,6 +250,8 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
 
 
 def _until_signalled() -> threading.Event:
+    """Set on Ctrl-C, SIGTERM, the terminal hanging up, or the process that started this one going
+    away (a killed test run, a CI time limit): a stack nobody can stop any more stops itself."""
     stop = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -242,6 +259,8 @@ def _until_signalled() -> threading.Event:
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGHUP, handle)
+    when_parent_gone(stop.set)
     return stop
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rowcall_local import profiling
-from rowcall_local.child_process import detach_from_terminal_signals, redirect_output
+from rowcall_local.child_process import detach_from_terminal_signals, exit_now, redirect_output
 from rowcall_local.xray_daemon import TRACE_HEADER_ENV, Sampler, TraceContext, send_function_segment
 
 Handler = Callable[[Any, Any], Any]
@@ -112,7 +112,7 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
         if message is None:
             if profile is not None:
                 profile.dump()
-            return
+            exit_now()
         request_id, event = message
         if handler is None:
             try:

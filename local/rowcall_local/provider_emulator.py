@@ -41,6 +41,12 @@ from rowcall_local.technique_catalog import DEFAULT_RUN_COST_USD, Catalog, Techn
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 2 * 60 * 60
+# FLORA's two readings of an idempotency key (facts.md "FLORA idempotency"): the SDK's, a repeat
+# within two hours is 409 `idempotency_duplicate`; the idempotency page's, a repeat within 24 hours
+# replays the original response and the same key with another body is 422 `idempotency_conflict`.
+IdempotencyMode = Literal["duplicate", "replay"]
+IDEMPOTENCY_MODES: tuple[IdempotencyMode, ...] = ("duplicate", "replay")
+REPLAY_TTL_S = 24 * 60 * 60
 # FLORA retries a delivery up to 3 times with exponential backoff; its real delays are not
 # published, and short ones keep local runs and tests quick.
 CALLBACK_BACKOFF_S = (0.2, 0.5, 1.0)
@@ -99,8 +105,11 @@ class ProviderFaults:
     # The technique catalog (--provider-techniques) and the open techniques' price (--provider-run-cost).
     techniques: tuple[Technique, ...] = ()
     run_cost_usd: float = DEFAULT_RUN_COST_USD
+    idempotency: IdempotencyMode = "duplicate"
 
     def __post_init__(self) -> None:
+        if self.idempotency not in IDEMPOTENCY_MODES:
+            raise ValueError(f"idempotency must be one of {', '.join(IDEMPOTENCY_MODES)}")
         low, high = self.delay_ms
         if not 0 <= low <= high:
             raise ValueError(f"delay_ms must be 0 <= min <= max, got {self.delay_ms}")
@@ -466,7 +475,8 @@ class _Provider:
         self._runs: dict[str, _RunRecord] = {}
         self._by_seq: list[_RunRecord] = []
         # Insertion order is creation order, so the oldest keys are always at the front.
-        self._keys: dict[str, tuple[str, float]] = {}
+        # key -> (run id, when, the create's body as parsed, the original reply's body)
+        self._keys: dict[str, tuple[str, float, str, dict[str, Any]]] = {}
         self._credits = faults.credits
         self._in_flight = 0
         # Runs in flight integrated over time since `_window_start`: in_flight_avg is this area
@@ -608,7 +618,8 @@ class _Provider:
             problem = callback_url_problem(body.callback_url, allow_loopback=self._allow_loopback)
             if problem is not None:
                 return _error(422, "invalid_callback_url", problem)
-        return self._injected_fault() or self._admit(technique_id, body.callback_url, key)
+        fingerprint = body.model_dump_json(exclude={"idempotency_key"})
+        return self._injected_fault() or self._admit(technique_id, body.callback_url, key, fingerprint)
 
     def _injected_fault(self) -> _Reply | None:
         with self._lock:
@@ -619,7 +630,9 @@ class _Provider:
                 return _error(503, "unavailable", "the provider is temporarily unavailable")
         return None
 
-    def _admit(self, technique_id: str, callback_url: str | None, key: str | None) -> _Reply:
+    def _admit(
+        self, technique_id: str, callback_url: str | None, key: str | None, fingerprint: str
+    ) -> _Reply:
         now = time.monotonic()
         with self._lock:
             self._expire_keys_locked(now)
@@ -627,11 +640,17 @@ class _Provider:
             if existing is not None:
                 self._stats["duplicate_creates"] += 1
                 self._count_locked(technique_id, "duplicate_creates")
-                message = f"idempotency_key already used by run {existing[0]}"
-                return _error(409, "idempotency_duplicate", message)
+                run_id, _, first_fingerprint, first_reply = existing
+                if self._faults.idempotency == "duplicate":
+                    message = f"idempotency_key already used by run {run_id}"
+                    return _error(409, "idempotency_duplicate", message)
+                if fingerprint != first_fingerprint:
+                    message = f"idempotency_key was used by run {run_id} with a different request body"
+                    return _error(422, "idempotency_conflict", message)
+                return _Reply(201, dict(first_reply))
             if self._credits is not None and self._credits <= 0:
                 return _error(402, "insufficient_credits", "the account has no credits left")
-            run = self._record_run_locked(technique_id, callback_url, key, now)
+            run = self._record_run_locked(technique_id, callback_url, key, now, fingerprint)
             delay_s = self._rng.randint(*self._faults.delay_ms) / 1000
         # The emulator picks a run up at once; it then runs for delay_s.
         self._scheduler.call_later(0, partial(self._start, run.run_id), inline=True)
@@ -639,7 +658,8 @@ class _Provider:
         return _Reply(201, run.wire())
 
     def _expire_keys_locked(self, now: float) -> None:
-        cutoff = now - IDEMPOTENCY_TTL_S
+        ttl = REPLAY_TTL_S if self._faults.idempotency == "replay" else IDEMPOTENCY_TTL_S
+        cutoff = now - ttl
         while self._keys:
             oldest = next(iter(self._keys))
             if self._keys[oldest][1] > cutoff:
@@ -647,7 +667,7 @@ class _Provider:
             del self._keys[oldest]
 
     def _record_run_locked(
-        self, technique_id: str, callback_url: str | None, key: str | None, now: float
+        self, technique_id: str, callback_url: str | None, key: str | None, now: float, fingerprint: str
     ) -> RunObject:
         run_id = f"run_{self._rng.getrandbits(80):020x}"
         run = RunObject(
@@ -661,7 +681,7 @@ class _Provider:
         self._runs[run_id] = record
         self._by_seq.append(record)
         if key is not None:
-            self._keys[key] = (run_id, now)
+            self._keys[key] = (run_id, now, fingerprint, run.wire())
             self._stats["unique_idempotency_keys"] += 1
         if self._credits is not None:
             self._credits -= 1

@@ -766,3 +766,44 @@ def test_in_flight_is_counted_now_and_averaged_since_a_reset(
     time.sleep(0.2)
     stats = http.get(f"{emulator.url}/_stats").json()
     assert stats["in_flight"] == 3 and stats["in_flight_avg"] == pytest.approx(3, abs=0.01)
+
+
+def test_replay_mode_answers_a_repeated_key_with_the_original_run_and_creates_nothing_more(
+    start_emulator: StartEmulator, receiver: CallbackReceiver, http: httpx.Client
+) -> None:
+    emulator = start_emulator(idempotency="replay")
+    first = create(http, emulator, run_body(receiver.url, key="k-1"))
+    again = create(http, emulator, run_body(receiver.url, key="k-1"))
+    in_header = create(http, emulator, run_body(receiver.url, key=None), headers={"Idempotency-Key": "k-1"})
+    assert (first.status_code, again.status_code, in_header.status_code) == (201, 201, 201)
+    assert again.json() == first.json() == in_header.json()  # the original response, replayed
+    (delivery,) = receiver.wait_for(1)
+    assert json.loads(delivery.body)["data"]["run_id"] == first.json()["run_id"]
+    assert get_run(http, emulator, first.json()["run_id"]).json()["status"] == "completed"
+    stats = emulator.stats()
+    assert (stats["unique_idempotency_keys"], stats["duplicate_creates"]) == (1, 2)
+    assert len(list_runs(http, emulator, technique_id="tech-1").json()["technique_runs"]) == 1
+
+
+def test_replay_mode_refuses_the_same_key_with_another_body_as_a_conflict(
+    start_emulator: StartEmulator, receiver: CallbackReceiver, http: httpx.Client
+) -> None:
+    emulator = start_emulator(idempotency="replay")
+    first = create(http, emulator, run_body(receiver.url, key="k-1"))
+    changed = run_body(receiver.url + "?token=another", key="k-1")
+    conflict = create(http, emulator, changed)
+    assert first.status_code == 201
+    assert (conflict.status_code, error_code(conflict)) == (422, "idempotency_conflict")
+    assert first.json()["run_id"] in conflict.json()["error"]["message"]
+    assert emulator.stats()["unique_idempotency_keys"] == 1
+
+
+def test_duplicate_mode_is_the_default_and_an_unknown_mode_is_refused(
+    start_emulator: StartEmulator, receiver: CallbackReceiver, http: httpx.Client
+) -> None:
+    emulator = start_emulator()
+    assert create(http, emulator, run_body(receiver.url, key="k-1")).status_code == 201
+    changed = create(http, emulator, run_body(receiver.url + "?x=1", key="k-1"))
+    assert (changed.status_code, error_code(changed)) == (409, "idempotency_duplicate")
+    with pytest.raises(ValueError, match="idempotency"):
+        ProviderFaults(idempotency="sometimes")  # type: ignore[arg-type]

@@ -68,8 +68,13 @@ class BatchFinisher:
         if completed or failed:
             self._failure_threshold.count(batch_id, finished=completed + failed, failed=failed)
         self.after_outcomes(batch_id, counter)
-        # The batch may be canceled, waiting for these runs (its chunks never settle then).
-        self.finish_canceled(batch_id, chunk)
+        # The batch may be canceled, waiting for these runs (its chunks never settle then). It
+        # can finish only once no worker holds this chunk and none of its runs is out, and the
+        # counter just written says when that may be: the batch is read then, not once per
+        # received batch. What a counter that errs leaves undone, the safety net's sweep of the
+        # canceled batch does.
+        if counter is None or not (counter.runs_maybe_out or counter.held(time.time())):
+            self.finish_canceled(batch_id, chunk)
         return completed + failed
 
     def _write_rows(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> list[RowResult]:

@@ -419,6 +419,9 @@ class ChunkCounter(BaseModel):
     last_start_at: float | None = None
     worker_until: int | None = None
     reopened_seq: int = 0
+    # The chunk's runs as its deliveries counted them at their release (see
+    # ChunkLedger.release); `last_run_at`: the last release that had started runs.
+    last_run_at: float | None = None
     # Charges of the chunk's finished runs, added with the counts (a hint like them; the settle
     # recounts them from the rows).
     charged_micro_usd: int = 0
@@ -426,6 +429,18 @@ class ChunkCounter(BaseModel):
     @property
     def finished(self) -> int:
         return self.completed + self.failed
+
+    @property
+    def runs_maybe_out(self) -> bool:
+        """True while the counts say a run of the chunk is still out. Only a hint for skipping a
+        read: long counts (a repeated `ADD`) make it True too long (the safety net's sweep of
+        the batch does what the skipped read would have); short ones make it False too soon
+        (a read more, which checks the start pages and rows itself)."""
+        return self.finished < self.started
+
+    def held(self, now: float) -> bool:
+        """A worker's lease on the chunk has not run out."""
+        return self.worker_until is not None and self.worker_until >= now
 
 
 class RowState(BaseModel):

@@ -10,6 +10,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -23,6 +24,18 @@ from rowcall.models import CreateRunRequest, RunObject
 BATCH_FATAL_CODES = {401: "provider_unauthorized", 403: "provider_unauthorized", 404: "technique_not_found"}
 # The account cannot pay: nothing more can start until it is topped up, then the batch resumes.
 PAUSING_STATUS = 402
+# The idempotency key was used already, so a run exists for the row's attempt and its webhook
+# will come. FLORA's SDK: 409 `idempotency_duplicate` (two hours). FLORA's idempotency page: the
+# same key with another body is 422 `idempotency_conflict` (24 hours). Keys are ours alone,
+# `{batch}.{row}.{attempt}` (a reprocess takes a new attempt, so a new key), and a row's
+# attempt always sends the same inputs; its body changes only if its callback URL did (the
+# callback secret rotated, or the API's URL changed, between the first create and this one).
+# Either way the run exists: failing the row would refuse its outcome and lose what it made.
+ALREADY_CREATED = frozenset({(409, "idempotency_duplicate"), (422, "idempotency_conflict")})
+# A run object whose `created_at` is this much older than our create is the original response
+# replayed (FLORA's 24-hour reading), not a new run: clocks differ by far less, and a row is
+# created again only once its intent is stale (`reconcile-after-s`, minutes).
+REPLAY_AGE_S = 60.0
 
 
 class ProviderErrorBody(BaseModel):
@@ -37,6 +50,19 @@ class ProviderErrorEnvelope(BaseModel):
 @dataclass(frozen=True)
 class RunCreated:
     run: RunObject
+
+
+def created_epoch_s(run: RunObject) -> float | None:
+    """The run's `created_at` in epoch seconds (FLORA sends epoch milliseconds), if it says."""
+    value = run.created_at
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value / 1000 if value > 1e11 else float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -251,6 +277,6 @@ class ProviderClient:
         if status == 429 or status >= 500:
             return None
         error = _error_of(response)
-        if status == 409 and error.code == "idempotency_duplicate":
+        if (status, error.code) in ALREADY_CREATED:
             return RunAlreadyCreated(error.message)
         return RunRefused(status, error.code, error.message, BATCH_FATAL_CODES.get(status))

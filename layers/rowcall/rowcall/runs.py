@@ -35,12 +35,14 @@ from rowcall.models import (
     to_micro_usd,
 )
 from rowcall.provider import (
+    REPLAY_AGE_S,
     ProviderClient,
     ProviderConnection,
     ProviderUnavailable,
     RunAlreadyCreated,
     RunCreated,
     RunRefused,
+    created_epoch_s,
 )
 from rowcall.queues import ChunkQueue
 from rowcall.source import read_source
@@ -59,6 +61,12 @@ LEASE_S = 30.0
 # Under the cap a chunk starts at most cap / 4 rows per delivery before yielding to others; a
 # chunk that finds no free slot waits in the ledger's waiting list until slots are given back.
 FAIR_SHARE_DIVISOR = 4
+
+
+def _replayed(created: RunCreated, sent_at: float) -> bool:
+    """The provider answered with the run the same key made before (FLORA's 24-hour replay)."""
+    at = created_epoch_s(created.run)
+    return at is not None and at < sent_at - REPLAY_AGE_S
 
 
 class _Lease:
@@ -187,7 +195,12 @@ class RunStarter:
                 batch = current
                 self._start_rows(batch, message, holder, report, time_left_s, refused)
         finally:
-            self._ledger.chunks.release(batch.batch_id, chunk, holder=holder)
+            self._ledger.chunks.release(
+                batch.batch_id,
+                chunk,
+                holder=holder,
+                started=report.started + report.already_started + len(refused),
+            )
         if refused:
             # One write per refused row and one count: never stranded `running` by a crash.
             self._finisher.record_outcomes(batch.batch_id, chunk, refused)
@@ -463,6 +476,7 @@ class RunStarter:
             callback_url=self._callback_url(batch.batch_id, job.row_id, attempt),
             idempotency_key=idempotency_key_for(batch.batch_id, job.row_id, attempt),
         )
+        sent_at = time.time()
         try:
             outcome = await client.create_run(batch.spec.technique_id, request)
         except ProviderUnavailable as exc:
@@ -473,10 +487,12 @@ class RunStarter:
         if isinstance(outcome, RunCreated | RunAlreadyCreated):
             run_id = outcome.run.run_id if isinstance(outcome, RunCreated) else None
             await starts.add(job.record, attempt, run_id, job.line)
-            if isinstance(outcome, RunCreated):
+            if isinstance(outcome, RunCreated) and not _replayed(outcome, sent_at):
                 report.started += 1
                 return False
-            # The run was made by an earlier create, which kept its own reservation.
+            # A run an earlier delivery created (it died before its start page, or a 409): its id
+            # is recorded now when the provider replays it, and it is not started twice (its slot
+            # and its reservation are the earlier create's).
             report.already_started += 1
             return True
         if outcome.batch_reason is not None:

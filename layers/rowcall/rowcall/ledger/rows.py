@@ -24,6 +24,9 @@ _OUTCOME_ATTRIBUTES = (
     "#saved_outputs"
 )
 
+# What the safety net needs of a row: finished or not, for which attempt.
+_PROGRESS_ATTRIBUTES = "#sk, #status, #attempt"
+
 # Keeps a failed row's item under 1 KB (one write unit) whatever the provider says.
 MAX_ERROR_MESSAGE = 500
 
@@ -149,6 +152,13 @@ class RowLedger:
     def outcomes_of_chunk(self, batch_id: str, chunk: int) -> Iterator[RowState]:
         """The chunk's rows in file order with their outcomes only (no key, line, attempt or times)."""
         for stored in self._table.prefixed(rows_pk(batch_id, chunk), "ROW#", projection=_OUTCOME_ATTRIBUTES):
+            record = int(stored["sk"].removeprefix("ROW#"))
+            yield RowState.model_validate(stored | {"batch_id": batch_id, "chunk": chunk, "record": record})
+
+    def progress_of_chunk(self, batch_id: str, chunk: int) -> Iterator[RowState]:
+        """The chunk's rows with their status and attempt only (the read units are the same as
+        for whole items; botocore's parsing of the rest is not)."""
+        for stored in self._table.prefixed(rows_pk(batch_id, chunk), "ROW#", projection=_PROGRESS_ATTRIBUTES):
             record = int(stored["sk"].removeprefix("ROW#"))
             yield RowState.model_validate(stored | {"batch_id": batch_id, "chunk": chunk, "record": record})
 
