@@ -44,6 +44,11 @@ REQUIRED_KEYS = (
     "moto_ops_per_s",
     "aws_ops_per_row",
     "hot_item_max_writes_per_s",
+    "cap_utilisation_fast",
+    "cap_utilisation_slow",
+    "aws_requests_per_row_capped",
+    "aws_requests_waiting_first_10s",
+    "aws_requests_waiting_next_20s",
     "sweep_read_units_500k_running",
     "sweep_seconds_500k_running",
     "cost_per_million_rows_saved_outputs_usd",
@@ -180,6 +185,32 @@ GOALS = (
         "<= 1000",
     ),
     Goal(
+        "cap_utilisation_fast",
+        "runs in flight / cap while rows wait, 0-300 ms runs",
+        _at_least("cap_utilisation_fast", 0.9),
+        ">= 0.9",
+    ),
+    Goal(
+        "cap_utilisation_slow",
+        "runs in flight / cap while rows wait, 5-10 s runs",
+        _at_least("cap_utilisation_slow", 0.9),
+        ">= 0.9",
+    ),
+    Goal(
+        "aws_requests_per_row_capped",
+        "AWS requests per row under the cap",
+        lambda r: r["aws_requests_per_row_capped"] <= 1.5 * r["aws_ops_per_row"],
+        "<= 1.5x uncapped",
+    ),
+    Goal("aws_requests_waiting_first_10s", "AWS requests, first 10 s waiting for slots", None, "(compared)"),
+    Goal(
+        "aws_requests_waiting_next_20s",
+        "AWS requests, the next 20 s it waits",
+        # Independent of the wait: no more in 20 s than in the first 10 (one sweep may fall in).
+        lambda r: r["aws_requests_waiting_next_20s"] <= max(r["aws_requests_waiting_first_10s"], 60),
+        "not growing",
+    ),
+    Goal(
         "sweep_read_units_500k_running",
         "sweep read units, 500k-row batch mid-run",
         _at_most("sweep_read_units_500k_running", 2000),
@@ -268,6 +299,12 @@ def _e2e() -> dict[str, Any]:
     return {k if k in own or k.startswith("e2e_") else f"e2e_{k}": v for k, v in got.items()}
 
 
+def _admission() -> dict[str, Any]:
+    from bench import admission_bench
+
+    return dict(admission_bench.measure())
+
+
 def _hot_items() -> dict[str, Any]:
     from bench import hot_items
 
@@ -306,6 +343,7 @@ PIECES: dict[str, Callable[[], dict[str, Any]]] = {
     "hot_items": _hot_items,
     "sweep": _sweep,
     "e2e": _e2e,
+    "admission": _admission,
     "polling": _join_polling,
 }
 

@@ -12,6 +12,7 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import hmac
@@ -488,6 +489,10 @@ class _Provider:
         self._keys: dict[str, tuple[str, float, str, dict[str, Any]]] = {}
         self._credits = faults.credits
         self._in_flight = 0
+        # Runs in flight integrated over time since `_window_start`: in_flight_avg is this area
+        # over the window's length (how full a cap was kept, seen from the provider).
+        self._window_start = self._area_at = time.monotonic()
+        self._in_flight_area = 0.0
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._catalog = Catalog(faults.techniques, faults.run_cost_usd)
         self._charged_micro = 0
@@ -496,7 +501,32 @@ class _Provider:
 
     def stats(self) -> dict[str, int | float]:
         with self._lock:
-            return {**self._stats, "charged_cost_usd": self._charged_micro / MICRO_USD}
+            now = time.monotonic()
+            area = self._in_flight_area + self._in_flight * (now - self._area_at)
+            elapsed = now - self._window_start
+            return {
+                **self._stats,
+                "charged_cost_usd": self._charged_micro / MICRO_USD,
+                "in_flight": self._in_flight,
+                "in_flight_avg": round(area / elapsed, 4) if elapsed > 0 else float(self._in_flight),
+            }
+
+    def set_delay_ms(self, delay_ms: tuple[int, int]) -> None:
+        """Runs created from now on last this long (benchmarks of slow and fast runs, one stack)."""
+        with self._lock:
+            self._faults = dataclasses.replace(self._faults, delay_ms=delay_ms)
+
+    def reset_window(self) -> None:
+        """`POST /_stats/reset`: in_flight_avg is measured from now (the counts are kept)."""
+        with self._lock:
+            self._window_start = self._area_at = time.monotonic()
+            self._in_flight_area = 0.0
+
+    def _in_flight_changes_locked(self, by: int) -> None:
+        now = time.monotonic()
+        self._in_flight_area += self._in_flight * (now - self._area_at)
+        self._area_at = now
+        self._in_flight += by
 
     def technique_stats(self, technique_id: str) -> dict[str, Any]:
         """One technique's runs alone (`GET /_stats?technique_id=T`)."""
@@ -538,6 +568,8 @@ class _Provider:
                 return _only(method, "GET", lambda: self._list(parts.query, request.authorization))
             case ["_stats"]:
                 return _only(method, "GET", lambda: self._stats_reply(parts.query))
+            case ["_stats", "reset"]:
+                return _only(method, "POST", self._reset_stats_window)
             case ["_credits"]:
                 return _only(method, "POST", lambda: self._add_credits(request.body))
             case _:
@@ -564,6 +596,10 @@ class _Provider:
             if ttl is not None and run.completed_at is not None and _now_ms() > run.completed_at + ttl * 1000:
                 return _error(404, "not_found", "the output has expired")
         return Media(f"{run_id}/{output_id}", output_type, self._faults.output_bytes)
+
+    def _reset_stats_window(self) -> _Reply:
+        self.reset_window()
+        return _Reply(200, dict(self.stats()))
 
     def _stats_reply(self, query_string: str) -> _Reply:
         technique_id = (parse_qs(query_string).get("technique_id") or [""])[-1]
@@ -681,7 +717,7 @@ class _Provider:
             self._stats["unique_idempotency_keys"] += 1
         if self._credits is not None:
             self._credits -= 1
-        self._in_flight += 1
+        self._in_flight_changes_locked(+1)
         self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
         return run
 
@@ -697,7 +733,7 @@ class _Provider:
         with self._lock:
             record = self._runs[run_id]
             record.run = self._finished_locked(record.run, record.technique_id)
-            self._in_flight -= 1
+            self._in_flight_changes_locked(-1)
             self._count_locked(record.technique_id, record.run.status)
             charged = round((record.run.charged_cost or 0.0) * MICRO_USD)
             self._charged_micro += charged
@@ -1092,6 +1128,12 @@ class ProviderEmulator:
 
     def stats(self) -> dict[str, int | float]:
         return self._provider.stats()
+
+    def reset_stats_window(self) -> None:
+        self._provider.reset_window()
+
+    def set_delay_ms(self, delay_ms: tuple[int, int]) -> None:
+        self._provider.set_delay_ms(delay_ms)
 
     def technique_stats(self, technique_id: str) -> dict[str, Any]:
         return self._provider.technique_stats(technique_id)

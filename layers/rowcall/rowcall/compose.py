@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import boto3
 from aws_lambda_powertools.utilities import parameters
 
+from rowcall.admission import Admission
 from rowcall.api import BatchQueries, RowQueries
 from rowcall.batch_actions import BatchActions
 from rowcall.callbacks import CallbackIntake
@@ -90,9 +91,19 @@ def _ledger(table: str) -> Ledger:
 ROW_WRITERS = 10
 
 
-def _finisher(ledger: Ledger, done_queue_url: str, max_in_flight: int) -> BatchFinisher:
+def _finisher(
+    ledger: Ledger, done_queue_url: str, max_in_flight: int, chunk_queue_url: str | None = None
+) -> BatchFinisher:
+    """With the chunk queue, slots given back wake the chunks waiting for them."""
+    admission = None
+    if chunk_queue_url and max_in_flight > 0:
+        admission = Admission(ledger, ChunkQueue(_sqs(), chunk_queue_url), max_in_flight)
     return BatchFinisher(
-        ledger, DoneQueue(_sqs(), done_queue_url), capped=max_in_flight > 0, row_writers=ROW_WRITERS
+        ledger,
+        DoneQueue(_sqs(), done_queue_url),
+        capped=max_in_flight > 0,
+        row_writers=ROW_WRITERS,
+        admission=admission,
     )
 
 
@@ -127,7 +138,7 @@ def run_starter() -> RunStarter:
     return RunStarter(
         s3=_s3(),
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight, settings.chunk_queue_url),
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
@@ -137,6 +148,7 @@ def run_starter() -> RunStarter:
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
         max_in_flight=settings.max_in_flight,
         intent_valid_s=settings.reconcile_after_s,
+        daily_budget_usd=settings.daily_budget_usd,
     )
 
 
@@ -186,7 +198,7 @@ def outcome_recorder() -> OutcomeRecorder:
     ledger = _ledger(settings.table_name)
     return OutcomeRecorder(
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight, settings.chunk_queue_url),
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
@@ -246,7 +258,7 @@ def safety_net() -> SafetyNet:
     ledger = _ledger(settings.table_name)
     return SafetyNet(
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight, settings.chunk_queue_url),
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
         done_queue=DoneQueue(_sqs(), settings.done_queue_url),
         provider=ProviderConnection(
@@ -258,6 +270,12 @@ def safety_net() -> SafetyNet:
             ingest_stall_s=ingest_stall_after(settings.ingest_max_event_age_s, settings.ingest_timeout_s),
         ),
         save_queue=SaveQueue(_sqs(), settings.save_queue_url) if settings.save_queue_url else None,
+        admission=(
+            Admission(ledger, ChunkQueue(_sqs(), settings.chunk_queue_url), settings.max_in_flight)
+            if settings.max_in_flight
+            else None
+        ),
+        daily_budget_usd=settings.daily_budget_usd,
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from rowcall.admission import Admission
 from rowcall.failure_threshold import FailureThreshold
 from rowcall.ledger import Ledger
 from rowcall.ledger.slots import RELEASE_SHARDS
@@ -36,13 +37,21 @@ class RowResult:
 
 class BatchFinisher:
     def __init__(
-        self, ledger: Ledger, done_queue: DoneQueue, *, capped: bool = False, row_writers: int = 1
+        self,
+        ledger: Ledger,
+        done_queue: DoneQueue,
+        *,
+        capped: bool = False,
+        row_writers: int = 1,
+        admission: Admission | None = None,
     ) -> None:
         self._ledger = ledger
         self._done = done_queue
         # Under the in-flight cap, each run holds a slot until its outcome is recorded here.
         self._capped = capped
         self._row_writers = max(1, row_writers)
+        # Given slots back, it wakes as many chunks waiting for them.
+        self._admission = admission
         self._failure_threshold = FailureThreshold(ledger)
 
     def record_outcomes(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> int:
@@ -104,7 +113,10 @@ class BatchFinisher:
         """Under the in-flight cap: the slots of runs whose outcomes were just recorded, in one
         write per received batch, to any of the release counters (only their sum matters)."""
         if self._capped and runs_ended > 0:
-            self._ledger.slots.release(runs_ended, random.randrange(RELEASE_SHARDS))
+            if self._admission is not None:
+                self._admission.release(runs_ended, random.randrange(RELEASE_SHARDS))
+            else:
+                self._ledger.slots.release(runs_ended, random.randrange(RELEASE_SHARDS))
 
     def after_outcomes(self, batch_id: str, counter: ChunkCounter | None) -> None:
         if counter is None or counter.finished < counter.rows:

@@ -162,6 +162,17 @@ class ChunkPlan(BaseModel):
     rows: int = Field(ge=1)
 
 
+class ChunkCursor(BaseModel):
+    """Where a chunk's next delivery resumes: every record before `record` was started, refused
+    or already known by the delivery that wrote it. `offset` and `line` are that record's."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record: int = Field(ge=1)
+    offset: int = Field(ge=0)
+    line: int = Field(ge=1)
+
+
 class ChunkMessage(BaseModel):
     """The chunk queue's message: small whatever the row width, the worker reads the range itself."""
 
@@ -169,6 +180,10 @@ class ChunkMessage(BaseModel):
 
     batch_id: str
     chunk: ChunkPlan
+    # Set on a chunk woken from the waiting list: where to resume, and since when it waits (a
+    # chunk woken that finds no slot keeps its place in the list).
+    cursor: ChunkCursor | None = None
+    waiting_since_ms: int | None = None
 
 
 class DoneMessage(BaseModel):

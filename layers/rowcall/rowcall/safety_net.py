@@ -26,8 +26,11 @@ from datetime import datetime
 
 from aws_lambda_powertools import Logger
 
+from rowcall.admission import Admission
+from rowcall.batch_actions import BatchActions, WrongState
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.ledger import Ledger, StartedRun
+from rowcall.ledger.budget import utc_day
 from rowcall.ledger.keys import rows_pk
 from rowcall.models import (
     BatchState,
@@ -39,6 +42,7 @@ from rowcall.models import (
     RowState,
     RowStatus,
     RunObject,
+    to_micro_usd,
 )
 from rowcall.outcomes import RunNotFinished, fetched_outcome
 from rowcall.provider import ProviderConnection, ProviderUnavailable, RunNotFound
@@ -89,6 +93,8 @@ class SweepReport:
     on_dones_resent: int = 0
     ingests_failed: int = 0
     closed: int = 0
+    woken: int = 0
+    resumed: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -100,6 +106,8 @@ class SweepReport:
             + self.saves_resent
             + self.on_dones_resent
             + self.ingests_failed
+            + self.woken
+            + self.resumed
         )
 
 
@@ -115,6 +123,8 @@ class SafetyNet:
         times: SafetyNetTimes,
         clock: Callable[[], float] = time.time,
         save_queue: SaveQueue | None = None,
+        admission: Admission | None = None,
+        daily_budget_usd: float | None = None,
     ) -> None:
         self._save_queue = save_queue
         self._save_backlog: int | None = None
@@ -125,17 +135,23 @@ class SafetyNet:
         self._provider = provider
         self._times = times
         self._clock = clock
+        self._admission = admission
+        self._daily_budget = to_micro_usd(daily_budget_usd) if daily_budget_usd is not None else None
+        self._waiting: set[tuple[str, int]] = set()
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
         self._save_backlog = None  # read once per sweep, when a row waits to be saved
+        batches: dict[str, BatchState | None] = {}
+        # Chunks in the waiting list are not lost: slots given back wake them.
+        self._waiting = {(w.batch_id, w.chunk) for w in self._ledger.waiting.waiters()}
         open_chunks: dict[str, list[int]] = defaultdict(list)
         for batch_id, chunk in self._ledger.chunks.open_chunks():
             open_chunks[batch_id].append(chunk)
         for batch_id, chunks in open_chunks.items():
             report.open_chunks += len(chunks)
             try:
-                batch = self._ledger.batches.get(batch_id)
+                batch = batches[batch_id] = self._ledger.batches.get(batch_id)
                 # One query for a batch's open counters (a read unit per ~16 of them), not a
                 # GetItem each; the chunks settled in between are read too, and skipped.
                 counters = self._ledger.chunks.counters_between(batch_id, min(chunks), max(chunks))
@@ -155,7 +171,32 @@ class SafetyNet:
             except Exception as exc:
                 logger.exception("batch sweep failed", extra={"batch_id": batch_id})
                 report.problems.append(f"{batch_id}: {type(exc).__name__}")
+        self._resume_new_day(batches, report)
+        if self._admission is not None and self._waiting:
+            # Waiters while slots are free: a wake-up was lost (its waker died, or a wake found
+            # the list empty a moment before a chunk was listed and that chunk died too).
+            report.woken += self._admission.repair()
         return report
+
+    def _resume_new_day(self, batches: dict[str, BatchState | None], report: SweepReport) -> None:
+        """Batches paused `daily_budget` run again once today's budget affords their next run:
+        the next UTC day (or sooner, if the budget was raised)."""
+        today = utc_day(self._clock())
+        spent: int | None = None
+        for batch in batches.values():
+            if batch is None or batch.status is not BatchStatus.PAUSED or batch.reason != "daily_budget":
+                continue
+            if self._daily_budget is not None:
+                spent = self._ledger.budget.reserved_on(today) if spent is None else spent
+                run_cost = batch.run_cost_micro_usd or 0
+                if spent + run_cost > self._daily_budget:
+                    continue
+            try:
+                BatchActions(self._ledger, self._chunk_queue, self._finisher).resume(batch.batch_id)
+            except WrongState:
+                continue  # resumed by someone else meanwhile
+            logger.info("batch resumed: a new UTC day", extra={"batch_id": batch.batch_id})
+            report.resumed += 1
 
     # -- chunks ------------------------------------------------------------------------------
     def _sweep_chunk(
@@ -218,7 +259,12 @@ class SafetyNet:
             # last of them finishes the batch (or the sweep of the batch itself does).
             return
         never_started = len(started.keys() | finished) < counter.rows
-        if never_started and self._stalled(counter, now) and batch.status is not BatchStatus.PAUSED:
+        if (
+            never_started
+            and self._stalled(counter, now)
+            and batch.status is not BatchStatus.PAUSED
+            and (batch_id, chunk) not in self._waiting
+        ):
             plan = {c.index: c for c in self._ledger.batches.chunk_plan(batch_id)}
             self._chunk_queue.send([ChunkMessage(batch_id=batch_id, chunk=plan[chunk])])
             report.chunks_resent += 1

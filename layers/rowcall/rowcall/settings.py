@@ -110,6 +110,8 @@ class UploadSettings(_BatchDefaults):
 
 class RecorderSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    # Slots given back wake the chunks waiting for them (under MaxInFlight).
+    chunk_queue_url: str | None = Field(alias="CHUNK_QUEUE_URL", default=None)
     provider_url: str = Field(alias="PROVIDER_URL")
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
     # A completed row's content key is kept this long for `reuse` (template ReuseDays).

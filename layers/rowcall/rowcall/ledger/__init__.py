@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rowcall.ledger.batches import BatchLedger
+from rowcall.ledger.budget import BudgetLedger
 from rowcall.ledger.chunks import ChunkLedger
 from rowcall.ledger.notifications import NotificationLedger
 from rowcall.ledger.row_errors import RowErrorLedger
@@ -20,6 +21,7 @@ from rowcall.ledger.rows import NO_RUN, RowLedger, StartedRun
 from rowcall.ledger.slots import SlotLedger, release_shard
 from rowcall.ledger.table import RetryPolicy, Table
 from rowcall.ledger.uploads import UploadIntentLedger
+from rowcall.ledger.waiting import WaitingList
 from rowcall.models import utcnow
 
 if TYPE_CHECKING:
@@ -41,12 +43,15 @@ class Ledger:
         self.row_errors = RowErrorLedger(self.table)
         self.notifications = NotificationLedger(self.table, clock)
         self.slots = SlotLedger(self.table)
+        self.waiting = WaitingList(self.table)
+        self.budget = BudgetLedger(self.table)
         self.upload_intents = UploadIntentLedger(self.table)
 
 
 __all__ = [
     "NO_RUN",
     "BatchLedger",
+    "BudgetLedger",
     "ChunkLedger",
     "Ledger",
     "NotificationLedger",
@@ -57,5 +62,6 @@ __all__ = [
     "StartedRun",
     "Table",
     "UploadIntentLedger",
+    "WaitingList",
     "release_shard",
 ]

@@ -161,6 +161,24 @@ class Table:
             raise
         return plain(got.get("Attributes", {}))
 
+    def delete(self, key: Mapping[str, Any], *, condition: str | None = None) -> dict[str, Any] | None:
+        """The item as it was before this request deleted it, or None when the condition did not
+        hold (with `attribute_exists(pk)`: when another request deleted it first)."""
+        extra: dict[str, Any] = {"ConditionExpression": condition} if condition else {}
+        extra |= expression_arguments(condition)
+        try:
+            got = self.retried(
+                lambda: self.client.delete_item(
+                    TableName=self.name, Key=item(key), ReturnValues="ALL_OLD", **extra
+                )
+            )
+        except ClientError as exc:
+            if conditional_failure(exc):
+                return None
+            raise
+        stored = got.get("Attributes")
+        return plain(stored) if stored else None
+
     def update_item(
         self,
         key: Mapping[str, Any],
