@@ -29,6 +29,8 @@ class RowResult:
     outcome: RowOutcome
     line: int | None = None
     key: str | None = None
+    # What the row asked (`rowcall.reuse.content_key`), when known: a completed run leaves it behind.
+    content_key: str | None = None
 
 
 class BatchFinisher:
@@ -41,10 +43,18 @@ class BatchFinisher:
         self._capped = capped
         self._row_writers = max(1, row_writers)
 
-    def record_outcomes(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> int:
+    def record_outcomes(
+        self,
+        batch_id: str,
+        chunk: int,
+        results: Sequence[RowResult],
+        moved_out: list[RowResult] | None = None,
+    ) -> int:
         """Write each row's outcome (once per attempt), then count the rows that moved in one
-        `ADD` on their chunk. How many rows moved."""
+        `ADD` on their chunk. How many rows moved; `moved_out` is extended with them."""
         moved = self._write_rows(batch_id, chunk, results)
+        if moved_out is not None:
+            moved_out.extend(moved)
         completed = sum(r.outcome.status is RowStatus.COMPLETED for r in moved)
         failed = sum(r.outcome.status is RowStatus.FAILED for r in moved)
         if completed or failed:

@@ -235,6 +235,8 @@ class FinishedRun(BaseModel):
     status: Literal[RowStatus.COMPLETED, RowStatus.FAILED]
     error_code: str | None = None
     error_message: str | None = None
+    # What the row asked (`rowcall.reuse`), from its callback token: a completion leaves it behind.
+    content_key: str | None = None
 
 
 class CreateRunRequest(BaseModel):
@@ -254,6 +256,8 @@ class RowOutcome(BaseModel):
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
+    # Completed from an earlier row with the same content key (`rowcall.reuse`), not run.
+    reused_from: dict[str, str] | None = None
 
 
 class ReprocessPlan(BaseModel):
@@ -329,6 +333,8 @@ class ChunkCounter(BaseModel):
     last_start_at: float | None = None
     worker_until: int | None = None
     reopened_seq: int = 0
+    # Reused rows (`reuse`) this chunk's last settle counted into its batch's `reused_count`.
+    reused: int = 0
 
     @property
     def finished(self) -> int:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from rowcall.ledger.batches import BatchLedger
 from rowcall.ledger.chunks import ChunkLedger
 from rowcall.ledger.notifications import NotificationLedger
+from rowcall.ledger.reuse import ReuseLedger, ReuseSource
 from rowcall.ledger.row_errors import RowErrorLedger
 from rowcall.ledger.rows import NO_RUN, RowLedger, StartedRun
 from rowcall.ledger.slots import SlotLedger, release_shard
@@ -40,6 +41,7 @@ class Ledger:
         self.row_errors = RowErrorLedger(self.table)
         self.notifications = NotificationLedger(self.table, clock)
         self.slots = SlotLedger(self.table)
+        self.reuse = ReuseLedger(self.table)
 
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "Ledger",
     "NotificationLedger",
     "RetryPolicy",
+    "ReuseLedger",
+    "ReuseSource",
     "RowErrorLedger",
     "RowLedger",
     "SlotLedger",

@@ -88,6 +88,7 @@ class RowLedger:
             "line": line,
             "key": key,
             "run_id": outcome.run_id,
+            "reused_from": outcome.reused_from,
         }
         for name, value in described.items():
             if value is not None:
@@ -110,7 +111,7 @@ class RowLedger:
         written = self._table.update(
             row_key(batch_id, chunk, record),
             "SET #status = :pending, #attempt = #attempt + :one, #reopen_seq = :seq, #reopened_at = :at, "
-            "#updated_at = :now REMOVE #run_id, #outputs, #error_code, #error_message",
+            "#updated_at = :now REMOVE #run_id, #outputs, #error_code, #error_message, #reused_from",
             condition="#status IN (:completed, :failed) AND "
             "(attribute_not_exists(#reopen_seq) OR #reopen_seq < :seq)",
             values={
