@@ -44,6 +44,9 @@ REQUIRED_KEYS = (
     "moto_ops_per_s",
     "aws_ops_per_row",
     "hot_item_max_writes_per_s",
+    "reuse_provider_requests_per_row",
+    "reuse_aws_requests_per_row",
+    "fresh_aws_requests_per_row",
 )
 
 
@@ -143,6 +146,19 @@ GOALS = (
         _at_most("hot_item_max_writes_per_s", 1000),
         "<= 1000",
     ),
+    Goal(
+        "reuse_provider_requests_per_row",
+        "reuse batch: provider requests per row",
+        _at_most("reuse_provider_requests_per_row", 0.0),
+        "0.00",
+    ),
+    Goal(
+        "reuse_aws_requests_per_row",
+        "reuse batch: AWS requests per row",
+        lambda r: r["reuse_aws_requests_per_row"] <= r["fresh_aws_requests_per_row"],
+        "<= fresh batch's",
+    ),
+    Goal("fresh_aws_requests_per_row", "fresh batch (same CSV): AWS requests per row", None, "(compared)"),
 )
 
 
@@ -216,6 +232,12 @@ def _hot_items() -> dict[str, Any]:
     return {"hot_item_max_writes_per_s": float(line.split()[1])}
 
 
+def _reuse() -> dict[str, Any]:
+    from bench import reuse_bench
+
+    return dict(reuse_bench.measure(1000))
+
+
 PIECES: dict[str, Callable[[], dict[str, Any]]] = {
     "polling_start": _start_polling,
     "callbacks": _callbacks,
@@ -223,6 +245,7 @@ PIECES: dict[str, Callable[[], dict[str, Any]]] = {
     "ingest": _ingest,
     "hot_items": _hot_items,
     "e2e": _e2e,
+    "reuse": _reuse,
     "polling": _join_polling,
 }
 

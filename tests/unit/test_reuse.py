@@ -17,12 +17,12 @@ from rowcall.batch_actions import BatchActions
 from rowcall.callbacks import CallbackIntake
 from rowcall.identity import CallbackSigner, content_key_in, row_id_for
 from rowcall.ledger import ReuseSource
-from rowcall.models import BatchStatus, FinishedRun, RowState, RowStatus, RunInput, RunWebhook
+from rowcall.models import BatchStatus, DoneMessage, FinishedRun, RowState, RowStatus, RunInput, RunWebhook
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
 from rowcall.reuse import DAY_S, RowReuse, content_key
 from rowcall.runs import RunStarter
-from rowcall_local.provider_emulator import ProviderEmulator
+from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import Aws, chunk_messages, ingest
@@ -88,7 +88,7 @@ def record(aws: Aws, provider: ProviderEmulator, received: list[Any]) -> None:
 
 def run(aws: Aws, provider: ProviderEmulator, callbacks: Receiver, body: str, **meta: str) -> str:
     """Ingest, start every chunk, record every webhook that comes; the batch id."""
-    before = len(callbacks.received)
+    before = len(callbacks.got)
     creates = provider.stats()["creates"]
     batch_id = ingest(aws, csv_bytes(body), **meta)
     for message in chunk_messages(aws):
@@ -243,7 +243,15 @@ def test_failed_rows_are_never_reused(aws: Aws, callbacks: Receiver) -> None:
     finally:
         failing.stop()
     assert batch_status(aws, first)[:3] == (BatchStatus.PARTIAL, 0, 6)
-    provider = start_provider()
+    # Another seed: the same seed would name its runs as the first did, and the finished-run
+    # queue (deduplicated by run id) would drop them.
+    provider = ProviderEmulator(
+        API_KEY,
+        ProviderFaults(delay_ms=(0, 5), seed=8),
+        webhook_secret=PROVIDER_SECRET,
+        allow_loopback_callbacks=True,
+    )
+    provider.start()
     try:
         second = run(aws, provider, callbacks, ROWS)
         assert provider.stats()["creates"] == 6
@@ -260,7 +268,7 @@ def test_a_reprocessed_row_runs_anew_though_it_was_reused(
     assert provider.stats()["creates"] == 6
     assert batch_status(aws, second) == (BatchStatus.COMPLETED, 6, 0, 6)
     BatchActions(aws.ledger, aws.chunk_queue, aws.finisher).reprocess(second, [row_id_for(0, 2)])
-    before = len(callbacks.received)
+    before = len(callbacks.got)
     for message in chunk_messages(aws):
         starter(aws, provider, callbacks).start_chunk(message, lambda: 300.0)
     assert provider.stats()["creates"] == 7  # the named row, and only it, asked the provider again
@@ -277,12 +285,15 @@ def test_a_redelivered_chunk_reuses_each_row_once(
     second = ingest(aws, csv_bytes(ROWS))
     messages = chunk_messages(aws)
     work = starter(aws, provider, callbacks)
-    reports = [work.start_chunk(m, lambda: 300.0) for m in messages + messages]  # at least once
-    assert [r.reused for r in reports] == [4, 2, 0, 0]
-    assert [r.skipped_known for r in reports] == [0, 0, 4, 2]
+    first_chunk, second_chunk = messages
+    # SQS delivers at least once: the first chunk twice while the batch still runs.
+    reports = [work.start_chunk(m, lambda: 300.0) for m in (first_chunk, first_chunk, second_chunk)]
+    assert [r.reused for r in reports] == [4, 0, 2]
+    assert [r.skipped_known for r in reports] == [0, 4, 0]
     assert provider.stats()["creates"] == 6
     assert batch_status(aws, second) == (BatchStatus.COMPLETED, 6, 0, 6)
-    assert len(aws.drain(aws.done_queue_url)) == 1
+    done = [DoneMessage.model_validate_json(b) for b in aws.drain(aws.done_queue_url)]
+    assert [m.finish_seq for m in done if m.batch_id == second] == [1]
 
 
 def test_a_source_past_reuse_days_is_not_reused(
