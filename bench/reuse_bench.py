@@ -21,11 +21,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.e2e_throughput import _on_done, _upload, make_csv  # noqa: E402
-from rowcall_local import request_meter  # noqa: E402
-from rowcall_local.provider_emulator import ProviderFaults  # noqa: E402
-from rowcall_local.stack import LocalStack, StackOptions  # noqa: E402
-from rowcall_local.webhook_receiver import WebhookReceiver  # noqa: E402
+from bench.e2e_throughput import _on_done, _upload, make_csv
+from rowcall_local import request_meter
+from rowcall_local.provider_emulator import ProviderFaults
+from rowcall_local.stack import LocalStack, StackOptions
+from rowcall_local.webhook_receiver import WebhookReceiver
 
 RUN_REQUESTS = ("creates", "gets", "lists")
 ON_DONE_TIMEOUT_S = 900.0
@@ -54,7 +54,8 @@ def measure(rows: int = 1000) -> dict[str, float]:
     state = Path(tempfile.mkdtemp(prefix="rowcall-reuse-bench-"))
     hook = WebhookReceiver()
     try:
-        with LocalStack(StackOptions(state_dir=state, provider_faults=ProviderFaults(delay_ms=(0, 0)))) as stack:
+        options = StackOptions(state_dir=state, provider_faults=ProviderFaults(delay_ms=(0, 0)))
+        with LocalStack(options) as stack:
             body = make_csv(rows, "reuse")
             fresh = _batch(stack, hook, "reuse-fresh", body)
             again = _batch(stack, hook, "reuse-again", body)

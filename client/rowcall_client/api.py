@@ -116,12 +116,14 @@ class RowcallApi:
     def cancel(self, batch_id: str) -> Json:
         return self._call("POST", f"/batches/{_segment(batch_id)}/cancel", body={})
 
-    def resume(self, batch_id: str) -> Json:
-        return self._call("POST", f"/batches/{_segment(batch_id)}/resume", body={})
+    def resume(self, batch_id: str, max_cost_usd: float | None = None) -> Json:
+        body: Json = {} if max_cost_usd is None else {"max_cost_usd": max_cost_usd}
+        return self._call("POST", f"/batches/{_segment(batch_id)}/resume", body=body)
 
     def create_upload(self, filename: str, size_bytes: int, **metadata: Any) -> Json:
         """`metadata`: the optional fields of POST /uploads (technique_id, key_column, input_columns,
-        input_types, static_inputs, on_done_url, batch_name); None values are left out."""
+        input_types, static_inputs, on_done_url, batch_name, provider, max_cost_usd, reuse, save_outputs,
+        max_failed_percent); None values are left out."""
         body: Json = {"filename": filename, "size_bytes": size_bytes}
         body.update({k: v for k, v in metadata.items() if v is not None})
         return self._call("POST", "/uploads", body=body)

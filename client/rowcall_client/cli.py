@@ -22,7 +22,7 @@ from rich.table import Table
 
 from rowcall_client import ui as status_page
 from rowcall_client.api import ApiError, RowcallApi
-from rowcall_client.progress import counts, watch
+from rowcall_client.progress import cost_summary, counts, watch
 from rowcall_client.submit import find_batch, upload
 from rowcall_client.target import StackTarget, TargetError, deployed_target, local_target
 
@@ -163,6 +163,14 @@ def _static(raw: str | None) -> Any:
         raise CliError(f"--static-inputs: not JSON ({exc.msg} at character {exc.pos})") from None
 
 
+def _on_off(raw: str | None, option: str) -> str | None:
+    if raw is None:
+        return None
+    if raw.strip().lower() not in ("on", "off"):
+        raise CliError(f"{option}: {raw!r} is neither on nor off")
+    return raw.strip().lower()
+
+
 @app.command()
 def submit(
     ctx: typer.Context,
@@ -182,6 +190,20 @@ def submit(
         str | None, typer.Option("--on-done-url", help="receives the signed on-done webhook")
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="the batch's display name")] = None,
+    provider: Annotated[str | None, typer.Option("--provider", help="flora or replicate")] = None,
+    max_cost_usd: Annotated[
+        float | None, typer.Option("--max-cost-usd", min=0, help="the batch's budget in USD")
+    ] = None,
+    reuse: Annotated[
+        str | None, typer.Option("--reuse", help="on/off: complete unchanged rows from earlier batches")
+    ] = None,
+    save_outputs: Annotated[
+        str | None, typer.Option("--save-outputs", help="on/off: copy every output into the bucket")
+    ] = None,
+    max_failed_percent: Annotated[
+        float | None,
+        typer.Option("--max-failed-percent", min=0, max=100, help="pause once more than this % failed"),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="show progress until it ends; 0 only if completed")
     ] = False,
@@ -200,6 +222,11 @@ def submit(
         "static_inputs": _static(static_inputs),
         "on_done_url": on_done_url,
         "batch_name": name,
+        "provider": provider,
+        "max_cost_usd": max_cost_usd,
+        "reuse": _on_off(reuse, "--reuse"),
+        "save_outputs": _on_off(save_outputs, "--save-outputs"),
+        "max_failed_percent": max_failed_percent,
     }
     with _options(ctx).api() as api:
         grant = upload(api, file, **metadata)
@@ -213,7 +240,10 @@ def submit(
             raise CliError(str(exc)) from None
     done, failed, total = counts(final)
     reason = f" ({final['reason']})" if final.get("reason") else ""
-    err.print(f"{final['batch_id']}: {final['status']}{reason}: {done} done, {failed} failed of {total}")
+    err.print(
+        f"{final['batch_id']}: {final['status']}{reason}: {done} done, {failed} failed of {total}"
+        f"{cost_summary(final)}"
+    )
     if final["status"] != "completed":
         raise typer.Exit(EXIT_NOT_COMPLETED)
 
@@ -365,7 +395,12 @@ def results(
 
 
 def _act(
-    ctx: typer.Context, batch_id: str, as_json: bool, action: str, row_ids: list[str] | None = None
+    ctx: typer.Context,
+    batch_id: str,
+    as_json: bool,
+    action: str,
+    row_ids: list[str] | None = None,
+    max_cost_usd: float | None = None,
 ) -> None:
     with _options(ctx).api() as api:
         if action == "reprocess":
@@ -373,7 +408,7 @@ def _act(
         elif action == "cancel":
             answer = api.cancel(batch_id)
         else:
-            answer = api.resume(batch_id)
+            answer = api.resume(batch_id, max_cost_usd)
     if as_json:
         _print_json(answer)
         return
@@ -410,10 +445,16 @@ def cancel(
 def resume(
     ctx: typer.Context,
     batch_id: BatchId,
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost-usd", min=0, help="set the budget first (approves a batch paused over_budget)"
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Resume a paused batch."""
-    _act(ctx, batch_id, as_json, "resume")
+    _act(ctx, batch_id, as_json, "resume", max_cost_usd=max_cost_usd)
 
 
 # -- the status page (rowcall_client.ui) -----------------------------------------------------------

@@ -48,6 +48,25 @@ def counts(batch: Batch) -> tuple[int, int, int | None]:
     return done, failed, None if total is None else int(total)
 
 
+def _usd(value: Any) -> str:
+    return f"${float(value):.6f}".rstrip("0").rstrip(".") if value is not None else "-"
+
+
+def cost_summary(batch: Batch) -> str:
+    """`, $1.2 charged of est. $4 (budget $5)`: empty when the batch has no price at all."""
+    charged, estimate, budget = (
+        batch.get(k) for k in ("charged_cost_usd", "estimated_cost_usd", "max_cost_usd")
+    )
+    if charged is None and estimate is None and budget is None:
+        return ""
+    text = f", {_usd(charged)} charged"
+    if estimate is not None:
+        text += f" of est. {_usd(estimate)}"
+    if budget is not None:
+        text += f" (budget {_usd(budget)})"
+    return text
+
+
 def describe(batch: Batch, rate: float | None, eta: float | None) -> str:
     done, failed, total = counts(batch)
     parts = [
@@ -58,7 +77,7 @@ def describe(batch: Batch, rate: float | None, eta: float | None) -> str:
         f"{rate:.1f} rows/s" if rate is not None else "- rows/s",
         f"ETA {_duration(eta)}" if eta is not None else "ETA -",
     ]
-    return ", ".join(parts[:3]) + " " + ", ".join(parts[3:])
+    return ", ".join(parts[:3]) + " " + ", ".join(parts[3:]) + cost_summary(batch)
 
 
 def _duration(seconds: float) -> str:

@@ -70,8 +70,8 @@ def test_results_go_up_in_parts_of_at_least_5_mib_and_equal_the_rendering(aws: A
     assert sum(parts) == stored["ContentLength"]
     rows = list(csv.reader(io.StringIO(rendered.getvalue(), newline="")))
     assert rows[8][1].startswith("'=x") and rows[3][2] == "pending"
-    assert rows[2][2:] == ["completed", "run_2", '[{"v":2}]', "", ""]
-    assert rows[10][2:] == ["failed", "", "", "refused", "'=no"]
+    assert rows[2][2:] == ["completed", "run_2", '[{"v":2}]', "", "", "", "", ""]
+    assert rows[10][2:] == ["failed", "", "", "refused", "'=no", "0", "", ""]
 
     errors = io.StringIO(newline="")
     write_errors_csv(aws.ledger.row_errors.of_batch(batch_id), errors)

@@ -21,6 +21,7 @@ from rowcall.models import BatchStatus, DoneMessage, FinishedRun, RowState, RowS
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
 from rowcall.reuse import DAY_S, RowReuse, content_key
+from rowcall.row_listing import row_charged_usd
 from rowcall.runs import RunStarter
 from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
@@ -208,6 +209,8 @@ def test_an_edited_csv_runs_only_the_rows_that_changed(
     assert provider.stats()["creates"] == 7
     assert batch_status(aws, second) == (BatchStatus.COMPLETED, 6, 0, 5)
     earlier, now = rows(aws, first), rows(aws, second)
+    batch = aws.ledger.batches.get(second)
+    assert batch is not None
     for row_id, row in now.items():
         if row_id == row_id_for(0, 4):  # record 4 is the edited prompt 3
             assert (
@@ -224,7 +227,7 @@ def test_an_edited_csv_runs_only_the_rows_that_changed(
             "run_id": earlier[source_id].run_id,
         }
         assert row.outputs == earlier[source_id].outputs and row.outputs
-        assert row.charged_cost_micro_usd == 0
+        assert row_charged_usd(batch, row) == 0
         assert row.key == f"NEW{row.record - 1}"
 
 
@@ -335,7 +338,7 @@ def test_lookups_go_in_groups_of_a_hundred_distinct_keys(aws: Aws) -> None:
         return original(**kwargs)
 
     ledger = aws.ledger
-    ledger.table.client = type("C", (), {"batch_get_item": staticmethod(counted)})()  # type: ignore[assignment]
+    ledger.table.client = type("C", (), {"batch_get_item": staticmethod(counted)})()
     wanted = [f"k{n:03d}" for n in range(250)] + ["k000", "k001"]
     found = ledger.reuse.find(wanted, now=now)
     assert sorted(found) == [f"k{n:03d}" for n in range(130)]

@@ -235,6 +235,9 @@ def test_on_done_is_signed_delivered_once_with_a_results_csv(aws: Aws, callbacks
             "outputs",
             "error_code",
             "error_message",
+            "charged_cost_usd",
+            "reused_from",
+            "saved_outputs",
         ]
         assert [r[0] for r in rows[1:]] == ["A1", "A2", "A4", "A5", "A6"]
         assert rows[1][1] == "'=SUM(1)"

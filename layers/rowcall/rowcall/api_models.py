@@ -64,6 +64,22 @@ class BatchView(BaseModel):
         description="from the observed completion rate; null when unknown"
     )
     reason: str | None
+    reason_detail: str | None = Field(description="what exactly went wrong or why it paused, in words")
+    provider: Literal["flora", "replicate"]
+    run_cost_usd: float | None = Field(
+        description="the technique's run_cost; null until the pre-flight read it"
+    )
+    estimated_cost_usd: float | None = Field(
+        description="run_cost_usd x rows that will run (rows to reuse excluded); null until counted"
+    )
+    charged_cost_usd: float | None = Field(
+        description="sum of charged_cost of the batch's finished runs as the provider reported them"
+    )
+    max_cost_usd: float | None = Field(description="the budget; null = none")
+    max_failed_percent: float | None = Field(description="the failure threshold; null = none")
+    reused_count: int = Field(description="rows completed from an earlier batch's rows")
+    outputs_saved_count: int
+    outputs_failed_count: int
     results: ResultsView
     notification: NotificationView
 
@@ -71,6 +87,12 @@ class BatchView(BaseModel):
 class BatchPage(BaseModel):
     items: list[BatchView]
     next_cursor: str | None
+
+
+class ReusedFrom(BaseModel):
+    batch_id: str
+    row_id: str
+    run_id: str
 
 
 class RowView(BaseModel):
@@ -84,6 +106,11 @@ class RowView(BaseModel):
     error_message: str | None
     attempt: int
     updated_at: str | None
+    charged_cost_usd: float | None = Field(description="null until finished; 0 for a reused or failed row")
+    reused_from: ReusedFrom | None
+    saved_outputs: list[dict[str, Any]] = Field(
+        description="copies in the bucket; [] when save-outputs is off"
+    )
 
 
 class RowPage(BaseModel):
@@ -108,3 +135,11 @@ class ReprocessRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     row_ids: list[str] | None = Field(default=None, min_length=1, max_length=MAX_ROW_IDS)
+
+
+class ResumeRequest(BaseModel):
+    """`POST /batches/{batch_id}/resume`: optionally a new budget first (approves `over_budget`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)

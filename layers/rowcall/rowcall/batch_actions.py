@@ -16,7 +16,15 @@ from rowcall.api_models import MAX_ROW_IDS
 from rowcall.finishing import BatchFinisher
 from rowcall.identity import parse_row_id
 from rowcall.ledger import Ledger
-from rowcall.models import BatchState, BatchStatus, ChunkMessage, ChunkPlan, ReprocessPlan, RowStatus
+from rowcall.models import (
+    BatchState,
+    BatchStatus,
+    ChunkMessage,
+    ChunkPlan,
+    ReprocessPlan,
+    RowStatus,
+    to_micro_usd,
+)
 from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue
 
 MAX_NAMED_ROWS = MAX_ROW_IDS
@@ -56,12 +64,18 @@ class BatchActions:
             raise BatchNotFound(batch_id)
         return batch
 
-    def resume(self, batch_id: str) -> BatchState:
+    def resume(self, batch_id: str, max_cost_usd: float | None = None) -> BatchState:
         """paused -> running, and every chunk with rows not yet started goes back on the queue
         (workers skip the rows already started, so nothing is created twice). Resuming twice:
-        the second finds the batch running and is refused."""
+        the second finds the batch running and is refused. `max_cost_usd` sets the batch's
+        budget in the same write: how a batch paused `over_budget` is approved."""
         counters = self._ledger.chunks.counters(batch_id)
-        resumed = self._ledger.batches.resume(batch_id, finished=sum(c.finished for c in counters))
+        resumed = self._ledger.batches.resume(
+            batch_id,
+            finished=sum(c.finished for c in counters),
+            failed=sum(c.failed for c in counters),
+            max_cost_micro_usd=None if max_cost_usd is None else to_micro_usd(max_cost_usd),
+        )
         if resumed is None:
             batch = self._batch(batch_id)
             raise WrongState(

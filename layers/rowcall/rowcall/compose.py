@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from rowcall.outbound import DestinationPolicy, webhook_client
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySchedule
+from rowcall.reuse import RowReuse
 from rowcall.row_listing import RowListing
 from rowcall.runs import RunStarter
 from rowcall.safety_net import SafetyNet, SafetyNetTimes
@@ -108,6 +110,7 @@ def ingestor() -> Ingestor:
             max_bytes=settings.max_bytes,
             chunk_rows=settings.chunk_rows,
             default_technique_id=settings.default_technique_id,
+            defaults=settings.spec_defaults(),
         ),
         destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
     )
@@ -130,6 +133,7 @@ def run_starter() -> RunStarter:
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
         max_in_flight=settings.max_in_flight,
         intent_valid_s=settings.reconcile_after_s,
+        reuse=RowReuse(ledger.reuse, clock=time.time),
     )
 
 
@@ -171,6 +175,7 @@ def uploads() -> Uploads:
         max_bytes=settings.max_bytes,
         default_technique_id=settings.default_technique_id,
         destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
+        defaults=settings.spec_defaults(),
     )
 
 
@@ -184,6 +189,7 @@ def outcome_recorder() -> OutcomeRecorder:
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
+        reuse=RowReuse(ledger.reuse, clock=time.time, keep_days=settings.reuse_days),
     )
 
 

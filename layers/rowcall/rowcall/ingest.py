@@ -20,7 +20,7 @@ from rowcall.csvsplit import CsvEncodingError, CsvRecord, scan_records, split_li
 from rowcall.finishing import BatchFinisher
 from rowcall.identity import batch_id_for
 from rowcall.ledger import Ledger
-from rowcall.metadata import InvalidHeader, InvalidMetadata, check_header, spec_from_metadata
+from rowcall.metadata import InvalidHeader, InvalidMetadata, SpecDefaults, check_header, spec_from_metadata
 from rowcall.models import (
     BatchSpec,
     BatchState,
@@ -30,6 +30,7 @@ from rowcall.models import (
     RowError,
     SourceObject,
     iso,
+    to_micro_usd,
     utcnow,
 )
 from rowcall.outbound import DestinationPolicy
@@ -66,6 +67,7 @@ class IngestLimits(BaseModel):
     max_bytes: int
     chunk_rows: int
     default_technique_id: str
+    defaults: SpecDefaults = SpecDefaults()
 
 
 class FileRejected(Exception):
@@ -118,6 +120,12 @@ class Ingestor:
             try:
                 if spec_error is not None:
                     raise FileRejected("invalid_metadata", str(spec_error))
+                if batch.spec.provider == "replicate":
+                    raise FileRejected(
+                        "provider_unauthorized",
+                        "provider: replicate is not configured on this stack (no Replicate token or "
+                        "adapter); use provider flora",
+                    )
                 if size > self._limits.max_bytes:  # decided from HEAD: not one byte is read
                     limit = self._limits.max_bytes
                     raise FileRejected("file_too_large", f"the file is {size:,} bytes; at most {limit:,}")
@@ -165,6 +173,7 @@ class Ingestor:
                 key=created.key,
                 default_technique_id=self._limits.default_technique_id,
                 destinations=self._destinations,
+                defaults=self._limits.defaults,
             )
         except InvalidMetadata as exc:
             spec_error = exc
@@ -181,6 +190,7 @@ class Ingestor:
                 status=BatchStatus.VALIDATING,
                 created_at=now,
                 updated_at=now,
+                max_cost_micro_usd=None if spec.max_cost_usd is None else to_micro_usd(spec.max_cost_usd),
             )
         )
         if not created_now:

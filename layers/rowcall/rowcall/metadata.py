@@ -6,9 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from rowcall.models import BatchSpec, InputType, RunInput
+from rowcall.models import PROVIDERS, BatchSpec, InputType, ProviderName, RunInput
 from rowcall.outbound import DestinationPolicy
 
 _static_input = TypeAdapter(RunInput)
@@ -22,7 +22,25 @@ _METADATA_KEY = {
     "static_inputs": "static-inputs",
     "on_done_url": "on-done-url",
     "name": "batch-name",
+    "max_cost_usd": "max-cost-usd",
+    "reuse": "reuse",
+    "save_outputs": "save-outputs",
+    "max_failed_percent": "max-failed-percent",
+    "provider": "provider",
 }
+_SWITCHES = {"on": True, "off": False}
+
+
+class SpecDefaults(BaseModel):
+    """What a batch gets for a §3 key its upload leaves out: the stack's parameters
+    (`MaxBatchCostUsd`, `ReuseCompletedRows`, `SaveOutputs`, `DefaultProvider`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    reuse: bool = True
+    save_outputs: bool = True
+    provider: ProviderName = "flora"
 
 
 class InvalidMetadata(ValueError):
@@ -73,6 +91,41 @@ def _static_inputs(raw: str) -> tuple[RunInput, ...]:
     return tuple(inputs)
 
 
+def _switch(key: str, raw: str | None, default: bool) -> bool:
+    if raw is None or not raw.strip():
+        return default
+    value = _SWITCHES.get(raw.strip().lower())
+    if value is None:
+        raise InvalidMetadata(f"{key}: {raw!r} is neither on nor off")
+    return value
+
+
+def _amount(key: str, raw: str | None, *, most: float | None = None) -> float | None:
+    """A non-negative finite number (at most `most`), or None when the key is absent."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise InvalidMetadata(f"{key}: {raw!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InvalidMetadata(f"{key}: {raw!r} is not a finite number")
+    if value < 0:
+        raise InvalidMetadata(f"{key}: {raw!r} is negative")
+    if most is not None and value > most:
+        raise InvalidMetadata(f"{key}: {raw!r} is over {most:g}")
+    return value
+
+
+def _provider(raw: str | None, default: ProviderName) -> ProviderName:
+    if raw is None or not raw.strip():
+        return default
+    for name in PROVIDERS:
+        if raw.strip().lower() == name:
+            return name
+    raise InvalidMetadata(f"provider: {raw!r} is not one of {list(PROVIDERS)}")
+
+
 def _json_kind(value: Any) -> str:
     kinds = {dict: "an object", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
     return kinds.get(type(value), "null")
@@ -90,12 +143,15 @@ def spec_from_metadata(
     key: str,
     default_technique_id: str,
     destinations: DestinationPolicy | None = None,
+    defaults: SpecDefaults | None = None,
 ) -> BatchSpec:
     """What can be checked without the file; `check_header` checks the rest against the header.
 
     With `destinations`, the on-done URL must also be one a webhook may go to (https to public
     addresses; its host is resolved): refused here, the batch never sends to it."""
     meta = {k.lower().removeprefix("x-amz-meta-"): v for k, v in metadata.items()}
+    stack = defaults or SpecDefaults()
+    max_cost = _amount("max-cost-usd", meta.get("max-cost-usd"))
     try:
         spec = BatchSpec(
             technique_id=meta.get("technique-id") or default_technique_id,
@@ -105,6 +161,11 @@ def spec_from_metadata(
             static_inputs=_static_inputs(meta["static-inputs"]) if meta.get("static-inputs") else (),
             on_done_url=meta.get("on-done-url") or None,
             name=meta.get("batch-name") or key,
+            max_cost_usd=stack.max_cost_usd if max_cost is None else max_cost,
+            reuse=_switch("reuse", meta.get("reuse"), stack.reuse),
+            save_outputs=_switch("save-outputs", meta.get("save-outputs"), stack.save_outputs),
+            max_failed_percent=_amount("max-failed-percent", meta.get("max-failed-percent"), most=100),
+            provider=_provider(meta.get("provider"), stack.provider),
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -52,6 +52,33 @@ class InputType(StrEnum):
     IMAGE_URL = "imageUrl"
     VIDEO_URL = "videoUrl"
     AUDIO_URL = "audioUrl"
+    DOCUMENT_URL = "documentUrl"
+
+
+# Inputs whose value must be an absolute https URL (contract §4: `invalid_input_url`).
+URL_INPUT_TYPES = frozenset(
+    {InputType.IMAGE_URL, InputType.VIDEO_URL, InputType.AUDIO_URL, InputType.DOCUMENT_URL}
+)
+
+ProviderName = Literal["flora", "replicate"]
+PROVIDERS: tuple[ProviderName, ...] = ("flora", "replicate")
+
+# Money in the ledger is whole micro-USD: DynamoDB ADDs and compares them exactly, where sums of
+# float USD would drift. USD floats only at the API and CSV boundary.
+MICRO_USD = 1_000_000
+
+
+def to_micro_usd(usd: float) -> int:
+    return round(usd * MICRO_USD)
+
+
+def to_usd(micro: int | None) -> float | None:
+    return None if micro is None else micro / MICRO_USD
+
+
+def usd_text(usd: float) -> str:
+    """USD as a CSV cell or a line of text: exact to the micro-dollar, no trailing zeros."""
+    return f"{usd:.6f}".rstrip("0").rstrip(".")
 
 
 class RunInput(BaseModel):
@@ -82,6 +109,12 @@ class BatchSpec(BaseModel):
     static_inputs: tuple[RunInput, ...] = ()
     on_done_url: str | None = None
     name: str
+    # Contract §3's cost and provider keys; defaults come from the stack's parameters.
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    reuse: bool = True
+    save_outputs: bool = True
+    max_failed_percent: float | None = Field(default=None, ge=0, le=100)
+    provider: ProviderName = "flora"
 
     @field_validator("on_done_url")
     @classmethod
@@ -256,6 +289,8 @@ class RowOutcome(BaseModel):
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
+    # What the provider charged for the run (its `charged_cost`); 0 for a failed run.
+    charged_cost_micro_usd: int | None = None
     # Completed from an earlier row with the same content key (`rowcall.reuse`), not run.
     reused_from: dict[str, str] | None = None
 
@@ -307,6 +342,27 @@ class BatchState(BaseModel):
     cancel_pending: bool = False
     canceled_at: str | None = None
     reprocess: ReprocessPlan | None = None
+    # Cost (contract §4), in micro-USD: the technique's price per run (from the pre-flight), the
+    # estimate once rows are counted, the budget (`resume {"max_cost_usd"}` changes it), and the
+    # charges of settled chunks (chunks still open hold theirs on their counters).
+    run_cost_micro_usd: int | None = None
+    estimated_cost_micro_usd: int | None = None
+    max_cost_micro_usd: int | None = None
+    charged_cost_micro_usd: int = 0
+    reused_count: int = 0
+    outputs_saved_count: int = 0
+    outputs_failed_count: int = 0
+    # The failure threshold counts rows finished since the last resume: these were finished then.
+    threshold_finished_base: int = 0
+    threshold_failed_base: int = 0
+
+    @property
+    def run_cost_usd(self) -> float | None:
+        return to_usd(self.run_cost_micro_usd)
+
+    @property
+    def max_cost_usd(self) -> float | None:
+        return to_usd(self.max_cost_micro_usd)
 
     @property
     def counts_settled(self) -> bool:
@@ -333,6 +389,9 @@ class ChunkCounter(BaseModel):
     last_start_at: float | None = None
     worker_until: int | None = None
     reopened_seq: int = 0
+    # Charges of the chunk's finished runs, added with the counts (a hint like them; the settle
+    # recounts them from the rows).
+    charged_micro_usd: int = 0
     # Reused rows (`reuse`) this chunk's last settle counted into its batch's `reused_count`.
     reused: int = 0
 
@@ -359,6 +418,11 @@ class RowState(BaseModel):
     # Set when a reprocess reopened the row (its status back to pending, its attempt one more).
     reopen_seq: int = 0
     reopened_at: float | None = None
+    charged_cost_micro_usd: int | None = None
+    # A row completed from an earlier batch's row (`reuse`): {"batch_id", "row_id", "run_id"}.
+    reused_from: dict[str, str] | None = None
+    # Copies of the outputs in the bucket (`save-outputs`), one entry per output.
+    saved_outputs: list[dict[str, Any]] = Field(default_factory=list)
 
     @property
     def finished(self) -> bool:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from rowcall.csvsplit import scan_records, split_lines, validate_width
 from rowcall.ledger import Ledger
-from rowcall.models import BatchState, RowError, RowState
+from rowcall.models import BatchState, RowError, RowState, usd_text
+from rowcall.row_listing import row_charged_usd
 from rowcall.source import read_source
 from rowcall.streaming_upload import StreamingUpload
 
@@ -17,7 +18,16 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
     from mypy_boto3_s3 import S3Client
 
-OUTCOME_COLUMNS = ["status", "run_id", "outputs", "error_code", "error_message"]
+OUTCOME_COLUMNS = [
+    "status",
+    "run_id",
+    "outputs",
+    "error_code",
+    "error_message",
+    "charged_cost_usd",
+    "reused_from",
+    "saved_outputs",
+]
 ERROR_COLUMNS = ["line", "code", "message"]
 # Cells a spreadsheet would evaluate; prefixing a quote makes them text (OWASP CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -42,11 +52,22 @@ def _rows_in_file_order(ledger: Ledger, batch: BatchState) -> Iterator[RowState]
         yield from ledger.rows.outcomes_of_chunk(batch.batch_id, chunk)
 
 
-def _outcome_cells(row: RowState | None) -> list[str]:
+def _outcome_cells(batch: BatchState, row: RowState | None) -> list[str]:
     if row is None:
-        return ["pending", "", "", "", ""]
+        return ["pending"] + [""] * (len(OUTCOME_COLUMNS) - 1)
     outputs = json.dumps(row.outputs, separators=(",", ":")) if row.outputs else ""
-    return [row.status.value, row.run_id or "", outputs, row.error_code or "", row.error_message or ""]
+    charged = row_charged_usd(batch, row)
+    saved = [s["key"] for s in row.saved_outputs if s.get("key")]
+    return [
+        row.status.value,
+        row.run_id or "",
+        outputs,
+        row.error_code or "",
+        row.error_message or "",
+        "" if charged is None else usd_text(charged),
+        (row.reused_from or {}).get("batch_id", ""),
+        json.dumps(saved, separators=(",", ":")) if saved else "",
+    ]
 
 
 def write_results_csv(s3: S3Client, ledger: Ledger, batch: BatchState, out: SupportsWrite[str]) -> int:
@@ -68,7 +89,7 @@ def write_results_csv(s3: S3Client, ledger: Ledger, batch: BatchState, out: Supp
         while pending_row is not None and pending_row.record < record.number:
             pending_row = next(rows, None)
         match = pending_row if pending_row is not None and pending_row.record == record.number else None
-        writer.writerow([escape_cell(c) for c in record.fields + _outcome_cells(match)])
+        writer.writerow([escape_cell(c) for c in record.fields + _outcome_cells(batch, match)])
         written += 1
     return written
 

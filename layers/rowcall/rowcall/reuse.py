@@ -70,7 +70,10 @@ def reused_outcome(source: ReuseSource) -> RowOutcome | None:
 
 
 class RowReuse:
-    def __init__(self, ledger: ReuseLedger, *, keep_days: float, clock: Callable[[], float]) -> None:
+    """`keep_days` (the template's ReuseDays) matters to the recorder alone: how long what it
+    remembers can be reused."""
+
+    def __init__(self, ledger: ReuseLedger, *, clock: Callable[[], float], keep_days: float = 0.0) -> None:
         self._ledger = ledger
         self._keep_s = keep_days * DAY_S
         self._clock = clock

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from rowcall.api_models import RowView
+from rowcall.api_models import ReusedFrom, RowView
 from rowcall.csvsplit import CsvRecord, data_records, split_lines
 from rowcall.identity import row_id_for
 from rowcall.ledger import Ledger, StartedRun
 from rowcall.metadata import row_key
-from rowcall.models import BatchState, ChunkCounter, ChunkPlan, RowState, RowStatus, iso
+from rowcall.models import BatchState, ChunkCounter, ChunkPlan, RowState, RowStatus, iso, to_usd
 from rowcall.page_cursor import InvalidCursor, decode_cursor, encode_cursor
 from rowcall.source import read_source
 
@@ -96,6 +96,9 @@ def derive_row(
             error_message=stored.error_message,
             attempt=stored.attempt,
             updated_at=stored.updated_at,
+            charged_cost_usd=row_charged_usd(batch, stored),
+            reused_from=ReusedFrom.model_validate(stored.reused_from) if stored.reused_from else None,
+            saved_outputs=stored.saved_outputs,
         )
     attempt = stored.attempt if stored is not None else 1
     if started is not None and started.has_run and (stored is None or started.attempt == attempt):
@@ -108,6 +111,9 @@ def derive_row(
             error_message=None,
             attempt=started.attempt,
             updated_at=iso(datetime.fromtimestamp(started.started_at, UTC)),
+            charged_cost_usd=None,
+            reused_from=None,
+            saved_outputs=[],
         )
     return RowView(
         **common,
@@ -118,7 +124,20 @@ def derive_row(
         error_message=None,
         attempt=attempt,
         updated_at=stored.updated_at if stored is not None else None,
+        charged_cost_usd=None,
+        reused_from=None,
+        saved_outputs=[],
     )
+
+
+def row_charged_usd(batch: BatchState, row: RowState) -> float | None:
+    """A finished row's charge: the run's `charged_cost`; 0 for a failed or reused row; null on a
+    provider that publishes no price (contract §5b)."""
+    if batch.spec.provider == "replicate":
+        return None
+    if row.charged_cost_micro_usd is not None:
+        return to_usd(row.charged_cost_micro_usd)
+    return 0.0 if row.status is RowStatus.FAILED or row.reused_from else None
 
 
 def _skippable(counter: ChunkCounter | None, status: RowStatus) -> bool:

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Self
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rowcall.metadata import SpecDefaults
+
+
+def _none_when_empty(value: Any) -> Any:
+    """A template number parameter left empty ("") means none."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _on_off(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("on", "off"):
+        return value.strip().lower() == "on"
+    return value
 
 
 class _EnvSettings(BaseModel):
@@ -20,7 +33,28 @@ class _EnvSettings(BaseModel):
         return cls.model_validate(dict(os.environ if env is None else env))
 
 
-class IngestSettings(_EnvSettings):
+class _BatchDefaults(_EnvSettings):
+    """The template's defaults for §3 keys an upload leaves out: ingest applies them, and
+    POST /uploads checks a request with them as ingest will."""
+
+    max_batch_cost_usd: float | None = Field(alias="MAX_BATCH_COST_USD", default=None, ge=0)
+    reuse_completed_rows: bool = Field(alias="REUSE_COMPLETED_ROWS", default=True)
+    save_outputs: bool = Field(alias="SAVE_OUTPUTS", default=True)
+    default_provider: Literal["flora", "replicate"] = Field(alias="DEFAULT_PROVIDER", default="flora")
+
+    _empty_cost = field_validator("max_batch_cost_usd", mode="before")(_none_when_empty)
+    _switches = field_validator("reuse_completed_rows", "save_outputs", mode="before")(_on_off)
+
+    def spec_defaults(self) -> SpecDefaults:
+        return SpecDefaults(
+            max_cost_usd=self.max_batch_cost_usd,
+            reuse=self.reuse_completed_rows,
+            save_outputs=self.save_outputs,
+            provider=self.default_provider,
+        )
+
+
+class IngestSettings(_BatchDefaults):
     chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     default_technique_id: str = Field(alias="DEFAULT_TECHNIQUE_ID")
@@ -30,6 +64,9 @@ class IngestSettings(_EnvSettings):
     # Lets an on-done URL be plain http to loopback: set only by the local stack (the template's
     # AllowLoopbackWebhooks), the one thing that tells code which of the two it runs on.
     allow_loopback_webhooks: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
+    # The pre-flight's GET /techniques/{id} (contract §4).
+    provider_url: str = Field(alias="PROVIDER_URL")
+    provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
 
 
 class WorkerSettings(_EnvSettings):
@@ -41,6 +78,10 @@ class WorkerSettings(_EnvSettings):
     callback_secret_param: str = Field(alias="CALLBACK_SECRET_PARAM")
     callback_base_url: str = Field(alias="CALLBACK_BASE_URL")
     run_concurrency: int = Field(alias="RUN_CONCURRENCY", default=16, gt=0, le=256)
+    # Stack-wide: the sum of run_cost over runs started in one UTC day (template DailyBudgetUsd).
+    daily_budget_usd: float | None = Field(alias="DAILY_BUDGET_USD", default=None, ge=0)
+
+    _empty_budget = field_validator("daily_budget_usd", mode="before")(_none_when_empty)
 
 
 class WebhookSettings(_EnvSettings):
@@ -57,7 +98,7 @@ class ApiSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
 
 
-class UploadSettings(_EnvSettings):
+class UploadSettings(_BatchDefaults):
     """POST /uploads (the webhook function serves it): where uploads go and what ingest will accept."""
 
     bucket_name: str = Field(alias="DATA_BUCKET")
@@ -70,6 +111,10 @@ class RecorderSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     provider_url: str = Field(alias="PROVIDER_URL")
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
+    # A completed row's content key is kept this long for `reuse` (template ReuseDays).
+    reuse_days: int = Field(alias="REUSE_DAYS", default=30, gt=0)
+    # Largest output copied into the bucket (template MaxOutputBytes).
+    max_output_bytes: int = Field(alias="MAX_OUTPUT_BYTES", default=5 * 1024**3, gt=0)
 
 
 class NotifierSettings(_EnvSettings):
@@ -86,3 +131,7 @@ class SafetyNetSettings(_EnvSettings):
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
     reconcile_after_s: float = Field(alias="RECONCILE_AFTER_SECONDS", gt=0)
     callback_deadline_s: float = Field(alias="CALLBACK_DEADLINE_SECONDS", gt=0)
+    # A batch paused `daily_budget` goes on by itself the next UTC day (template DailyBudgetUsd).
+    daily_budget_usd: float | None = Field(alias="DAILY_BUDGET_USD", default=None, ge=0)
+
+    _empty_budget = field_validator("daily_budget_usd", mode="before")(_none_when_empty)

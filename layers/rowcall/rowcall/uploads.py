@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from rowcall.api import ApiError
-from rowcall.metadata import InvalidMetadata, spec_from_metadata
+from rowcall.metadata import InvalidMetadata, SpecDefaults, spec_from_metadata
 from rowcall.models import iso, utcnow
 from rowcall.outbound import DestinationPolicy
 
@@ -58,6 +58,12 @@ class UploadRequest(BaseModel):
     static_inputs: list[dict[str, Any]] | str | None = Field(default=None, alias="static-inputs")
     on_done_url: str | None = Field(default=None, min_length=1, alias="on-done-url")
     batch_name: str | None = Field(default=None, min_length=1, alias="batch-name")
+    # Numbers and on/off switches as JSON (25, true) or as §3's own text ("25", "on").
+    max_cost_usd: float | str | None = Field(default=None, alias="max-cost-usd")
+    reuse: bool | str | None = Field(default=None, alias="reuse")
+    save_outputs: bool | str | None = Field(default=None, alias="save-outputs")
+    max_failed_percent: float | str | None = Field(default=None, alias="max-failed-percent")
+    provider: str | None = Field(default=None, min_length=1, alias="provider")
 
     def metadata(self) -> dict[str, str]:
         """Contract §3's metadata keys (without `x-amz-meta-`), in the syntax ingest reads."""
@@ -71,8 +77,23 @@ class UploadRequest(BaseModel):
             else json.dumps(self.static_inputs, separators=(",", ":")),
             "on-done-url": self.on_done_url,
             "batch-name": self.batch_name or _default_name(self.filename),
+            "max-cost-usd": _number_text(self.max_cost_usd),
+            "reuse": _switch_text(self.reuse),
+            "save-outputs": _switch_text(self.save_outputs),
+            "max-failed-percent": _number_text(self.max_failed_percent),
+            "provider": self.provider,
         }
         return {k: v for k, v in raw.items() if v is not None}
+
+
+def _number_text(value: float | str | None) -> str | None:
+    return value if value is None or isinstance(value, str) else repr(float(value))
+
+
+def _switch_text(value: bool | str | None) -> str | None:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
 
 
 def _listed_columns(columns: list[str] | str | None) -> str | None:
@@ -145,6 +166,7 @@ class Uploads:
         destinations: DestinationPolicy,
         clock: Callable[[], datetime] = utcnow,
         new_token: Callable[[], str] = lambda: uuid.uuid4().hex,
+        defaults: SpecDefaults | None = None,
     ) -> None:
         """`s3` must sign with SigV4 (its presigned URLs carry the signed headers)."""
         self._s3 = s3
@@ -152,6 +174,7 @@ class Uploads:
         self._max_bytes = max_bytes
         self._default_technique_id = default_technique_id
         self._destinations = destinations
+        self._defaults = defaults or SpecDefaults()
         self._clock = clock
         self._new_token = new_token
 
@@ -172,6 +195,7 @@ class Uploads:
                 key=key,
                 default_technique_id=self._default_technique_id,
                 destinations=self._destinations,
+                defaults=self._defaults,
             )
         except InvalidMetadata as exc:
             at_fault, _, problem = str(exc).partition(": ")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from rowcall.models import BatchState, BatchStatus, ChunkCounter, iso
+from rowcall.models import BatchState, BatchStatus, ChunkCounter, iso, to_usd
 
 
 def _parse(moment: str) -> datetime:
@@ -17,6 +17,7 @@ def batch_view(batch: BatchState, counters: list[ChunkCounter], now: datetime) -
 
     A chunk a reprocess has yet to reopen still counts the rows it will rerun; those are left
     out (the plan says how many), so rows being reprocessed show as pending from the start."""
+    charged = batch.charged_cost_micro_usd
     if batch.counts_settled:
         completed, failed = batch.completed_count, batch.failed_count
     else:
@@ -26,6 +27,8 @@ def batch_view(batch: BatchState, counters: list[ChunkCounter], now: datetime) -
             rerun_c, rerun_f = plan.chunks[str(c.index)] if plan and plan.pending_reopen(c) else (0, 0)
             completed += c.completed - rerun_c
             failed += c.failed - rerun_f
+        # Settled chunks' charges are the batch's already; open chunks hold theirs.
+        charged += sum(c.charged_micro_usd for c in counters if not c.settled)
     pending = None if batch.total_count is None else max(0, batch.total_count - completed - failed)
     return {
         "batch_id": batch.batch_id,
@@ -42,6 +45,17 @@ def batch_view(batch: BatchState, counters: list[ChunkCounter], now: datetime) -
         "updated_at": batch.updated_at,
         "estimated_completion": _estimate(batch, completed + failed, pending, now),
         "reason": batch.reason,
+        "reason_detail": batch.reason_message,
+        "provider": batch.spec.provider,
+        "run_cost_usd": batch.run_cost_usd,
+        "estimated_cost_usd": to_usd(batch.estimated_cost_micro_usd),
+        # Replicate publishes no price: nothing is charged that rowcall could sum (contract §5b).
+        "charged_cost_usd": None if batch.spec.provider == "replicate" else to_usd(charged),
+        "max_cost_usd": batch.max_cost_usd,
+        "max_failed_percent": batch.spec.max_failed_percent,
+        "reused_count": batch.reused_count,
+        "outputs_saved_count": batch.outputs_saved_count,
+        "outputs_failed_count": batch.outputs_failed_count,
         "results": batch.results.model_dump(),
         "notification": batch.notification.model_dump(include={"status", "attempts", "delivered_at"}),
     }

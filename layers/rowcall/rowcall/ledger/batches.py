@@ -211,21 +211,82 @@ class BatchLedger:
         )
         return paused is not None
 
-    def resume(self, batch_id: str, *, finished: int = 0) -> BatchState | None:
+    def resume(
+        self, batch_id: str, *, finished: int = 0, failed: int = 0, max_cost_micro_usd: int | None = None
+    ) -> BatchState | None:
         """paused -> running; None when it was not paused. `finished` (rows finished so far)
-        restarts the completion rate, so the time spent paused does not slow the estimate."""
+        restarts the completion rate, so the time spent paused does not slow the estimate, and
+        with `failed` restarts the failure threshold's count. `max_cost_micro_usd` sets the
+        budget in the same write (the approval of a batch paused `over_budget`). A batch paused
+        before its first run (from `ingesting`) leaves the open index here: its chunks are the
+        open work now."""
+        sets = (
+            "#status = :running, #updated_at = :now, #rate_since = :now, #rate_base = :finished, "
+            "#running_at = if_not_exists(#running_at, :now), #threshold_finished_base = :finished, "
+            "#threshold_failed_base = :failed"
+        )
+        values: dict[str, Any] = {
+            ":running": BatchStatus.RUNNING.value,
+            ":paused": BatchStatus.PAUSED.value,
+            ":now": self._now(),
+            ":finished": finished,
+            ":failed": failed,
+        }
+        if max_cost_micro_usd is not None:
+            sets += ", #max_cost_micro_usd = :budget"
+            values[":budget"] = max_cost_micro_usd
         return self._transition(
             batch_id,
-            "SET #status = :running, #updated_at = :now, #rate_since = :now, #rate_base = :finished "
-            "REMOVE #reason, #reason_message",
+            f"SET {sets} REMOVE #reason, #reason_message, #open_pk, #open_sk",
             "#status = :paused",
+            values,
+        )
+
+    def record_costs(self, batch_id: str, *, run_cost_micro_usd: int | None) -> None:
+        """The technique's price per run, as the pre-flight read it (validating only)."""
+        if run_cost_micro_usd is None:
+            return
+        self._transition(
+            batch_id,
+            "SET #run_cost_micro_usd = :cost, #updated_at = :now",
+            "#status = :validating",
             {
-                ":running": BatchStatus.RUNNING.value,
-                ":paused": BatchStatus.PAUSED.value,
+                ":cost": run_cost_micro_usd,
+                ":validating": BatchStatus.VALIDATING.value,
                 ":now": self._now(),
-                ":finished": finished,
             },
         )
+
+    def record_estimate(self, batch_id: str, estimated_micro_usd: int) -> BatchState | None:
+        """The estimate, once the rows are counted (ingesting only)."""
+        return self._transition(
+            batch_id,
+            "SET #estimated_cost_micro_usd = :estimate, #updated_at = :now",
+            "#status = :ingesting",
+            {
+                ":estimate": estimated_micro_usd,
+                ":ingesting": BatchStatus.INGESTING.value,
+                ":now": self._now(),
+            },
+        )
+
+    def pause_before_run(self, batch_id: str, reason: str, message: str) -> bool:
+        """ingesting -> paused before any chunk is sent (`over_budget`): nothing has run. It stays
+        in the open index until resumed (its chunks wait, unsent, for `resume`)."""
+        paused = self._transition(
+            batch_id,
+            "SET #status = :paused, #reason = :reason, #reason_message = :message, #updated_at = :now",
+            "#status = :ingesting AND #chunks_enqueued = :none",
+            {
+                ":paused": BatchStatus.PAUSED.value,
+                ":ingesting": BatchStatus.INGESTING.value,
+                ":none": 0,
+                ":reason": reason,
+                ":message": message,
+                ":now": self._now(),
+            },
+        )
+        return paused is not None
 
     def cancel(self, batch_id: str) -> BatchState | None:
         """validating|ingesting|running|paused -> canceled; None from any other state.

@@ -19,7 +19,10 @@ from rowcall.models import RowOutcome, RowState, RowStatus, iso, utcnow
 
 # What results.csv shows of a row. botocore's parsing of every attribute of every row is most of
 # the notifier's CPU on a large batch (bench/results_scale.py); the rest of the item is not read.
-_OUTCOME_ATTRIBUTES = "#sk, #status, #run_id, #outputs, #error_code, #error_message"
+_OUTCOME_ATTRIBUTES = (
+    "#sk, #status, #run_id, #outputs, #error_code, #error_message, #charged_cost_micro_usd, #reused_from, "
+    "#saved_outputs"
+)
 
 # Keeps a failed row's item under 1 KB (one write unit) whatever the provider says.
 MAX_ERROR_MESSAGE = 500

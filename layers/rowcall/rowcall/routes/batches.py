@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.metrics import MetricUnit
 
 from rowcall.api import ApiError, not_found
-from rowcall.api_models import DEFAULT_PAGE, MAX_PAGE, BatchPage, BatchView, ReprocessRequest
+from rowcall.api_models import DEFAULT_PAGE, MAX_PAGE, BatchPage, BatchView, ReprocessRequest, ResumeRequest
 from rowcall.batch_actions import BatchNotFound, UnknownRows, WrongState
 from rowcall.compose import batch_actions, batch_queries
 from rowcall.models import BatchState
@@ -50,13 +50,14 @@ def get_batch(batch_id: str) -> BatchView:
 
 @router.post(
     "/batches/<batch_id>/resume",
-    summary="Resume a paused batch where it stopped",
+    summary="Resume a paused batch where it stopped; max_cost_usd sets its budget first",
     tags=["actions"],
     status_code=202,
-    responses={202: {"description": "Resumed"}, **error_responses(401, 404, 409, 413)},
+    responses={202: {"description": "Resumed"}, **error_responses(400, 401, 404, 409, 413)},
 )
-def resume_batch(batch_id: str) -> BatchView:
-    return _action(batch_id, lambda: batch_actions().resume(batch_id), "BatchesResumed")
+def resume_batch(batch_id: str, request: Annotated[ResumeRequest | None, Body()] = None) -> BatchView:
+    budget = request.max_cost_usd if request is not None else None
+    return _action(batch_id, lambda: batch_actions().resume(batch_id, budget), "BatchesResumed")
 
 
 @router.post(
