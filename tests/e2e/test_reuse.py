@@ -30,7 +30,7 @@ def upload(stack: LocalStack, key: str, body: bytes, **meta: str) -> dict[str, A
         Bucket=stack.info["bucket"], Key=key, Body=body, Metadata={"key-column": "sku", **meta}
     )
     batch = stack.batch_for(key)
-    done = stack.wait_terminal(batch["batch_id"], timeout_s=240)
+    done = stack.wait_batch(batch["batch_id"], lambda b: bool(b["results"]["csv_key"]), timeout_s=240)
     assert (done["status"], done["completed_count"], done["failed_count"]) == ("completed", ROWS, 0), done
     return done
 
