@@ -32,9 +32,9 @@ from .test_runs_to_on_done import (
     CALLBACK_SECRET,
     FAST_RETRY,
     PROVIDER_SECRET,
-    SIGNER,
     start_provider,
 )
+from .test_runs_to_on_done import starter as shared_starter
 
 KEEP_DAYS = 30
 # Two chunks (the unit ingest's chunk size is four rows), six rows.
@@ -50,16 +50,7 @@ def reuse(aws: Aws, clock: Any = time.time) -> RowReuse:
 
 
 def starter(aws: Aws, provider: ProviderEmulator, callbacks: Receiver, clock: Any = time.time) -> RunStarter:
-    return RunStarter(
-        s3=aws.s3,
-        ledger=aws.ledger,
-        finisher=aws.finisher,
-        provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
-        signer=SIGNER,
-        callback_base_url=callbacks.url,
-        concurrency=4,
-        reuse=reuse(aws, clock),
-    )
+    return shared_starter(aws, provider, callbacks, reuse=reuse(aws, clock))
 
 
 def record(aws: Aws, provider: ProviderEmulator, received: list[Any]) -> None:
