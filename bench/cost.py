@@ -43,6 +43,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import cost_model
+from bench.e2e_throughput import _cpu_seconds
 from bench.throughput import make_csv
 from rowcall_local import capacity_meter
 from rowcall_local.provider_emulator import ProviderFaults
@@ -59,6 +60,11 @@ class AwsRequests:
     """The recorder's requests, by service and action, with SQS billed per 64 KB and per queue kind."""
 
     by_action: collections.Counter[str] = field(default_factory=collections.Counter)
+    by_caller_action: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Requests per "<caller> <service> <action>": which function asks what, per row."""
+    by_caller: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Requests per function (each signs with its own key, fn-<LogicalId>); "runtime" is the local
+    event sources and the stack itself (their receives and deletes, as Lambda's pollers make them)."""
     sqs_billed: dict[str, float] = field(default_factory=lambda: {"standard": 0.0, "fifo": 0.0})
     sent_messages: collections.Counter[str] = field(default_factory=collections.Counter)
     """Messages sent per queue URL (for the event sources' receives as Lambda would make them)."""
@@ -97,10 +103,13 @@ def count_requests(recording: str) -> AwsRequests:
             continue  # unsigned: moto's own control endpoints
         key, service = scope.groups()
         from_function = key.startswith(capacity_meter.FUNCTION_KEY_PREFIX)
+        caller = key.removeprefix(capacity_meter.FUNCTION_KEY_PREFIX) if from_function else "runtime"
+        counted.by_caller[caller] += 1
         body = _body(request)
         if service == "sqs":
             action, params = _sqs_call(headers, body)
             counted.by_action[f"sqs {action}"] += 1
+            counted.by_caller_action[f"{caller} sqs {action}"] += 1
             queue = str(params.get("QueueUrl", ""))
             kind = "fifo" if queue.endswith(".fifo") else "standard"
             if action == ESM_RECEIVE and not from_function:
@@ -113,16 +122,21 @@ def count_requests(recording: str) -> AwsRequests:
         elif service == "s3":
             method = request.get("method", "GET")
             counted.by_action[f"s3 {method}"] += 1
+            counted.by_caller_action[f"{caller} s3 {method}"] += 1
             if method in ("PUT", "POST") or (method == "GET" and "list-type" in request.get("qs", "")):
                 counted.s3_write += 1
             else:
                 counted.s3_read += 1
         elif service == "sns":
-            counted.by_action["sns " + parse_qs(body).get("Action", ["?"])[-1]] += 1
+            action = parse_qs(body).get("Action", ["?"])[-1]
+            counted.by_action[f"sns {action}"] += 1
+            counted.by_caller_action[f"{caller} sns {action}"] += 1
             if "Action=Publish" in body:
                 counted.sns_publishes += 1
         else:
+            target = headers.get("X-Amz-Target") or headers.get("x-amz-target") or ""
             counted.by_action[service] += 1
+            counted.by_caller_action[f"{caller} {service} {target.rsplit('.', 1)[-1] or '?'}"] += 1
     return counted
 
 
@@ -139,6 +153,7 @@ def measure(rows: int = 5000) -> dict[str, Any]:
             httpx.post(f"{moto}/moto-api/recorder/start-recording").raise_for_status()
             httpx.post(f"{moto}{capacity_meter.RESET_PATH}").raise_for_status()
             runtime.reset_usage()
+            cpu_before = {fid: _cpu(pool.live_pids()) for fid, pool in runtime.pools.items()}
             started = time.monotonic()
             stack.aws.s3().put_object(
                 Bucket=info["bucket"],
@@ -151,6 +166,9 @@ def measure(rows: int = 5000) -> dict[str, Any]:
             # The notifier may still be finishing its invocation: let the counts settle.
             time.sleep(0.5)
             usage = runtime.usage()
+            instances = {fid: pool.live_pids() for fid, pool in runtime.pools.items()}
+            cpu_s = {fid: _cpu(pids) - cpu_before.get(fid, 0.0) for fid, pids in instances.items()}
+            peak_rss_mb = {fid: max(map(_peak_rss_mb, pids), default=0.0) for fid, pids in instances.items()}
             httpx.post(f"{moto}/moto-api/recorder/stop-recording").raise_for_status()
             capacity = httpx.get(f"{moto}{capacity_meter.CONTROL_PATH}?requesters=functions").json()
             recording = httpx.get(f"{moto}/moto-api/recorder/download-recording", timeout=120).text
@@ -177,7 +195,7 @@ def measure(rows: int = 5000) -> dict[str, Any]:
         if sweeps
         else cost_model.FunctionUse(1, 100, 512)
     )
-    return price(
+    priced = price(
         rows,
         seconds,
         usage,
@@ -188,6 +206,25 @@ def measure(rows: int = 5000) -> dict[str, Any]:
         safety_net.per_invocation(),
         provider,
     )
+    for fid, figures in priced["lambda"].items():
+        figures["cpu_s"] = cpu_s.get(fid, 0.0)
+        figures["peak_rss_mb"] = peak_rss_mb.get(fid, 0.0)
+    return priced
+
+
+def _cpu(pids: set[int]) -> float:
+    return sum(_cpu_seconds(pid) for pid in pids)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The instance's peak resident memory (VmHWM): what its memory size must hold."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def price(
@@ -247,6 +284,8 @@ def price(
         "lambda": {fid: vars(f) | {"gb_seconds": f.gb_seconds} for fid, f in functions.items()},
         "safety_net_per_invocation": vars(safety_net),
         "aws_requests": dict(requests.by_action),
+        "aws_requests_by_caller": dict(requests.by_caller),
+        "aws_requests_by_caller_action": dict(requests.by_caller_action),
         "sqs_event_source_receives": {"local": requests.runtime_receives, "priced": modelled},
     }
 
@@ -255,12 +294,21 @@ def row_basis(
     functions: dict[str, cost_model.FunctionUse], rows: int, api_functions: set[str]
 ) -> cost_model.RowBasis:
     """Per-row Lambda figures for the alternatives, from this run: the worker's time per row (it
-    creates the runs) and the webhook's time per callback."""
-    worker = functions.get("WorkerFunction", cost_model.FunctionUse(0, 0, 512))
-    create = cost_model.FunctionUse(1, max(1, math.ceil(worker.billed_ms / rows)), worker.memory_mb)
+    creates the runs), the webhook's time per callback and the recorder's per row (it fetches the
+    outputs); the per-batch states are spread over this run's one batch."""
+
+    def per_row(fid: str) -> cost_model.FunctionUse:
+        use = functions.get(fid, cost_model.FunctionUse(0, 0, 512))
+        return cost_model.FunctionUse(1, max(1, math.ceil(use.billed_ms / rows)), use.memory_mb)
+
     api = [functions[f] for f in api_functions if f in functions and functions[f].invocations]
     relay = api[0].per_invocation() if api else cost_model.FunctionUse(1, 20, 512)
-    return cost_model.RowBasis(create_run=create, relay=relay)
+    return cost_model.RowBasis(
+        create_run=per_row("WorkerFunction"),
+        relay=relay,
+        fetch_outputs=per_row("RecorderFunction"),
+        rows_per_batch=rows,
+    )
 
 
 def report(result: dict[str, Any]) -> None:
@@ -273,11 +321,30 @@ def report(result: dict[str, Any]) -> None:
         f"  DynamoDB: {result['dynamodb_wru_per_row']:.3f} WRU/row,"
         f" {result['dynamodb_rru_per_row']:.3f} RRU/row"
     )
+    callers = result.get("aws_requests_by_caller", {})
+    print(
+        f"  {'function':24s} {'invocations/row':>15s} {'billed ms/inv':>13s} {'memory MB':>9s}"
+        f" {'GB-s/row':>9s} {'$/1M rows':>9s} {'AWS req/row':>11s} {'CPU ms/inv':>10s} {'peak RSS MB':>11s}"
+    )
     for fid, f in sorted(result["lambda"].items()):
+        use = cost_model.FunctionUse(f["invocations"], f["billed_ms"], f["memory_mb"])
+        per_inv = f["billed_ms"] / f["invocations"] if f["invocations"] else 0.0
         print(
-            f"  {fid:24s} {f['invocations'] / rows:7.3f} invocations/row  {f['billed_ms'] / rows:8.2f} ms/row"
-            f"  at {f['memory_mb']} MB"
+            f"  {fid:24s} {f['invocations'] / rows:15.3f} {per_inv:13.1f} {f['memory_mb']:9d}"
+            f" {use.gb_seconds / rows:9.5f} {use.usd / rows * cost_model.MILLION:9.3f}"
+            f" {callers.get(fid, 0) / rows:11.3f}"
+            f" {1000 * f.get('cpu_s', 0.0) / max(1, f['invocations']):10.1f}"
+            f" {f.get('peak_rss_mb', 0.0):11.0f}"
         )
+    if callers:
+        print(f"  {'event sources, the upload':24s} {'':>15s} {'':>13s} {'':>9s} {'':>9s} {'':>9s}", end="")
+        print(f" {callers.get('runtime', 0) / rows:11.3f}")
+    by_caller_action = result.get("aws_requests_by_caller_action", {})
+    if by_caller_action:
+        print("  AWS requests per row, by who asks:")
+        for what, n in sorted(by_caller_action.items(), key=lambda kv: -kv[1]):
+            if n / rows >= 0.001:
+                print(f"    {what:48s} {n / rows:7.3f}")
     print(
         "  AWS requests per row: "
         + ", ".join(

@@ -16,9 +16,12 @@ Prices: bench/prices.py. Free tiers are left out (they are per account, not per 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from bench.prices import (
     API_GATEWAY_HTTP_REQUEST,
@@ -150,44 +153,101 @@ class RowBasis:
     """A Lambda invocation that creates one run at the provider (rowcall's worker time per row)."""
     relay: FunctionUse
     """A Lambda invocation behind the HTTP API that takes one callback (rowcall's webhook, per call)."""
+    fetch_outputs: FunctionUse | None = None
+    """A Lambda invocation that fetches one finished run's outputs (the FLORA webhook does not carry
+    them): rowcall's recorder time per row. None: as long as creating a run."""
+    rows_per_batch: int = 5000
+    """What the per-batch states (the parent's) are spread over: the measured batch."""
     outcome_write_units: float = 1.0
     """Recording a row's outcome somewhere durable: one 1 KB DynamoDB write."""
 
+    @property
+    def fetch(self) -> FunctionUse:
+        return self.fetch_outputs if self.fetch_outputs is not None else self.create_run
 
-# Step Functions, Distributed Map over the CSV with a Standard child execution per row. The child is
-# as small as it can be: one Task state (Lambda invoke .waitForTaskToken) that creates the run and
-# waits; the callback reaches an HTTP API route whose Lambda calls SendTaskSuccess. State transitions
-# per row: 1 for the child execution the Distributed Map starts (billed as one transition, Step
-# Functions developer guide, "Transitions in Distributed Map state") + 1 for entering the Task state.
-# A real child adds at least a Choice on the outcome and a write of it; counting 2 flatters SFN.
-SFN_TRANSITIONS_PER_ROW = 2
+
+# Step Functions: the state machine in bench/peers/step_functions_rowcall.asl.json, a Distributed Map
+# over the CSV (ItemReader) with a Standard child execution per row and a ResultWriter. Its state
+# transitions are counted from the file by AWS's billing rules:
+# - "Step Functions counts a state transition each time a step of your workflow is executed ...
+#   including retries" (https://aws.amazon.com/step-functions/pricing/);
+# - in Distributed mode, one state transition is charged for each child workflow execution the Map
+#   state starts, on top of the child's own (developer guide, "Transitions",
+#   https://docs.aws.amazon.com/step-functions/latest/dg/concepts-transitions.html, section
+#   "Transitions in Distributed Map state").
+# Per row on the path every row takes: 1 (the child started) + each child state executed until End
+# (CreateRunAndWait, FetchOutputs); the parent's states (Rows, WriteResultsCsv, NotifyDone) once per
+# batch. Retries (provider 429s) and the lost-webhook path (AskProvider, RunFinished, WaitForRun) add
+# transitions only when they happen: not counted, so the figure is still a floor.
+SFN_ASL = Path(__file__).with_name("peers") / "step_functions_rowcall.asl.json"
+
+
+def happy_path(states: Mapping[str, Any], start: str) -> list[str]:
+    """The states executed from `start` following each state's `Next` until one ends the execution."""
+    path: list[str] = []
+    name: str | None = start
+    while name is not None:
+        if name in path:
+            raise ValueError(f"the path loops at {name}")
+        path.append(name)
+        state = states[name]
+        if state.get("End") or state["Type"] in ("Succeed", "Fail"):
+            break
+        name = state.get("Next")
+        if name is None:
+            raise ValueError(f"{path[-1]} neither ends nor names a Next state")
+    return path
+
+
+@dataclass(frozen=True)
+class SfnTransitions:
+    child_per_row: list[str]
+    parent_per_batch: list[str]
+
+    def per_row(self, rows_per_batch: int) -> float:
+        # +1: the child execution the Distributed Map starts, billed as a transition of its own.
+        return 1 + len(self.child_per_row) + len(self.parent_per_batch) / rows_per_batch
+
+
+def sfn_transitions(asl: Mapping[str, Any] | None = None) -> SfnTransitions:
+    machine = asl if asl is not None else json.loads(SFN_ASL.read_text(encoding="utf-8"))
+    parent = happy_path(machine["States"], machine["StartAt"])
+    (map_state,) = [machine["States"][n] for n in parent if machine["States"][n]["Type"] == "Map"]
+    processor = map_state["ItemProcessor"]
+    return SfnTransitions(happy_path(processor["States"], processor["StartAt"]), parent)
 
 
 def step_functions_per_row(basis: RowBasis) -> dict[str, float]:
+    transitions = sfn_transitions().per_row(basis.rows_per_batch)
     return {
-        "state_transitions": SFN_TRANSITIONS_PER_ROW * STEP_FUNCTIONS_STANDARD_TRANSITION.each,
+        "state_transitions": transitions * STEP_FUNCTIONS_STANDARD_TRANSITION.each,
         "create_run_lambda": basis.create_run.usd,
         "relay_api": API_GATEWAY_HTTP_REQUEST.each,
         "relay_lambda": basis.relay.usd,  # its SendTaskSuccess call is not billed by Step Functions
-        "outcome_write": basis.outcome_write_units * DYNAMODB_WRITE_UNIT.each,
+        "fetch_outputs_lambda": basis.fetch.usd,
+        # The outcome is the child's output, written by the ResultWriter (a few S3 PUTs per batch):
+        # no per-row write of its own.
     }
 
 
-# Lambda durable functions, one durable execution per row: a step that creates the run, then
-# wait_for_callback (a callback operation plus the step that submits its id), resumed by the relay
-# (HTTP API + Lambda calling SendDurableExecutionCallbackSuccess). Durable operations per row: the
-# execution start, the create step, the callback and its submitter step = 4. Lambda invocations per
-# row: 2 (the first, and the replay after the callback), each as long as creating a run (the replay
-# skips the checkpointed step, so this overstates the second one slightly). Data written/retained:
+# Lambda durable functions, one durable execution per row, started by an asynchronous invoke per row:
+#     ctx.step(create_run); result = ctx.wait_for_callback(submit); ctx.step(fetch_outputs); count
+# Durable operations per row (each billed, https://aws.amazon.com/lambda/pricing/): the execution
+# start, the create step, wait_for_callback's two (the callback operation and the step that submits
+# its id to the provider: the Python SDK's wait_for_callback is create_callback + a step), the fetch
+# step = 5. Lambda invocations per row: 2 (the first, which suspends at the callback; the replay the
+# callback resumes, which skips the checkpointed steps and runs the fetch): the first as long as
+# creating a run, the second as long as fetching outputs. Durable executions have no fan-in, so
+# knowing the batch is done takes a counter write per row (as rowcall's). Data written/retained:
 # left out, rate not found (prices.py).
-DURABLE_OPERATIONS_PER_ROW = 4
+DURABLE_OPERATIONS_PER_ROW = 5
 DURABLE_INVOCATIONS_PER_ROW = 2
 
 
 def durable_per_row(basis: RowBasis) -> dict[str, float]:
     return {
         "durable_operations": DURABLE_OPERATIONS_PER_ROW * LAMBDA_DURABLE_OPERATION.each,
-        "function_lambda": DURABLE_INVOCATIONS_PER_ROW * basis.create_run.usd,
+        "function_lambda": basis.create_run.usd + basis.fetch.usd,
         "relay_api": API_GATEWAY_HTTP_REQUEST.each,
         "relay_lambda": basis.relay.usd,
         "outcome_write": basis.outcome_write_units * DYNAMODB_WRITE_UNIT.each,

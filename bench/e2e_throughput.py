@@ -35,6 +35,8 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from rowcall_local import profiling, request_meter
 from rowcall_local.provider_emulator import ProviderFaults
 from rowcall_local.stack import LocalStack, StackOptions
@@ -104,6 +106,8 @@ def cpu_by_process(stack: LocalStack) -> dict[str, float]:
 
 
 def measure(rows: int = 20000, samples: int = LATENCY_SAMPLES) -> dict[str, float]:
+    from bench import on_done_hops  # it imports percentile from here
+
     state = Path(tempfile.mkdtemp(prefix="rowcall-e2e-bench-"))
     options = StackOptions(state_dir=state, provider_faults=ProviderFaults(delay_ms=(0, 0)))
     hook = WebhookReceiver()
@@ -113,21 +117,31 @@ def measure(rows: int = 20000, samples: int = LATENCY_SAMPLES) -> dict[str, floa
             provider = stack.info["provider_url"]
             body = make_csv(rows)
             httpx.post(moto + request_meter.RESET_PATH).raise_for_status()
+            assert stack.runtime is not None
+            stack.runtime.trace()
             cpu_before = cpu_by_process(stack)
             started = time.time()
             _upload(stack, f"uploads/e2e-{rows}.csv", body, f"{hook.url}/done/large")
             large = _on_done(hook, "/done/large", ON_DONE_TIMEOUT_S)
             meter = httpx.get(moto + request_meter.CONTROL_PATH, timeout=30).json()
             cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_by_process(stack).items()}
-            large_latency_s = large.at - _last_callback_s(provider)
+            large_callback_s = _last_callback_s(provider)
+            large_latency_s = large.at - large_callback_s
+            large_hops = on_done_hops.hops(stack.runtime.spans(), large_callback_s, large.at) or {}
             seconds = large.at - started
             done = json.loads(large.body)
             latencies = []
+            hop_samples = []
             for n in range(samples):
                 path = f"/done/sample-{n}"
+                stack.runtime.trace()
                 _upload(stack, f"uploads/e2e-sample-{n}.csv", make_csv(SAMPLE_ROWS, f"s{n}"), hook.url + path)
                 got = _on_done(hook, path, 120)
-                latencies.append(got.at - _last_callback_s(provider))
+                callback_s = _last_callback_s(provider)
+                latencies.append(got.at - callback_s)
+                split = on_done_hops.hops(stack.runtime.spans(), callback_s, got.at)
+                if split is not None:
+                    hop_samples.append(split)
             if profiling.directory() is not None:
                 httpx.post(moto + profiling.DUMP_PATH, timeout=600).raise_for_status()
     finally:
@@ -148,6 +162,8 @@ def measure(rows: int = 20000, samples: int = LATENCY_SAMPLES) -> dict[str, floa
         "on_done_latency_ms_max": 1000 * max(latencies),
         "on_done_latency_ms_large": 1000 * large_latency_s,
         "on_done_latency_samples": float(len(latencies)),
+        **on_done_hops.summarize(hop_samples),
+        **{f"large_hop_ms.{hop}": 1000 * v for hop, v in large_hops.items()},
         **{f"cpu_s.{name}": seconds for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1])},
         **{f"ops_per_row.{op}": n / rows for op, n in meter["by_operation"].items()},
     }

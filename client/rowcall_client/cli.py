@@ -244,6 +244,8 @@ def submit(
         f"{final['batch_id']}: {final['status']}{reason}: {done} done, {failed} failed of {total}"
         f"{cost_summary(final)}"
     )
+    if final.get("reason_detail"):
+        err.print(f"  {final['reason_detail']}")
     if final["status"] != "completed":
         raise typer.Exit(EXIT_NOT_COMPLETED)
 

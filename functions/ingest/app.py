@@ -9,9 +9,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rowcall.compose import ingestor
 from rowcall.ingest import ObjectCreated
+from rowcall.tracing import TRACED_MODULES
 
 logger = Logger()
-tracer = Tracer()
+tracer = Tracer(patch_modules=TRACED_MODULES)
 metrics = Metrics()
 
 

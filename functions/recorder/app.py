@@ -14,9 +14,10 @@ from pydantic import ValidationError
 
 from rowcall.compose import outcome_recorder
 from rowcall.models import FinishedRun
+from rowcall.tracing import TRACED_MODULES
 
 logger = Logger()
-tracer = Tracer()
+tracer = Tracer(patch_modules=TRACED_MODULES)
 metrics = Metrics()
 
 

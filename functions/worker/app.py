@@ -12,9 +12,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from rowcall.compose import redelivery_schedule, run_starter
 from rowcall.models import ChunkMessage
 from rowcall.runs import ChunkIncomplete
+from rowcall.tracing import TRACED_MODULES
 
 logger = Logger()
-tracer = Tracer()
+tracer = Tracer(patch_modules=TRACED_MODULES)
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 _context: LambdaContext | None = None

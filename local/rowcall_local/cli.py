@@ -14,8 +14,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from rowcall_local.provider_emulator import ProviderFaults
+from rowcall.models import usd_text
+from rowcall_local.child_process import when_parent_gone
+from rowcall_local.provider_emulator import IDEMPOTENCY_MODES, ProviderFaults
 from rowcall_local.stack import PROJECT_ROOT, LocalStack, StackOptions
+from rowcall_local.technique_catalog import Technique, load_catalog
 
 ENV_PREFIX = "ROWCALL_"
 
@@ -65,6 +68,29 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: not a number of USD") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number >= 0")
+    return value
+
+
+def _catalog(text: str) -> tuple[Technique, ...]:
+    try:
+        return load_catalog(Path(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _idempotency_mode(text: str) -> str:
+    if text not in IDEMPOTENCY_MODES:
+        raise argparse.ArgumentTypeError(f"{text}: expected one of {', '.join(IDEMPOTENCY_MODES)}")
+    return text
+
+
 def _switch(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -91,6 +117,21 @@ STACK_FLAGS = (
     _Flag("provider-duplicate-callback-rate", _rate, "fraction of callbacks sent twice", "RATE"),
     _Flag("provider-drop-callback-rate", _rate, "fraction of callbacks never sent", "RATE"),
     _Flag("provider-credits", _at_least(0), "runs the provider accepts before 402 insufficient_credits", "N"),
+    _Flag(
+        "provider-techniques",
+        _catalog,
+        "JSON list of technique definitions the emulator serves and checks run inputs against",
+        "FILE",
+    ),
+    _Flag("provider-run-cost", _usd, "run_cost of the emulator's open techniques (default 0.04)", "USD"),
+    _Flag("daily-budget-usd", _usd, "most run_cost started per UTC day (template DailyBudgetUsd)", "USD"),
+    _Flag(
+        "provider-idempotency",
+        _idempotency_mode,
+        "a repeated idempotency key: duplicate = 409 within 2 h (default); replay = the original run "
+        "within 24 h, 422 idempotency_conflict for another body",
+        "replay|duplicate",
+    ),
     _Flag(
         "max-in-flight",
         _at_least(1),
@@ -131,6 +172,12 @@ STACK_FLAGS = (
         "RATE",
     ),
     _Flag(
+        "xray-sample-rate",
+        _rate,
+        "test only: fraction of invocations X-Ray samples (default: Lambda's rule, 1 a second then 5%%)",
+        "RATE",
+    ),
+    _Flag(
         "enforce-iam",
         _switch,
         "run each function with its own role's credentials; the embedded AWS denies what the role lacks",
@@ -146,6 +193,9 @@ _FAULT_FIELDS = {
     "provider_duplicate_callback_rate": "duplicate_callback_rate",
     "provider_drop_callback_rate": "drop_callback_rate",
     "provider_credits": "credits",
+    "provider_techniques": "techniques",
+    "provider_run_cost": "run_cost_usd",
+    "provider_idempotency": "idempotency",
 }
 
 
@@ -192,10 +242,16 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         crash_once=args.crash_once or {},
         aws_fault_rate=args.aws_fault_rate or 0.0,
         enforce_iam=bool(args.enforce_iam),
+        parameters={}
+        if args.daily_budget_usd is None
+        else {"DailyBudgetUsd": usd_text(args.daily_budget_usd)},
+        xray_sample_rate=args.xray_sample_rate,
     )
 
 
 def _until_signalled() -> threading.Event:
+    """Set on Ctrl-C, SIGTERM, the terminal hanging up, or the process that started this one going
+    away (a killed test run, a CI time limit): a stack nobody can stop any more stops itself."""
     stop = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -203,6 +259,8 @@ def _until_signalled() -> threading.Event:
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGHUP, handle)
+    when_parent_gone(stop.set)
     return stop
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -18,7 +19,8 @@ from rowcall_local.function_runtime import InstanceSpec, serve
 
 log = logging.getLogger(__name__)
 
-_READY_TIMEOUT_S = 60.0
+# Imports of ~11 instances at once: past 60 s on this 2-core machine at load ~40 (each took 8-9 s).
+_READY_TIMEOUT_S = 150.0
 _KILL_GRACE_S = 1.0  # past the function's own timeout, before its instance is killed
 
 
@@ -265,11 +267,39 @@ class FunctionPool:
             instance.join_or_kill(max(0.0, deadline - time.monotonic()))
 
 
+@dataclass(frozen=True)
+class InvocationSpan:
+    """One invocation as the runtime saw it, wall-clock (time.time()) seconds: what a benchmark needs
+    to split a latency into hops (bench/on_done_hops.py)."""
+
+    function_id: str
+    started_at: float
+    ended_at: float
+    sent_at: tuple[float, ...] = ()
+    """SQS's SentTimestamp of each record of the event (an SQS-triggered invocation), in seconds."""
+
+
+def _sent_at(event: Any) -> tuple[float, ...]:
+    records = event.get("Records") if isinstance(event, dict) else None
+    if not isinstance(records, list):
+        return ()
+    sent = (r.get("attributes", {}).get("SentTimestamp") for r in records if isinstance(r, dict))
+    return tuple(int(t) / 1000 for t in sent if isinstance(t, str) and t.isdigit())
+
+
 class FunctionRuntime:
     """All functions' pools; `invoke(function_id, event)` is how event sources call a function."""
 
     def __init__(self, pools: Mapping[str, FunctionPool]) -> None:
         self.pools = dict(pools)
+        self._spans: collections.deque[InvocationSpan] | None = None
+
+    def trace(self, keep: int = 100_000) -> None:
+        """From now on, remember the last `keep` invocations' spans (off unless asked: benchmarks)."""
+        self._spans = collections.deque(maxlen=keep)
+
+    def spans(self) -> list[InvocationSpan]:
+        return list(self._spans or ())
 
     def start(self) -> None:
         for pool in self.pools.values():
@@ -278,7 +308,10 @@ class FunctionRuntime:
             pool.wait_ready()
 
     def invoke(self, function_id: str, event: Any) -> Invocation:
+        started = time.time()
         result = self.pools[function_id].invoke(event)
+        if self._spans is not None:
+            self._spans.append(InvocationSpan(function_id, started, time.time(), _sent_at(event)))
         if result.error is not None:
             log.error(
                 "%s %s failed: %s: %s\n%s",

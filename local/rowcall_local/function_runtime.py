@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from rowcall_local import profiling
-from rowcall_local.child_process import detach_from_terminal_signals, redirect_output
+from rowcall_local.child_process import detach_from_terminal_signals, exit_now, redirect_output
+from rowcall_local.xray_daemon import TRACE_HEADER_ENV, Sampler, TraceContext, send_function_segment
 
 Handler = Callable[[Any, Any], Any]
 
@@ -39,6 +40,8 @@ class InstanceSpec:
     memory_mb: int
     timeout_s: int
     log_path: str
+    xray_sample_rate: float | None = None
+    """Fraction of invocations sampled for X-Ray; None is Lambda's default rule (xray_daemon.Sampler)."""
 
     @property
     def log_group_name(self) -> str:
@@ -100,6 +103,7 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
         traceback.print_exc()
     conn.send(("ready", init_error))
     profile = profiling.InvocationProfile(spec.function_id, profile_dir) if profile_dir else None
+    sampler = Sampler(spec.xray_sample_rate)
     while True:
         try:
             message = conn.recv()
@@ -108,7 +112,7 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
         if message is None:
             if profile is not None:
                 profile.dump()
-            return
+            exit_now()
         request_id, event = message
         if handler is None:
             try:
@@ -119,6 +123,10 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
                 continue
         print(f"START RequestId: {request_id} Version: $LATEST", flush=True)
         started = time.monotonic()
+        started_at = time.time()
+        # Lambda's part of tracing: the sampling decision and the trace header, per invocation.
+        trace = TraceContext.new(sampler.sampled(started_at), started_at)
+        os.environ[TRACE_HEADER_ENV] = trace.header
         try:
             with profile or contextlib.nullcontext():
                 result = handler(event, LambdaContext(spec, request_id, log_stream))
@@ -127,6 +135,9 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
             traceback.print_exc()
             reply = ("error", error_payload(exc))
         duration_ms = (time.monotonic() - started) * 1000
+        send_function_segment(
+            trace, spec.function_name, request_id, started_at, time.time(), error=reply[0] == "error"
+        )
         print(f"END RequestId: {request_id}", flush=True)
         print(f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms", flush=True)
         # The handler's own duration travels back with its reply: Lambda bills this, not the

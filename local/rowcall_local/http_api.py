@@ -297,7 +297,10 @@ class HttpApiServer:
 
     def serve(self, api: HttpApi) -> None:
         self._server.api = api
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http-api", daemon=True)
+        # shutdown() waits out the serve loop's poll: 0.5 s by default, on every stack stop.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="http-api", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

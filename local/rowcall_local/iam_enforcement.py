@@ -23,6 +23,9 @@ What this module adds to moto's own checks, each because moto alone would misjud
   ARN (moto had "*").
 - Inline role policies deployed by moto's CloudFormation are kept as dicts, which moto's policy
   evaluation cannot read; they are read as the JSON documents they are.
+- A GET or HEAD of a missing object is 404 only to a caller that may `s3:ListBucket` the bucket;
+  to any other S3 answers 403 AccessDenied, so as not to tell a missing key from a forbidden one
+  (S3 API reference, GetObject and HeadObject, "Permissions"). moto answers 404 to everyone.
 
 Not modelled: conditions in identity policies, resource policies, KMS key policies, permission
 boundaries, SCPs. Every decision is counted; `GET /_rowcall/iam` on the moto endpoint returns the
@@ -107,6 +110,18 @@ def presigned_headers(headers: Any, query: str) -> dict[str, str] | None:
 
 
 _sessions: dict[str, str] = {}
+
+
+class _ObjectRead(threading.local):
+    """Per request (one server thread each): whether the caller reading an object may list its
+    bucket; None when the request is not a role's object read."""
+
+    may_list: bool | None = None
+
+
+_object_read = _ObjectRead()
+_OBJECT_READS = {"GetObject", "GetObjectVersion"}
+_MISSING = {"NoSuchKey", "NoSuchVersion"}
 
 
 def assumed_role_session(access_key: str) -> str | None:
@@ -212,6 +227,40 @@ def _policy_documents_as_json() -> None:
     AssumedRoleAccessKey.collect_policies = collect_policies  # type: ignore[method-assign]
 
 
+def _may_list_bucket(request: Any, bucket_arn: str) -> bool:
+    try:
+        request.check_action_permitted(bucket_arn)
+    except Exception:  # moto's AccessDenied: the role has no s3:ListBucket on the bucket
+        return False
+    return True
+
+
+def _answer_missing_objects_as_s3_does() -> None:
+    """A role without `s3:ListBucket` that reads a missing object gets 403 AccessDenied, not 404."""
+    from moto.s3.exceptions import S3ClientError
+    from moto.s3.responses import S3Response
+
+    from rowcall_local.strict_s3 import error_document
+
+    key_response = S3Response._key_response
+
+    def answered(self: Any, request: Any, full_url: str) -> Any:
+        _object_read.may_list = None
+        try:
+            response = key_response(self, request, full_url)
+            status = response[0] if isinstance(response, tuple) else getattr(response, "status_code", 200)
+        except S3ClientError as error:
+            if error.code not in _MISSING or _object_read.may_list is not False:
+                raise
+            status = 404
+        if status != 404 or _object_read.may_list is not False:
+            return response
+        body = "" if request.method == "HEAD" else error_document("AccessDenied", "Access Denied")
+        return 403, {"content-type": "application/xml"}, body
+
+    S3Response._key_response = answered  # type: ignore[method-assign]
+
+
 def install(admin_access_key: str = ACCESS_KEY_ID) -> Decisions:
     """Turn moto's IAM enforcement on for every request not signed with `admin_access_key`."""
     from moto import settings
@@ -257,8 +306,22 @@ def install(admin_access_key: str = ACCESS_KEY_ID) -> Decisions:
                     raise  # moto's XML AccessDenied is what the query and REST-XML services answer
                 raise _json_access_denied(service, request._access_key.arn, action, target) from None
             decisions.record(session, f"{service}:{operation}", target, allowed=True)
+            if service == "s3" and operation in _OBJECT_READS and "/" in target.split(":::", 1)[-1]:
+                _object_read.may_list = _may_list_bucket(
+                    iam_request_cls(
+                        account_id=self.current_account,
+                        method="GET",
+                        path=path,
+                        data=self.data,
+                        body=self.raw_body,
+                        headers=headers,
+                        action="ListBucket",
+                    ),
+                    target.split("/", 1)[0],
+                )
 
     ActionAuthenticatorMixin._authenticate_and_authorize_action = authorize  # type: ignore[method-assign]
+    _answer_missing_objects_as_s3_does()
 
     call = DomainDispatcherApplication.__call__
 

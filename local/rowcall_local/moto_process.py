@@ -9,7 +9,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from rowcall_local import aws_faults, iam_enforcement, moto_fidelity, profiling, request_meter
-from rowcall_local.child_process import SPAWN, detach_from_terminal_signals, redirect_output, start_child
+from rowcall_local.child_process import (
+    SPAWN,
+    detach_from_terminal_signals,
+    exit_now,
+    redirect_output,
+    start_child,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +42,10 @@ def _serve(
     conn.send(server.get_host_and_port()[1])
     with contextlib.suppress(EOFError):  # EOF: the parent is gone
         conn.recv()
-    server.stop()
     profiling.dump_moto()
+    # No server.stop(): it waits out werkzeug's 0.5 s poll, and the stack is going; the port closes
+    # with the process.
+    exit_now()
 
 
 class MotoProcess:

@@ -35,10 +35,17 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rowcall.flora_signature import EVENT_HEADER, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, signature_header
+from rowcall_local.technique_catalog import DEFAULT_RUN_COST_USD, Catalog, Technique, input_problems
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 2 * 60 * 60
+# FLORA's two readings of an idempotency key (facts.md "FLORA idempotency"): the SDK's, a repeat
+# within two hours is 409 `idempotency_duplicate`; the idempotency page's, a repeat within 24 hours
+# replays the original response and the same key with another body is 422 `idempotency_conflict`.
+IdempotencyMode = Literal["duplicate", "replay"]
+IDEMPOTENCY_MODES: tuple[IdempotencyMode, ...] = ("duplicate", "replay")
+REPLAY_TTL_S = 24 * 60 * 60
 # FLORA retries a delivery up to 3 times with exponential backoff; its real delays are not
 # published, and short ones keep local runs and tests quick.
 CALLBACK_BACKOFF_S = (0.2, 0.5, 1.0)
@@ -52,7 +59,19 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 WEBHOOK_API_VERSION = "2026-06-11"
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
-RUN_COST_USD = 0.04
+RUN_COST_USD = DEFAULT_RUN_COST_USD
+# Charges are summed in whole micro-USD, so the total is exact whatever the count of runs.
+MICRO_USD = 1_000_000
+# What `GET /_stats?technique_id=T` counts of one technique's runs.
+TECHNIQUE_STAT_NAMES = (
+    "creates",
+    "duplicate_creates",
+    "gets",
+    "polls",
+    "technique_gets",
+    "completed",
+    "failed",
+)
 STAT_NAMES = (
     "creates",
     "unique_idempotency_keys",
@@ -65,6 +84,7 @@ STAT_NAMES = (
     "callbacks_failed",
     "deliveries_given_up",
     "last_callback_sent_at_ms",
+    "technique_gets",
 )
 
 RunStatus = Literal["pending", "running", "completed", "failed"]
@@ -81,8 +101,14 @@ class ProviderFaults:
     drop_callback_rate: float = 0.0
     credits: int | None = None
     seed: int | None = None
+    # The technique catalog (--provider-techniques) and the open techniques' price (--provider-run-cost).
+    techniques: tuple[Technique, ...] = ()
+    run_cost_usd: float = DEFAULT_RUN_COST_USD
+    idempotency: IdempotencyMode = "duplicate"
 
     def __post_init__(self) -> None:
+        if self.idempotency not in IDEMPOTENCY_MODES:
+            raise ValueError(f"idempotency must be one of {', '.join(IDEMPOTENCY_MODES)}")
         low, high = self.delay_ms
         if not 0 <= low <= high:
             raise ValueError(f"delay_ms must be 0 <= min <= max, got {self.delay_ms}")
@@ -92,6 +118,8 @@ class ProviderFaults:
                 raise ValueError(f"{name} must be within 0..1")
         if self.credits is not None and self.credits < 0:
             raise ValueError("credits must be >= 0")
+        if not self.run_cost_usd >= 0:
+            raise ValueError("run_cost_usd must be >= 0")
 
 
 NO_FAULTS = ProviderFaults()
@@ -244,8 +272,17 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> _Reply:
-    return _Reply(status, {"error": {"code": code, "message": message}}, headers or {})
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    fields: dict[str, str] | None = None,
+) -> _Reply:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    return _Reply(status, {"error": error}, headers or {})
 
 
 def _describe(exc: ValidationError) -> str:
@@ -437,15 +474,32 @@ class _Provider:
         self._runs: dict[str, _RunRecord] = {}
         self._by_seq: list[_RunRecord] = []
         # Insertion order is creation order, so the oldest keys are always at the front.
-        self._keys: dict[str, tuple[str, float]] = {}
+        # key -> (run id, when, the create's body as parsed, the original reply's body)
+        self._keys: dict[str, tuple[str, float, str, dict[str, Any]]] = {}
         self._credits = faults.credits
         self._in_flight = 0
         self._stats = dict.fromkeys(STAT_NAMES, 0)
+        self._catalog = Catalog(faults.techniques, faults.run_cost_usd)
+        self._charged_micro = 0
+        self._by_technique: dict[str, dict[str, int]] = {}
         self._stopping = threading.Event()
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         with self._lock:
-            return dict(self._stats)
+            return {**self._stats, "charged_cost_usd": self._charged_micro / MICRO_USD}
+
+    def technique_stats(self, technique_id: str) -> dict[str, Any]:
+        """One technique's runs alone (`GET /_stats?technique_id=T`)."""
+        with self._lock:
+            counts = dict(self._by_technique.get(technique_id) or dict.fromkeys(TECHNIQUE_STAT_NAMES, 0))
+        charged = counts.pop("charged_micro", 0)
+        return {"technique_id": technique_id, **counts, "charged_cost_usd": charged / MICRO_USD}
+
+    def _count_locked(self, technique_id: str, name: str, by: int = 1) -> None:
+        counts = self._by_technique.get(technique_id)
+        if counts is None:
+            counts = self._by_technique[technique_id] = dict.fromkeys(TECHNIQUE_STAT_NAMES, 0)
+        counts[name] = counts.get(name, 0) + by
 
     def finished_runs(self) -> list[tuple[str | None, int]]:
         """(callback URL, completed_at in unix ms) of every finished run."""
@@ -464,6 +518,8 @@ class _Provider:
         segments = [unquote(part) for part in parts.path.split("/") if part]
         method = request.method
         match segments:
+            case ["techniques", technique_id]:
+                return _only(method, "GET", lambda: self._technique(technique_id, request.authorization))
             case ["techniques", technique_id, "runs"]:
                 return _only(method, "POST", lambda: self._create(technique_id, request))
             case ["techniques", technique_id, "runs", run_id]:
@@ -471,11 +527,29 @@ class _Provider:
             case ["technique-runs"]:
                 return _only(method, "GET", lambda: self._list(parts.query, request.authorization))
             case ["_stats"]:
-                return _only(method, "GET", lambda: _Reply(200, dict(self.stats())))
+                return _only(method, "GET", lambda: self._stats_reply(parts.query))
             case ["_credits"]:
                 return _only(method, "POST", lambda: self._add_credits(request.body))
             case _:
                 return _error(404, "not_found", f"no route for {parts.path}")
+
+    def _stats_reply(self, query_string: str) -> _Reply:
+        technique_id = (parse_qs(query_string).get("technique_id") or [""])[-1]
+        if technique_id:
+            return _Reply(200, dict(self.technique_stats(technique_id)))
+        return _Reply(200, dict(self.stats()))
+
+    def _technique(self, technique_id: str, authorization: str | None) -> _Reply:
+        """`GET /techniques/{id}`, as the SDK's `techniques.retrieve` types it."""
+        if not self._authorized(authorization):
+            return _error(401, "unauthorized", "missing or invalid bearer token")
+        with self._lock:
+            self._stats["technique_gets"] += 1
+            self._count_locked(technique_id, "technique_gets")
+        technique = self._catalog.find(technique_id)
+        if technique is None:
+            return _error(404, "not_found", f"technique {technique_id} not found")
+        return _Reply(200, technique.wire())
 
     def _authorized(self, authorization: str | None) -> bool:
         scheme, _, token = (authorization or "").partition(" ")
@@ -488,12 +562,19 @@ class _Provider:
             return _error(401, "unauthorized", "missing or invalid bearer token")
         with self._lock:
             self._stats["creates"] += 1
+            self._count_locked(technique_id, "creates")
         if technique_id.startswith("missing-"):
             return _error(404, "not_found", f"technique {technique_id} not found")
         try:
             body = CreateRunRequest.model_validate_json(request.body)
         except ValidationError as exc:
             return _error(422, "validation_error", _describe(exc))
+        declared = self._catalog.declared(technique_id)
+        if declared is not None:
+            problems = input_problems(declared, [(i.id, i.type, i.value) for i in body.inputs])
+            if problems:
+                message = f"the inputs do not fit technique {technique_id}"
+                return _error(400, "input_validation_error", message, fields=problems)
         key = _idempotency_key(body.idempotency_key, request.idempotency_key)
         if isinstance(key, _Reply):
             return key
@@ -501,7 +582,8 @@ class _Provider:
             problem = callback_url_problem(body.callback_url, allow_loopback=self._allow_loopback)
             if problem is not None:
                 return _error(422, "invalid_callback_url", problem)
-        return self._injected_fault() or self._admit(technique_id, body.callback_url, key)
+        fingerprint = body.model_dump_json(exclude={"idempotency_key"})
+        return self._injected_fault() or self._admit(technique_id, body.callback_url, key, fingerprint)
 
     def _injected_fault(self) -> _Reply | None:
         with self._lock:
@@ -512,18 +594,27 @@ class _Provider:
                 return _error(503, "unavailable", "the provider is temporarily unavailable")
         return None
 
-    def _admit(self, technique_id: str, callback_url: str | None, key: str | None) -> _Reply:
+    def _admit(
+        self, technique_id: str, callback_url: str | None, key: str | None, fingerprint: str
+    ) -> _Reply:
         now = time.monotonic()
         with self._lock:
             self._expire_keys_locked(now)
             existing = self._keys.get(key) if key is not None else None
             if existing is not None:
                 self._stats["duplicate_creates"] += 1
-                message = f"idempotency_key already used by run {existing[0]}"
-                return _error(409, "idempotency_duplicate", message)
+                self._count_locked(technique_id, "duplicate_creates")
+                run_id, _, first_fingerprint, first_reply = existing
+                if self._faults.idempotency == "duplicate":
+                    message = f"idempotency_key already used by run {run_id}"
+                    return _error(409, "idempotency_duplicate", message)
+                if fingerprint != first_fingerprint:
+                    message = f"idempotency_key was used by run {run_id} with a different request body"
+                    return _error(422, "idempotency_conflict", message)
+                return _Reply(201, dict(first_reply))
             if self._credits is not None and self._credits <= 0:
                 return _error(402, "insufficient_credits", "the account has no credits left")
-            run = self._record_run_locked(technique_id, callback_url, key, now)
+            run = self._record_run_locked(technique_id, callback_url, key, now, fingerprint)
             delay_s = self._rng.randint(*self._faults.delay_ms) / 1000
         # The emulator picks a run up at once; it then runs for delay_s.
         self._scheduler.call_later(0, partial(self._start, run.run_id), inline=True)
@@ -531,7 +622,8 @@ class _Provider:
         return _Reply(201, run.wire())
 
     def _expire_keys_locked(self, now: float) -> None:
-        cutoff = now - IDEMPOTENCY_TTL_S
+        ttl = REPLAY_TTL_S if self._faults.idempotency == "replay" else IDEMPOTENCY_TTL_S
+        cutoff = now - ttl
         while self._keys:
             oldest = next(iter(self._keys))
             if self._keys[oldest][1] > cutoff:
@@ -539,7 +631,7 @@ class _Provider:
             del self._keys[oldest]
 
     def _record_run_locked(
-        self, technique_id: str, callback_url: str | None, key: str | None, now: float
+        self, technique_id: str, callback_url: str | None, key: str | None, now: float, fingerprint: str
     ) -> RunObject:
         run_id = f"run_{self._rng.getrandbits(80):020x}"
         run = RunObject(
@@ -553,7 +645,7 @@ class _Provider:
         self._runs[run_id] = record
         self._by_seq.append(record)
         if key is not None:
-            self._keys[key] = (run_id, now)
+            self._keys[key] = (run_id, now, fingerprint, run.wire())
             self._stats["unique_idempotency_keys"] += 1
         if self._credits is not None:
             self._credits -= 1
@@ -572,8 +664,12 @@ class _Provider:
     def _finish(self, run_id: str) -> None:
         with self._lock:
             record = self._runs[run_id]
-            record.run = self._finished_locked(record.run)
+            record.run = self._finished_locked(record.run, record.technique_id)
             self._in_flight -= 1
+            self._count_locked(record.technique_id, record.run.status)
+            charged = round((record.run.charged_cost or 0.0) * MICRO_USD)
+            self._charged_micro += charged
+            self._count_locked(record.technique_id, "charged_micro", charged)
             url = record.callback_url
             copies = self._callback_copies_locked() if url is not None else 0
             event = self._event_locked(record.run) if copies else None
@@ -584,7 +680,7 @@ class _Provider:
         for copy in range(copies):
             self._scheduler.call_later(copy * DUPLICATE_CALLBACK_GAP_S, partial(self._deliver, delivery, 0))
 
-    def _finished_locked(self, run: RunObject) -> RunObject:
+    def _finished_locked(self, run: RunObject, technique_id: str) -> RunObject:
         now = _now_ms()
         times = {"started_at": run.started_at or now, "completed_at": now}
         if self._rng.random() < self._faults.fail_rate:
@@ -596,7 +692,9 @@ class _Provider:
             type="imageUrl",
             url=f"https://cdn.provider.invalid/runs/{run.run_id}/output_0.png",
         )
-        success = {"status": "completed", "progress": 100, "outputs": [output], "charged_cost": RUN_COST_USD}
+        technique = self._catalog.find(technique_id)
+        run_cost = technique.run_cost if technique is not None else self._catalog.run_cost_usd
+        success = {"status": "completed", "progress": 100, "outputs": [output], "charged_cost": run_cost}
         return run.model_copy(update={**times, **success})
 
     def _event_locked(self, run: RunObject) -> WebhookEvent:
@@ -656,10 +754,12 @@ class _Provider:
             return _error(401, "unauthorized", "missing or invalid bearer token")
         with self._lock:
             self._stats["gets"] += 1
+            self._count_locked(technique_id, "gets")
             record = self._runs.get(run_id)
             run = record.run if record is not None and record.technique_id == technique_id else None
             if run is not None and not run.terminal:
                 self._stats["polls"] += 1
+                self._count_locked(technique_id, "polls")
         if run is None:
             return _error(404, "not_found", f"run {run_id} not found")
         return _Reply(200, run.wire())
@@ -938,8 +1038,11 @@ class ProviderEmulator:
     def workspace_id(self) -> str:
         return self._provider.workspace_id
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         return self._provider.stats()
+
+    def technique_stats(self, technique_id: str) -> dict[str, Any]:
+        return self._provider.technique_stats(technique_id)
 
     def finished_runs(self) -> list[tuple[str | None, int]]:
         """(callback URL, completed_at in unix ms) of every finished run: when each run ended."""

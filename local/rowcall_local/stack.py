@@ -32,6 +32,7 @@ from rowcall_local.sam_template import SamTemplate
 from rowcall_local.schedule_source import ScheduleSource
 from rowcall_local.sqs_event_source import SqsEventSource, take_over_from_moto
 from rowcall_local.template_wiring import FunctionWiring, StackWiring, read_wiring
+from rowcall_local.xray_daemon import XRAY_SEGMENTS_FILE, XRayDaemon
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class StackOptions:
     enforce_iam: bool = False
     """Run each function with credentials assumed from its own role, and have the embedded AWS
     authorize them against it (iam_enforcement.py): a missing grant is AccessDenied, as on AWS."""
+    xray_sample_rate: float | None = None
+    """Test-only: the fraction of invocations X-Ray samples; None is Lambda's default rule."""
 
 
 def _whole(seconds: float | None) -> int | None:
@@ -224,6 +227,7 @@ class LocalStack:
         self._schedules: list[ScheduleSource] = []
         self._s3_sources: list[S3EventSource] = []
         self._lock: IO[str] | None = None
+        self._xray: XRayDaemon | None = None
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -274,6 +278,9 @@ class LocalStack:
             cfn = sam.translate(code_bucket, opts.region)
             self.aws = AwsEndpoint(moto_url.result(), opts.region)
         self._http = HttpApiServer()
+        # Tracing on, as `Tracing: Active` has it on AWS: segments go to the daemon stand-in.
+        self._xray = XRayDaemon(self.logs_dir / XRAY_SEGMENTS_FILE)
+        self._xray.start()
         if opts.provider_faults is not None:
             # The callbacks go to this stack's HTTP API on 127.0.0.1, which FLORA itself would refuse.
             self.provider = ProviderEmulator(
@@ -337,7 +344,9 @@ class LocalStack:
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
             "LAMBDA_TASK_ROOT": str(function.code_dir),
             "_HANDLER": function.handler,
-            "POWERTOOLS_TRACE_DISABLED": "true",
+            # What Lambda sets for a function with active tracing (the trace header itself is set
+            # per invocation, function_runtime.serve).
+            **self._tracing_environment(),
             **self.aws.environment(),
             # Its own credentials, so the embedded AWS knows the function's requests from the runtime's.
             **credentials,
@@ -354,7 +363,13 @@ class LocalStack:
             memory_mb=function.memory_mb,
             timeout_s=function.timeout_s,
             log_path=str(self.logs_dir / f"{function.logical_id}.log"),
+            xray_sample_rate=self.options.xray_sample_rate,
         )
+
+    def _tracing_environment(self) -> dict[str, str]:
+        if self._xray is None:
+            return {"POWERTOOLS_TRACE_DISABLED": "true"}
+        return {"AWS_XRAY_DAEMON_ADDRESS": self._xray.address, "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR"}
 
     def _start_event_sources(self, wiring: StackWiring, runtime: FunctionRuntime) -> None:
         assert self._http is not None
@@ -466,6 +481,9 @@ class LocalStack:
         if self.provider is not None:
             self.provider.stop()
             self.provider = None
+        if self._xray is not None:
+            self._xray.stop()
+            self._xray = None
         if self._moto is not None:
             self._moto.stop()
             self._moto = None

@@ -89,7 +89,7 @@ def running_stack(state: Path, *flags: str) -> Iterator[LocalStack]:
         start_new_session=True,
     )
     stack_json = state / "stack.json"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300  # the instances may take 150 s to import on a loaded machine
     while not stack_json.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()

@@ -100,3 +100,43 @@ def test_a_faulty_batch_runs_with_each_function_on_its_own_role(enforced: LocalS
         assert not FUNCTION_ERROR.search(up), up[-3000:]
     finally:
         hook.close()
+
+
+def test_an_upload_deleted_before_its_ingest_is_gone_not_a_failure(enforced: LocalStack) -> None:
+    """S3 answers a read of a deleted version 403 to the ingest role (it has no s3:ListBucket), not
+    404; a late or repeated S3 event for it is dropped as gone, not retried into the failure queue."""
+    import json
+    import time
+    from urllib.parse import quote_plus
+
+    bucket = enforced.info["bucket"]
+    key = "uploads/deleted soon.csv"
+    put = enforced.s3.put_object(Bucket=bucket, Key=key, Body=b"id,prompt\nD1,a cat\n")
+    enforced.wait_terminal(enforced.batch_for(key)["batch_id"], timeout_s=120)
+    enforced.s3.delete_object(Bucket=bucket, Key=key, VersionId=put["VersionId"])
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": enforced.info["region"],
+        "eventTime": "2030-01-01T00:00:00.000Z",
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "IngestFunction-Upload",
+            "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+            "object": {"key": quote_plus(key), "size": 19, "versionId": put["VersionId"], "sequencer": "0A1"},
+        },
+    }
+    sqs = enforced.sqs
+    (events,) = [u for u in sqs.list_queues()["QueueUrls"] if u.endswith("-IngestFunction-Upload-s3")]
+    sqs.send_message(QueueUrl=events, MessageBody=json.dumps({"Records": [record]}))
+    log = enforced.state_dir / "logs" / "IngestFunction.log"
+    deadline = time.monotonic() + 60
+    while "uploaded object is gone" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.2)
+    text = log.read_text(errors="replace")
+    gone = next(line for line in text.splitlines() if "uploaded object is gone" in line)
+    assert json.loads(gone)["code"] == "403" and "Traceback" not in text, text[-3000:]
+    (failures,) = [u for u in sqs.list_queues()["QueueUrls"] if "IngestFailureQueue" in u]
+    assert sqs.receive_message(QueueUrl=failures, WaitTimeSeconds=0).get("Messages") is None

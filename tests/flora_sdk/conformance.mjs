@@ -1,6 +1,6 @@
 // FLORA's own TypeScript SDK (@flora-ai/flora) against the provider emulator.
 //
-//   node conformance.mjs <api|webhooks|vectors> <config.json>
+//   node conformance.mjs <api|webhooks|vectors|techniques> <config.json>
 //
 // Prints one JSON object on stdout; `problems` lists every disagreement (empty = conforms).
 // Each object the SDK returns is checked against the interfaces the installed SDK itself
@@ -58,6 +58,7 @@ function readDeclarations(file) {
 
 const declarations = new Map([
   ...readDeclarations('resources/techniques/runs.d.ts'),
+  ...readDeclarations('resources/techniques/techniques.d.ts'),
   ...readDeclarations('lib/webhooks.d.ts'),
 ]);
 
@@ -292,7 +293,38 @@ async function vectors() {
   return { verdicts };
 }
 
-const modes = { api, webhooks, vectors };
+/** techniques.retrieve of catalog and open techniques, a 404, and FLORA's input validation. */
+async function techniques() {
+  const client = new sdk.FLORA({ apiKey: config.api_key, baseURL: config.base_url, maxRetries: 0 });
+  const retrieved = {};
+  for (const id of config.technique_ids) {
+    const technique = await client.techniques.retrieve(id);
+    expectType('TechniqueRetrieveResponse', technique, `retrieve(${id})`);
+    if (technique.technique_id !== id) problem(`retrieve(${id}): technique_id ${technique.technique_id}`);
+    retrieved[id] = technique;
+  }
+  await expectApiError(
+    client.techniques.retrieve(config.missing_id),
+    sdk.NotFoundError,
+    404,
+    'not_found',
+    `retrieve(${config.missing_id})`,
+  );
+  // A run whose inputs do not fit a catalog technique is refused before it exists.
+  try {
+    await client.techniques.runs.create(config.validated_id, { inputs: config.bad_inputs, mode: 'async' });
+    problem('create with inputs that do not fit: succeeded');
+  } catch (error) {
+    const body = error.error?.error;
+    if (!(error instanceof sdk.BadRequestError) || body?.code !== 'input_validation_error' || !body?.fields) {
+      problem(`create with inputs that do not fit: expected 400 input_validation_error with fields, got ${error}`);
+    }
+    retrieved.validation_fields = body?.fields ?? null;
+  }
+  return { retrieved };
+}
+
+const modes = { api, webhooks, vectors, techniques };
 if (!modes[mode]) {
   console.error(`usage: node conformance.mjs <${Object.keys(modes).join('|')}> <config.json>`);
   process.exit(2);

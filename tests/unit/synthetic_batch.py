@@ -55,7 +55,7 @@ def _s(value: str) -> dict[str, str]:
     return {"S": value}
 
 
-def _row_item(batch_id: str, chunk: int, record: int, shape: Shape) -> dict[str, Any]:
+def row_item(batch_id: str, chunk: int, record: int, shape: Shape) -> dict[str, Any]:
     """A row item as `RowLedger.finish` stores it, in DynamoDB's wire shape (built by hand: boto3's
     TypeSerializer would cost more than everything measured)."""
     run_id = f"run_{record:012d}"
@@ -126,7 +126,7 @@ class RowPages:
         for record in self._records(chunk):
             if record % self.shape.pending_every == 0 or row_sk(record) <= after:
                 continue
-            stored = _row_item(self.batch_id, chunk, record, self.shape)
+            stored = row_item(self.batch_id, chunk, record, self.shape)
             page.append(_project(stored, kwargs))
             size += self._size(stored)  # a page is cut at 1 MB of items read, before projection
             if size >= QUERY_PAGE_BYTES:

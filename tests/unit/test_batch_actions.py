@@ -376,9 +376,9 @@ def test_a_batch_canceled_while_its_file_is_validated_starts_nothing_and_notifie
 ) -> None:
     scan = Ingestor._scan
 
-    def cancel_during_the_scan(self: Ingestor, batch: BatchState) -> Any:
+    def cancel_during_the_scan(self: Ingestor, batch: BatchState, *rest: Any) -> Any:
         assert actions(aws).cancel(batch.batch_id).status is BatchStatus.CANCELED
-        return scan(self, batch)
+        return scan(self, batch, *rest)
 
     monkeypatch.setattr(Ingestor, "_scan", cancel_during_the_scan)
     batch_id = ingest(aws, ROWS)

@@ -104,17 +104,20 @@ def test_alternatives_per_million_rows_by_hand() -> None:
     basis = RowBasis(
         create_run=FunctionUse(invocations=1, billed_ms=100, memory_mb=512),
         relay=FunctionUse(invocations=1, billed_ms=20, memory_mb=512),
+        fetch_outputs=FunctionUse(invocations=1, billed_ms=40, memory_mb=512),
+        rows_per_batch=1000,
     )
     # create: $0.20/M + 0.05 GB-s x $0.0000133334 = $0.00000086667;
-    # relay: $0.20/M + 0.01 GB-s = $0.00000033333
+    # relay: $0.20/M + 0.01 GB-s = $0.00000033333; fetch: $0.20/M + 0.02 GB-s = $0.00000046667
     sfn = cost_model.per_million(cost_model.step_functions_per_row(basis))
-    # 2 transitions x $0.025/1k = $50/M; + create 0.86667 + API 1.00 + relay 0.33333 + 1 WRU 0.625
-    assert sfn["state_transitions"] == pytest.approx(50.0)
-    assert sfn["total"] == pytest.approx(50 + 0.86667 + 1.0 + 0.33333 + 0.625, rel=1e-5)
+    # 1 child started + CreateRunAndWait + FetchOutputs = 3 per row, and the parent's Rows,
+    # WriteResultsCsv, NotifyDone once per 1,000-row batch: 3.003 x $0.025/1k = $75.075/M
+    assert sfn["state_transitions"] == pytest.approx(75.075)
+    assert sfn["total"] == pytest.approx(75.075 + 0.86667 + 1.0 + 0.33333 + 0.46667, rel=1e-5)
 
     durable = cost_model.per_million(cost_model.durable_per_row(basis))
-    # 4 operations x $8/M = $32; 2 invocations like the create one: 1.73334
-    assert durable["total"] == pytest.approx(32 + 1.73334 + 1.0 + 0.33333 + 0.625, rel=1e-5)
+    # 5 operations x $8/M = $40; the first invocation like the create one, the replay like the fetch
+    assert durable["total"] == pytest.approx(40 + 0.86667 + 0.46667 + 1.0 + 0.33333 + 0.625, rel=1e-5)
 
     polling = cost_model.PollingWorker(run_s=30, invocation_s=30, runs_per_worker=4, memory_mb=128)
     items = cost_model.per_million(polling.per_row(basis))
@@ -149,3 +152,93 @@ def test_the_e2e_piece_keeps_its_own_keys_and_renames_the_rest(monkeypatch: pyte
         "aws_ops_per_row": 7.5,
         "e2e_on_done_latency_ms_p95": 300.0,
     }
+
+
+def test_the_step_functions_peer_is_well_formed_asl_with_the_states_the_count_assumes() -> None:
+    machine = json.loads(cost_model.SFN_ASL.read_text(encoding="utf-8"))
+    rows = machine["States"]["Rows"]
+    assert rows["Type"] == "Map"
+    assert rows["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    assert rows["ItemReader"]["ReaderConfig"]["InputType"] == "CSV"
+    assert rows["ResultWriter"]["Resource"] == "arn:aws:states:::s3:putObject"
+    child = rows["ItemProcessor"]["States"]
+    assert child["CreateRunAndWait"]["Resource"].endswith(".waitForTaskToken")
+    assert "$$.Task.Token" in json.dumps(child["CreateRunAndWait"]["Parameters"])
+    # Every Next and every Catch names a state of its own block; every block has a way to end.
+    for block in (machine["States"], child):
+        for name, state in block.items():
+            targets = [state.get("Next"), state.get("Default")]
+            targets += [c["Next"] for c in state.get("Catch", []) + state.get("Choices", [])]
+            assert all(t in block for t in targets if t is not None), name
+        assert any(s.get("End") or s["Type"] in ("Succeed", "Fail") for s in block.values())
+    counted = cost_model.sfn_transitions(machine)
+    assert counted.child_per_row == ["CreateRunAndWait", "FetchOutputs"]
+    assert counted.parent_per_batch == ["Rows", "WriteResultsCsv", "NotifyDone"]
+    assert counted.per_row(rows_per_batch=3) == 1 + 2 + 1
+
+
+def test_the_transition_count_follows_the_machine() -> None:
+    """A state added on the path every row takes is a transition more per row."""
+    machine = json.loads(cost_model.SFN_ASL.read_text(encoding="utf-8"))
+    child = machine["States"]["Rows"]["ItemProcessor"]["States"]
+    child["CreateRunAndWait"]["Next"] = "Check"
+    child["Check"] = {"Type": "Pass", "Next": "FetchOutputs"}
+    assert cost_model.sfn_transitions(machine).per_row(rows_per_batch=3) == 1 + 3 + 1
+    child["FetchOutputs"]["Next"] = "Check"
+    del child["FetchOutputs"]["End"]
+    with pytest.raises(ValueError, match="loops"):
+        cost_model.sfn_transitions(machine)
+
+
+def test_the_ceiling_is_moto_rate_over_requests_per_row() -> None:
+    got = run_all.ceiling({"e2e_moto_ops_per_cpu_s": 141.0, "aws_ops_per_row": 2.82, "e2e_rows_per_s": 40.0})
+    assert got["e2e_ceiling_rows_per_s"] == pytest.approx(50.0)
+    assert got["e2e_share_of_ceiling"] == pytest.approx(0.8)
+    assert run_all.ceiling({"aws_ops_per_row": 2.0}) == {}
+
+
+def test_on_done_hops_follow_the_chain_and_add_up_to_the_latency() -> None:
+    from bench import on_done_hops
+    from rowcall_local.function_pool import InvocationSpan
+
+    cb = 100.0
+    spans = [
+        InvocationSpan("WebhookFunction", 99.0, 99.1),  # an earlier callback's: not this hop
+        InvocationSpan("WebhookFunction", 100.010, 100.040),
+        InvocationSpan("WebhookFunction", 100.050, 100.060),  # a duplicate delivery after it
+        InvocationSpan("RecorderFunction", 100.032, 100.200, (100.030,)),  # started before the send's end
+        InvocationSpan("RecorderFunction", 100.210, 100.300, (100.055,)),
+        InvocationSpan("NotifierFunction", 100.320, 100.600, (100.290,)),
+    ]
+    got = on_done_hops.hops(spans, cb, received_at=100.500)
+    assert got is not None
+    # callback -> webhook 10; webhook until the last FIFO send the recorder got 45; queue 155;
+    # recorder until the done message 80; done queue 30; notifier until the POST arrived 180
+    assert [round(1000 * got[h]) for h in on_done_hops.HOPS] == [10, 45, 155, 80, 30, 180]
+    assert sum(got.values()) == pytest.approx(0.5)
+    assert on_done_hops.hops(spans[:3], cb, 100.5) is None  # no notifier: nothing guessed
+    summary = on_done_hops.summarize([got, got])
+    assert summary["on_done_hop_ms.recorder.p95"] == pytest.approx(80)
+
+
+def test_requests_are_counted_by_the_function_that_signed_them() -> None:
+    from bench import cost
+
+    def line(key: str, service: str, **more: object) -> str:
+        auth = f"AWS4-HMAC-SHA256 Credential={key}/20261203/us-east-1/{service}/aws4_request, SignedHeaders=x"
+        return json.dumps({"headers": {"Authorization": auth, **more.pop("headers", {})}, **more})  # type: ignore[dict-item]
+
+    recording = "\n".join(
+        [
+            line("fn-WebhookFunction", "sqs", headers={"X-Amz-Target": "AmazonSQS.SendMessage"}, body=""),
+            line("fn-RecorderFunction", "dynamodb", headers={"X-Amz-Target": "DynamoDB_20120810.UpdateItem"}),
+            line("fn-RecorderFunction", "dynamodb", headers={"X-Amz-Target": "DynamoDB_20120810.UpdateItem"}),
+            line("testing", "sqs", headers={"X-Amz-Target": "AmazonSQS.ReceiveMessage"}, body=""),
+            json.dumps({"headers": {}}),  # unsigned: moto's own control endpoint, not counted
+        ]
+    )
+    counted = cost.count_requests(recording)
+    assert counted.by_caller == {"WebhookFunction": 1, "RecorderFunction": 2, "runtime": 1}
+    assert counted.by_caller_action["RecorderFunction dynamodb UpdateItem"] == 2
+    assert counted.by_caller_action["WebhookFunction sqs SendMessage"] == 1
+    assert counted.runtime_receives == 1

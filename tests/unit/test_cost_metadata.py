@@ -69,6 +69,7 @@ def test_given_keys_win_over_the_defaults() -> None:
         ({"max_cost_usd": "nan"}, "max-cost-usd", "not a finite number"),
         ({"max_cost_usd": "inf"}, "max-cost-usd", "not a finite number"),
         ({"max_failed_percent": "200"}, "max-failed-percent", "over 100"),
+        ({"max_cost_usd": "1e12"}, "max-cost-usd", "over 1,000,000,000"),
         ({"max_failed_percent": "-5"}, "max-failed-percent", "negative"),
         ({"provider": "openai"}, "provider", "not one of"),
     ],

@@ -80,8 +80,37 @@ def test_the_dev_lock_is_compiled_from_pyproject_as_it_is() -> None:
         )
 
 
+def test_the_runtime_lock_is_the_local_and_client_extras_at_the_dev_locks_versions() -> None:
+    """`make demo` installs requirements/runtime.lock alone; `make test` adds the dev lock on top, so
+    the two must agree on every version (or the dev install would swap packages under the demo)."""
+    runtime = read_lock(PROJECT_ROOT / "requirements" / "runtime.lock")
+    dev = read_lock(PROJECT_ROOT / "requirements" / "dev.lock")
+    groups = project()
+    wanted = [r for group in ("", "local", "client") for r in groups[group]]
+    assert _direct(runtime) == {canonicalize_name(r.name) for r in wanted}, "run `make lock`"
+    for requirement in wanted:
+        pinned = runtime[canonicalize_name(requirement.name)].version
+        assert requirement.specifier.contains(pinned), f"{requirement}: runtime {pinned}; run `make lock`"
+    for name, pin in runtime.items():
+        assert name in dev, f"{name} is in the runtime lock but not in the dev lock"
+        assert pin.version == dev[name].version, f"{name}: runtime {pin.version}, dev {dev[name].version}"
+    # The weight the demo used to install (issue 18: 95 s of pip). cfn-lint stays: moto[server] needs it.
+    assert {"pytest", "mypy", "playwright", "schemathesis"} & set(runtime) == set()
+
+
+def test_uv_is_installed_from_a_hashed_pin() -> None:
+    (pin,) = read_lock(PROJECT_ROOT / "requirements" / "uv.lock").items()
+    assert pin[0] == "uv" and f"uv=={pin[1].version}" in (PROJECT_ROOT / "requirements" / "uv.in").read_text()
+
+
 def test_every_pin_has_hashes() -> None:
-    for lock in ("requirements/dev.lock", "requirements/checkov.lock", "layers/rowcall/requirements.txt"):
+    for lock in (
+        "requirements/dev.lock",
+        "requirements/runtime.lock",
+        "requirements/checkov.lock",
+        "requirements/uv.lock",
+        "layers/rowcall/requirements.txt",
+    ):
         pins = read_lock(PROJECT_ROOT / lock)
         assert pins, lock
         assert all(pin.hashes for pin in pins.values()), f"{lock}: a pin without hashes"

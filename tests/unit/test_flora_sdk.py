@@ -27,6 +27,7 @@ from rowcall_local.provider_emulator import (
     WebhookEvent,
     WebhookRunData,
 )
+from rowcall_local.technique_catalog import Technique, TechniqueField
 
 from .callback_receiver import CallbackReceiver
 
@@ -207,3 +208,54 @@ def test_signed_vectors_are_judged_alike_by_the_sdk_and_by_rowcall(flora_sdk: Pa
     assert sdk["problems"] == []
     assert sdk["verdicts"] == expected
     assert ours == expected
+
+
+CATALOG = (
+    Technique(
+        technique_id="portrait",
+        name="Portrait",
+        description="A portrait from a photo",
+        inputs=[
+            TechniqueField(id="prompt", name="Prompt", type="text"),
+            TechniqueField(id="photo", name="Photo", type="imageUrl", description="the subject"),
+            TechniqueField(id="style", name="Style", type="text", optional=True),
+        ],
+        outputs=[TechniqueField(id="output_0", name="Image", type="imageUrl")],
+        run_cost=0.25,
+    ),
+)
+
+
+def test_the_sdk_retrieves_the_emulators_techniques_as_it_types_them(flora_sdk: Path, tmp_path: Path) -> None:
+    faults = ProviderFaults(techniques=CATALOG, run_cost_usd=0.07)
+    with ProviderEmulator(API_KEY, faults, webhook_secret=SECRET, allow_loopback_callbacks=True) as emulator:
+        answer = run_node(
+            flora_sdk,
+            tmp_path,
+            "techniques",
+            {
+                "base_url": emulator.url,
+                "api_key": API_KEY,
+                "technique_ids": ["portrait", "any-open-technique"],
+                "missing_id": "missing-portrait",
+                "validated_id": "portrait",
+                "bad_inputs": [
+                    {"id": "prompt", "type": "imageUrl", "value": "https://x.example/a.png"},
+                    {"id": "mood", "type": "text", "value": "calm"},
+                ],
+            },
+        )
+        stats = emulator.stats()
+    assert answer["problems"] == []
+    retrieved = answer["retrieved"]
+    assert retrieved["portrait"] == CATALOG[0].wire()
+    assert (
+        retrieved["any-open-technique"]["inputs"] == []
+        and retrieved["any-open-technique"]["run_cost"] == 0.07
+    )
+    assert retrieved["validation_fields"] == {
+        "prompt": "must be of type text, not imageUrl",
+        "mood": "not an input of technique portrait",
+        "photo": "is required",
+    }
+    assert (stats["technique_gets"], stats["creates"]) == (3, 1)

@@ -17,6 +17,7 @@ import pytest
 
 from rowcall.compose import secret
 from rowcall.flora_signature import signature_header
+from rowcall_local.provider_emulator import ProviderEmulator
 
 from .conftest import Aws
 
@@ -251,7 +252,11 @@ def test_post_uploads_grants_a_put_in_the_stacks_bucket(webhook: ModuleType, aws
     assert status == 200
     assert body["key"].startswith("uploads/") and body["key"].endswith("/a.csv")
     assert aws.bucket in body["upload_url"] and body["key"] in body["upload_url"]
-    assert body["headers"]["x-amz-meta-key-column"] == "id"
+    # Only what a browser sends is signed; the metadata is kept on rowcall's side for ingest.
+    assert body["headers"] == {"Content-Type": "text/csv", "Content-Length": "10"}
+    assert "x-amz-meta" not in body["upload_url"]
+    granted = aws.ledger.upload_intents.recall(body["key"], now_epoch=time.time())
+    assert granted == {"key-column": "id", "batch-name": "a.csv"}
 
 
 @pytest.mark.parametrize(
@@ -275,7 +280,13 @@ def test_post_uploads_refuses_in_the_contract_shape(
     assert error["error"]["code"] == code
 
 
-def test_ingest_decodes_the_event_key_and_skips_folder_markers(environment: None, aws: Aws) -> None:
+def test_ingest_decodes_the_event_key_and_skips_folder_markers(
+    environment: None, aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pre-flight asks the provider for the technique: the emulator answers, with the key in SSM.
+    emulator = ProviderEmulator("key", webhook_secret="whsec_aGFuZGxlcnM=")
+    emulator.start()
+    monkeypatch.setenv("PROVIDER_URL", emulator.url)
     s3_event = event("ingest-s3-put.json")
     record = s3_event["Records"][0]
     put = aws.s3.put_object(
@@ -286,10 +297,14 @@ def test_ingest_decodes_the_event_key_and_skips_folder_markers(environment: None
     folder = json.loads(json.dumps(record))
     folder["s3"]["object"]["key"] = "uploads/new+folder/"
     s3_event["Records"].append(folder)
-    result = load_handler("ingest").lambda_handler(s3_event, Context())
+    try:
+        result = load_handler("ingest").lambda_handler(s3_event, Context())
+    finally:
+        emulator.stop()
     (batch_id,) = result["batch_ids"]
     batch = aws.ledger.batches.get(batch_id)
     assert batch is not None and batch.source.key == "uploads/spring catalog.csv" and batch.total_count == 1
+    assert emulator.stats()["technique_gets"] == 1 and batch.run_cost_usd == 0.04
 
 
 def test_a_malformed_chunk_message_fails_alone(environment: None, aws: Aws) -> None:

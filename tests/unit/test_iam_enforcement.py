@@ -73,6 +73,9 @@ def world(aws: AwsEndpoint) -> dict[str, Any]:
         (["sns:Publish"], made["own_topic"]),
         (["ssm:GetParameter"], "arn:aws:ssm:us-east-1:123456789012:parameter/rowcall/own"),
         (["s3:PutObject"], "arn:aws:s3:::own-presign-bucket/uploads/*"),
+        (["s3:GetObject", "s3:GetObjectVersion"], "arn:aws:s3:::own-presign-bucket/uploads/*"),
+        (["s3:GetObject"], "arn:aws:s3:::listable-bucket/*"),
+        (["s3:ListBucket"], "arn:aws:s3:::listable-bucket"),
     ]
     role = iam.create_role(RoleName="fn-role", AssumeRolePolicyDocument=json.dumps(TRUST))["Role"]
     policy = {
@@ -174,6 +177,39 @@ def test_a_presigned_put_is_authorized_as_the_role_that_signed_it(
     assert (refused.status_code, "<Code>AccessDenied</Code>" in refused.text) == (403, True)
     listed = admin(aws, "s3").list_objects_v2(Bucket="own-presign-bucket")["Contents"]
     assert [o["Key"] for o in listed] == ["uploads/a.csv"]
+
+
+def test_a_missing_object_is_403_to_a_role_that_may_not_list_the_bucket(
+    aws: AwsEndpoint, world: dict[str, Any]
+) -> None:
+    """S3 tells a missing key from a forbidden one only to a caller with s3:ListBucket on the
+    bucket; to any other a missing object is 403 AccessDenied (GetObject and HeadObject)."""
+    s3_admin = admin(aws, "s3")
+    for bucket in ("own-presign-bucket", "listable-bucket"):
+        s3_admin.create_bucket(Bucket=bucket)
+        s3_admin.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    put = s3_admin.put_object(Bucket="own-presign-bucket", Key="uploads/there.csv", Body=b"a\n")
+    s3 = as_role(aws, world, "s3")
+
+    def status(call: Any) -> tuple[int, str]:
+        try:
+            call()
+        except ClientError as e:
+            return e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]
+        return 200, ""
+
+    own = "own-presign-bucket"
+    assert status(lambda: s3.get_object(Bucket=own, Key="uploads/there.csv"))[0] == 200
+    version = put["VersionId"]
+    assert status(lambda: s3.head_object(Bucket=own, Key="uploads/there.csv", VersionId=version))[0] == 200
+    assert status(lambda: s3.get_object(Bucket=own, Key="uploads/gone.csv")) == (403, "AccessDenied")
+    assert status(lambda: s3.head_object(Bucket=own, Key="uploads/gone.csv")) == (403, "403")
+    s3_admin.delete_object(Bucket=own, Key="uploads/there.csv", VersionId=version)
+    assert status(lambda: s3.head_object(Bucket=own, Key="uploads/there.csv", VersionId=version))[0] == 403
+    # With s3:ListBucket on the bucket, and to the account's administrator, it stays 404.
+    assert status(lambda: s3.get_object(Bucket="listable-bucket", Key="gone.csv")) == (404, "NoSuchKey")
+    assert status(lambda: s3.head_object(Bucket="listable-bucket", Key="gone.csv")) == (404, "404")
+    assert status(lambda: s3_admin.get_object(Bucket=own, Key="uploads/gone.csv")) == (404, "NoSuchKey")
 
 
 def test_the_runtimes_own_key_is_not_checked_and_decisions_are_counted(

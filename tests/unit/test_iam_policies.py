@@ -25,7 +25,16 @@ STAR_RESOURCE_ACTIONS = {
 # What Lambda's SQS event source mapping polls with, from the function's role (the Lambda developer
 # guide's list; SAM's AWSLambdaSQSQueueExecutionRole grants the same on every queue).
 SQS_POLLING = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
-BUCKET = "${BucketPrefix}-data-${AWS::AccountId}-${AWS::Region}"
+BUCKET = "${BucketPrefix}-${AWS::AccountId}-${AWS::Region}-${Deployment}"
+# The stack id's first 8 hex digits: new for every stack created (a redeploy after a delete).
+DEPLOYMENT = {
+    "Deployment": {
+        "Fn::Select": [
+            0,
+            {"Fn::Split": ["-", {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}]},
+        ]
+    }
+}
 BUCKET_PREFIXES = ("uploads/*", "results/*")
 SSM_PARAMETER = re.compile(
     r"^arn:\$\{AWS::Partition\}:ssm:\$\{AWS::Region\}:\$\{AWS::AccountId\}:parameter\$\{(\w+)\}$"
@@ -90,10 +99,15 @@ def _owned_resource_problem(cfn: Json, sam: SamTemplate, resource: Any) -> str |
             return None
     if isinstance(resource, dict) and resources.get(resource.get("Ref"), {}).get("Type") == "AWS::SNS::Topic":
         return None
+    if isinstance(resource, dict) and isinstance(resource.get("Fn::Sub"), list):
+        text, variables = resource["Fn::Sub"]
+        in_bucket = any(
+            text == f"arn:${{AWS::Partition}}:s3:::{BUCKET}/{prefix}" for prefix in BUCKET_PREFIXES
+        )
+        if in_bucket and variables == DEPLOYMENT:
+            return None
     if isinstance(resource, dict) and isinstance(resource.get("Fn::Sub"), str):
         text = resource["Fn::Sub"]
-        if any(text == f"arn:${{AWS::Partition}}:s3:::{BUCKET}/{prefix}" for prefix in BUCKET_PREFIXES):
-            return None
         index = re.fullmatch(r"\$\{(\w+)\.Arn\}/index/(\w+)", text)
         if index and resources.get(index.group(1), {}).get("Type") == "AWS::DynamoDB::Table":
             indexes = resources[index.group(1)]["Properties"].get("GlobalSecondaryIndexes") or []
@@ -152,7 +166,7 @@ def test_every_resource_is_one_of_the_stacks_own(cfn: Json, sam: SamTemplate) ->
 
 def test_the_bucket_the_roles_name_is_the_stacks_bucket(cfn: Json) -> None:
     (bucket,) = _of_type(cfn, "AWS::S3::Bucket").values()
-    assert bucket["Properties"]["BucketName"] == {"Fn::Sub": BUCKET}
+    assert bucket["Properties"]["BucketName"] == {"Fn::Sub": [BUCKET, DEPLOYMENT]}
 
 
 def test_event_sources_and_destinations_are_granted_on_their_own_queue_only(cfn: Json) -> None:

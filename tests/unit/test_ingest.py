@@ -179,3 +179,29 @@ def test_an_on_done_lost_by_a_dying_ingest_is_sent_by_its_retry(aws: Aws) -> Non
     assert [DoneMessage.model_validate_json(b).batch_id for b in aws.drain(aws.done_queue_url)] == [
         batch.batch_id
     ]
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_an_upload_deleted_before_its_ingest_is_gone_on_403_or_404(aws: Aws, status: int) -> None:
+    """S3 answers a HEAD of a deleted version 404 to a caller with s3:ListBucket and 403 to one
+    without, as the ingest role is: both are the object gone, not an error to retry into the failure
+    queue (the embedded S3 answers 403 so under --enforce-iam: tests/e2e/test_least_privilege.py)."""
+    from botocore.stub import Stubber
+
+    ingestor = Ingestor(
+        s3=aws.s3,
+        ledger=aws.ledger,
+        chunk_queue=aws.chunk_queue,
+        finisher=aws.finisher,
+        limits=IngestLimits(max_rows=10, max_bytes=10**6, chunk_rows=4, default_technique_id="tech"),
+    )
+    with Stubber(aws.s3) as stubbed:
+        stubbed.add_client_error("head_object", service_error_code=str(status), http_status_code=status)
+        gone = ingestor.ingest(ObjectCreated(bucket=aws.bucket, key="uploads/gone.csv", version_id="v1"))
+        stubbed.assert_no_pending_responses()
+    assert gone is None
+    assert aws.ledger.batches.list(10, None)[0] == []
+    # Any other refusal is still an error: Lambda retries it, then the failure queue holds it.
+    with Stubber(aws.s3) as stubbed, pytest.raises(Exception, match="SlowDown"):
+        stubbed.add_client_error("head_object", service_error_code="SlowDown", http_status_code=503)
+        ingestor.ingest(ObjectCreated(bucket=aws.bucket, key="uploads/gone.csv", version_id="v1"))

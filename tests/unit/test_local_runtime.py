@@ -414,6 +414,19 @@ def test_cli_flags_read_the_environment_and_the_flag_wins(monkeypatch: pytest.Mo
         build_parser().parse_args(["up", "--provider-fail-rate", "2"])
 
 
+def test_the_providers_idempotency_reading_is_a_flag_and_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ROWCALL_PROVIDER_IDEMPOTENCY", raising=False)
+    assert stack_options(build_parser().parse_args(["up"])).provider_faults.idempotency == "duplicate"
+    monkeypatch.setenv("ROWCALL_PROVIDER_IDEMPOTENCY", "replay")
+    assert stack_options(build_parser().parse_args(["up"])).provider_faults.idempotency == "replay"
+    flagged = build_parser().parse_args(["up", "--provider-idempotency", "duplicate"])
+    assert stack_options(flagged).provider_faults.idempotency == "duplicate"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--provider-idempotency", "sometimes"])
+
+
 def test_an_invocation_past_its_timeout_is_killed_and_the_instance_replaced(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(
         "import time\n"

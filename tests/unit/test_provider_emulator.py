@@ -36,6 +36,7 @@ STATS = (
     "callbacks_failed",
     "deliveries_given_up",
     "last_callback_sent_at_ms",
+    "technique_gets",
 )
 
 StartEmulator = Callable[..., ProviderEmulator]
@@ -214,8 +215,9 @@ def test_a_run_is_created_pending_then_a_signed_envelope_says_it_completed(
         "max_in_flight": 1,
         "callbacks_sent": 1,
         "last_callback_sent_at_ms": stats["last_callback_sent_at_ms"],
+        "charged_cost_usd": 0.04,
     }
-    assert tuple(stats) == STATS
+    assert tuple(stats) == (*STATS, "charged_cost_usd")
     assert abs(stats["last_callback_sent_at_ms"] / 1000 - time.time()) < 60
 
 
@@ -742,3 +744,44 @@ def test_invalid_settings_are_rejected() -> None:
         ProviderFaults(delay_ms=(10, 5))
     with pytest.raises(ValueError):
         ProviderEmulator(API_KEY, webhook_secret="")
+
+
+def test_replay_mode_answers_a_repeated_key_with_the_original_run_and_creates_nothing_more(
+    start_emulator: StartEmulator, receiver: CallbackReceiver, http: httpx.Client
+) -> None:
+    emulator = start_emulator(idempotency="replay")
+    first = create(http, emulator, run_body(receiver.url, key="k-1"))
+    again = create(http, emulator, run_body(receiver.url, key="k-1"))
+    in_header = create(http, emulator, run_body(receiver.url, key=None), headers={"Idempotency-Key": "k-1"})
+    assert (first.status_code, again.status_code, in_header.status_code) == (201, 201, 201)
+    assert again.json() == first.json() == in_header.json()  # the original response, replayed
+    (delivery,) = receiver.wait_for(1)
+    assert json.loads(delivery.body)["data"]["run_id"] == first.json()["run_id"]
+    assert get_run(http, emulator, first.json()["run_id"]).json()["status"] == "completed"
+    stats = emulator.stats()
+    assert (stats["unique_idempotency_keys"], stats["duplicate_creates"]) == (1, 2)
+    assert len(list_runs(http, emulator, technique_id="tech-1").json()["technique_runs"]) == 1
+
+
+def test_replay_mode_refuses_the_same_key_with_another_body_as_a_conflict(
+    start_emulator: StartEmulator, receiver: CallbackReceiver, http: httpx.Client
+) -> None:
+    emulator = start_emulator(idempotency="replay")
+    first = create(http, emulator, run_body(receiver.url, key="k-1"))
+    changed = run_body(receiver.url + "?token=another", key="k-1")
+    conflict = create(http, emulator, changed)
+    assert first.status_code == 201
+    assert (conflict.status_code, error_code(conflict)) == (422, "idempotency_conflict")
+    assert first.json()["run_id"] in conflict.json()["error"]["message"]
+    assert emulator.stats()["unique_idempotency_keys"] == 1
+
+
+def test_duplicate_mode_is_the_default_and_an_unknown_mode_is_refused(
+    start_emulator: StartEmulator, receiver: CallbackReceiver, http: httpx.Client
+) -> None:
+    emulator = start_emulator()
+    assert create(http, emulator, run_body(receiver.url, key="k-1")).status_code == 201
+    changed = create(http, emulator, run_body(receiver.url + "?x=1", key="k-1"))
+    assert (changed.status_code, error_code(changed)) == (409, "idempotency_duplicate")
+    with pytest.raises(ValueError, match="idempotency"):
+        ProviderFaults(idempotency="sometimes")  # type: ignore[arg-type]

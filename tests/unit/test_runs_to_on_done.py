@@ -84,6 +84,23 @@ def replay(
 ) -> None:
     """Deliver recorded webhooks as the webhook function would (token, then signature), then
     record what they queued as the recorder function would."""
+    replay_intake(aws, received, order)
+    recorder = OutcomeRecorder(
+        ledger=aws.ledger,
+        finisher=aws.finisher,
+        provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
+    )
+    messages = [FinishedRun.model_validate_json(b) for b in aws.drain(aws.finished_run_queue_url)]
+    assert not recorder.record([(str(n), m) for n, m in enumerate(messages)]).failed
+
+
+def replay_intake(
+    aws: Aws,
+    received: list,  # type: ignore[type-arg]
+    order: random.Random | None = None,
+) -> None:
+    """Deliver recorded webhooks as the webhook function would (token, then signature): each
+    queues its finished run."""
     intake = CallbackIntake(
         finished_runs=aws.finished_runs,
         callback_secrets=lambda: [CALLBACK_SECRET],
@@ -99,13 +116,6 @@ def replay(
         assert attempt is not None
         assert intake.signed_by_provider(call.headers["flora-signature"], call.body)
         intake.accept(batch_id, row_id, attempt, RunWebhook.model_validate_json(call.body))
-    recorder = OutcomeRecorder(
-        ledger=aws.ledger,
-        finisher=aws.finisher,
-        provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
-    )
-    messages = [FinishedRun.model_validate_json(b) for b in aws.drain(aws.finished_run_queue_url)]
-    assert not recorder.record([(str(n), m) for n, m in enumerate(messages)]).failed
 
 
 ROWS = b'sku,prompt,style\nA1,=SUM(1),plain\nA2,a dog,"bold, loud"\nA3,x\nA4,a fox,\nA5,an owl,\nA6,a bee,\n'

@@ -4,6 +4,7 @@ requests (strict_s3.presign_problem), and every refusal in the contract's shape.
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -14,7 +15,7 @@ from botocore.config import Config
 
 from rowcall.api import ApiError
 from rowcall.outbound import DestinationPolicy
-from rowcall.uploads import UPLOAD_URL_VALID_S, UploadGrant, Uploads, object_key, parse_request
+from rowcall.uploads import UPLOAD_URL_VALID_S, UploadGrant, UploadRequest, Uploads, object_key, parse_request
 from rowcall_local.strict_s3 import presign_problem
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -240,3 +241,48 @@ def test_a_field_that_takes_a_list_or_text_is_refused_once() -> None:
 )
 def test_the_key_keeps_only_a_safe_file_name(filename: str, key: str) -> None:
     assert object_key(filename, "t") == key
+
+
+@pytest.mark.parametrize("region", ["eu-west-3", "ap-east-1", "us-east-1"])
+def test_the_url_is_presigned_against_the_buckets_regional_virtual_hosted_endpoint(
+    region: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The legacy global host answers 307 for a bucket less than a day old and 400 in Regions
+    opened after March 2019 (ap-east-1): the function's own client must presign Regionally."""
+    from rowcall import compose
+
+    for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL") or n == "AWS_PROFILE"]:
+        monkeypatch.delenv(name)
+    env = {
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "TABLE_NAME": "t",
+        "DATA_BUCKET": "rowcall-data-123456789012",
+        "MAX_BYTES": "10000",
+        "DEFAULT_TECHNIQUE_ID": "tech",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    compose.uploads.cache_clear()
+    try:
+        url = urlsplit(compose.uploads().grant(UploadRequest(filename="a.csv", size_bytes=10)).upload_url)
+    finally:
+        compose.uploads.cache_clear()
+    assert (url.scheme, url.hostname) == ("https", f"rowcall-data-123456789012.s3.{region}.amazonaws.com")
+    assert url.path.startswith("/uploads/") and f"%2F{region}%2Fs3%2Faws4_request" in url.query
+
+
+def test_the_local_stack_still_presigns_against_its_embedded_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rowcall.uploads import presigning_s3_client
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", ENDPOINT)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    url = presigning_s3_client("eu-west-3").generate_presigned_url(
+        "put_object", Params={"Bucket": "rowcall-data", "Key": "uploads/a.csv"}
+    )
+    assert urlsplit(url)[:3] == urlsplit(f"{ENDPOINT}/rowcall-data/uploads/a.csv")[:3]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rowcall_client.api import ApiError
 
@@ -68,7 +68,7 @@ class BatchApi(Protocol):
     def row_errors(self, batch_id: str, limit: int | None = ..., cursor: str | None = ...) -> Json: ...
     def reprocess(self, batch_id: str, row_ids: list[str] | None = ...) -> Json: ...
     def cancel(self, batch_id: str) -> Json: ...
-    def resume(self, batch_id: str) -> Json: ...
+    def resume(self, batch_id: str, max_cost_usd: float | None = ...) -> Json: ...
 
 
 class Readable(Protocol):
@@ -123,6 +123,14 @@ class ReprocessBody(BaseModel):
 
 class NoBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ResumeBody(BaseModel):
+    """The page's resume request: optionally a new budget (the approval of `over_budget`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_cost_usd: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
 
 
 class StatusServer(ThreadingHTTPServer):
@@ -261,9 +269,11 @@ class _Handler(BaseHTTPRequestHandler):
                 raw = self._json_body()
                 if action == "reprocess":
                     answer = api.reprocess(batch_id, _parse(ReprocessBody, raw).row_ids)
+                elif action == "resume":
+                    answer = api.resume(batch_id, _parse(ResumeBody, raw).max_cost_usd)
                 else:
                     _parse(NoBody, raw)
-                    answer = api.cancel(batch_id) if action == "cancel" else api.resume(batch_id)
+                    answer = api.cancel(batch_id)
                 self._send_json(202, answer)
                 return
             case _:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rowcall.models import BatchStatus, RowError, RowStatus
+from rowcall.models import MAX_USD, BatchStatus, RowError, RowStatus
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
@@ -142,4 +142,4 @@ class ResumeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_cost_usd: float | None = Field(default=None, ge=0, le=MAX_USD, allow_inf_nan=False)

@@ -73,7 +73,6 @@ class BatchActions:
         resumed = self._ledger.batches.resume(
             batch_id,
             finished=sum(c.finished for c in counters),
-            failed=sum(c.failed for c in counters),
             max_cost_micro_usd=None if max_cost_usd is None else to_micro_usd(max_cost_usd),
         )
         if resumed is None:
@@ -86,7 +85,10 @@ class BatchActions:
             c.index for c in counters if not c.settled or (plan is not None and plan.pending_reopen(c))
         }
         self._send(batch_id, [c for c in self._ledger.batches.chunk_plan(batch_id) if c.index in open_chunks])
-        return resumed
+        # Every row may have finished while it was paused (runs in flight are recorded, a
+        # failure-threshold pause lets them end): then nothing is left to send, and it finishes now.
+        self._finisher.finish_if_done(batch_id)
+        return self._ledger.batches.get(batch_id) or resumed
 
     def cancel(self, batch_id: str) -> BatchState:
         """validating|ingesting|running|paused -> canceled. Workers start nothing more (they
@@ -125,7 +127,8 @@ class BatchActions:
         plan = ReprocessPlan(seq=seq, chunks=chunks, rows=rows)
         reopening = [counters[int(i)] for i in chunks]
         uncounted = (sum(c.completed for c in reopening), sum(c.failed for c in reopening))
-        reopened = self._ledger.batches.reopen(batch, plan, uncounted=uncounted)
+        uncharged = sum(c.charged_micro_usd for c in reopening)
+        reopened = self._ledger.batches.reopen(batch, plan, uncounted=uncounted, uncharged=uncharged)
         if reopened is None:
             now = self._batch(batch_id)
             raise WrongState(now, "batch_not_finished", f"batch {batch_id} is {now.status.value}")

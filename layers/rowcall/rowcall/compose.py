@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import boto3
 from aws_lambda_powertools.utilities import parameters
-from botocore.config import Config
 
 from rowcall.api import BatchQueries, RowQueries
 from rowcall.batch_actions import BatchActions
@@ -17,6 +16,7 @@ from rowcall.callbacks import CallbackIntake
 from rowcall.finishing import BatchFinisher
 from rowcall.identity import CallbackSigner, secret_list
 from rowcall.ingest import IngestLimits, Ingestor
+from rowcall.input_checks import TechniqueCache
 from rowcall.ledger import Ledger
 from rowcall.ondone import OnDoneDelivery
 from rowcall.outbound import DestinationPolicy, webhook_client
@@ -26,7 +26,7 @@ from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySc
 from rowcall.reuse import RowReuse
 from rowcall.row_listing import RowListing
 from rowcall.runs import RunStarter
-from rowcall.safety_net import SafetyNet, SafetyNetTimes
+from rowcall.safety_net import SafetyNet, SafetyNetTimes, ingest_stall_after
 from rowcall.settings import (
     ApiSettings,
     IngestSettings,
@@ -38,7 +38,7 @@ from rowcall.settings import (
     WorkerSettings,
 )
 from rowcall.signing import WebhookSigner
-from rowcall.uploads import Uploads
+from rowcall.uploads import Uploads, presigning_s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -113,6 +113,10 @@ def ingestor() -> Ingestor:
             defaults=settings.spec_defaults(),
         ),
         destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
+        provider=ProviderConnection(
+            base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
+        ),
+        techniques=TechniqueCache(),
     )
 
 
@@ -166,16 +170,14 @@ def batch_actions() -> BatchActions:
 @cache
 def uploads() -> Uploads:
     settings = UploadSettings.from_env()
-    # SigV4 explicitly: it is what carries the signed headers (size, type, metadata) in a presigned
-    # URL, and botocore would otherwise presign with SigV2 in some regions.
-    s3: S3Client = boto3.client("s3", config=Config(signature_version="s3v4"))
     return Uploads(
-        s3=s3,
+        s3=presigning_s3_client(),
         bucket=settings.bucket_name,
         max_bytes=settings.max_bytes,
         default_technique_id=settings.default_technique_id,
         destinations=DestinationPolicy(allow_loopback=settings.allow_loopback_webhooks),
         defaults=settings.spec_defaults(),
+        intents=_ledger(settings.table_name).upload_intents,
     )
 
 
@@ -232,7 +234,9 @@ def safety_net() -> SafetyNet:
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
         times=SafetyNetTimes(
-            reconcile_after_s=settings.reconcile_after_s, callback_deadline_s=settings.callback_deadline_s
+            reconcile_after_s=settings.reconcile_after_s,
+            callback_deadline_s=settings.callback_deadline_s,
+            ingest_stall_s=ingest_stall_after(settings.ingest_max_event_age_s, settings.ingest_timeout_s),
         ),
     )
 

@@ -9,7 +9,7 @@ row lives here, never in only one of them.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from rowcall.models import RowError
@@ -167,8 +167,16 @@ def validate_width(record: CsvRecord, width: int) -> CsvRecord:
 
 
 def data_records(
-    byte_lines: Iterable[bytes], *, width: int, offset: int, line: int, first_number: int
+    byte_lines: Iterable[bytes],
+    *,
+    width: int,
+    offset: int,
+    line: int,
+    first_number: int,
+    check: Callable[[CsvRecord], CsvRecord] | None = None,
 ) -> Iterator[CsvRecord]:
-    """Data records of a byte range that starts on a record boundary, validated against the header."""
+    """Data records of a byte range that starts on a record boundary, validated against the header
+    (and by `check`, the batch's row rules: the same records ingest skipped are skipped)."""
     for record in scan_records(byte_lines, offset=offset, line=line, first_number=first_number):
-        yield validate_width(record, width)
+        checked = validate_width(record, width)
+        yield checked if check is None else check(checked)

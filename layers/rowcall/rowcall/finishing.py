@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from rowcall.failure_threshold import FailureThreshold
 from rowcall.ledger import Ledger
 from rowcall.ledger.slots import RELEASE_SHARDS
 from rowcall.models import ChunkCounter, RowOutcome, RowStatus
@@ -42,6 +43,7 @@ class BatchFinisher:
         # Under the in-flight cap, each run holds a slot until its outcome is recorded here.
         self._capped = capped
         self._row_writers = max(1, row_writers)
+        self._failure_threshold = FailureThreshold(ledger)
 
     def record_outcomes(
         self,
@@ -57,13 +59,23 @@ class BatchFinisher:
             moved_out.extend(moved)
         completed = sum(r.outcome.status is RowStatus.COMPLETED for r in moved)
         failed = sum(r.outcome.status is RowStatus.FAILED for r in moved)
+        charged = sum(r.outcome.charged_cost_micro_usd or 0 for r in moved)
         if completed or failed:
-            counter = self._ledger.chunks.add_outcomes(batch_id, chunk, completed=completed, failed=failed)
+            counter = self._ledger.chunks.add_outcomes(
+                batch_id, chunk, completed=completed, failed=failed, charged_micro_usd=charged
+            )
         else:
             counter = self._ledger.chunks.counter(batch_id, chunk)
+        if completed or failed:
+            self._failure_threshold.count(batch_id, finished=completed + failed, failed=failed)
         self.after_outcomes(batch_id, counter)
-        # The batch may be canceled, waiting for these runs (its chunks never settle then).
-        self.finish_canceled(batch_id, chunk)
+        # The batch may be canceled, waiting for these runs (its chunks never settle then). It
+        # can finish only once no worker holds this chunk and none of its runs is out, and the
+        # counter just written says when that may be: the batch is read then, not once per
+        # received batch. What a counter that errs leaves undone, the safety net's sweep of the
+        # canceled batch does.
+        if counter is None or not (counter.runs_maybe_out or counter.held(time.time())):
+            self.finish_canceled(batch_id, chunk)
         return completed + failed
 
     def _write_rows(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> list[RowResult]:
@@ -137,6 +149,7 @@ class BatchFinisher:
         counters = {c.index: c for c in self._ledger.chunks.counters(batch_id)}
         order = sorted(counters, key=lambda index: index != chunk)
         completed, failed = batch.completed_count, batch.failed_count
+        charged = batch.charged_cost_micro_usd
         now = time.time()
         for index in order:
             counter = counters[index]
@@ -154,7 +167,10 @@ class BatchFinisher:
                     return  # a run still out
             completed += sum(row.status is RowStatus.COMPLETED for row in rows.values())
             failed += sum(row.status is RowStatus.FAILED for row in rows.values())
-        message = self._ledger.batches.finish_canceled(batch_id, completed=completed, failed=failed)
+            charged += sum(row.charged_cost_micro_usd or 0 for row in rows.values() if row.finished)
+        message = self._ledger.batches.finish_canceled(
+            batch_id, completed=completed, failed=failed, charged_micro_usd=charged
+        )
         if message is not None:
             self._done.send(message)
 

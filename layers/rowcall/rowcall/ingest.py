@@ -8,7 +8,8 @@ cut-off invocation resumes there instead of sending rows twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,17 @@ from pydantic import BaseModel, ConfigDict
 from rowcall.csvsplit import CsvEncodingError, CsvRecord, scan_records, split_lines, validate_width
 from rowcall.finishing import BatchFinisher
 from rowcall.identity import batch_id_for
+from rowcall.input_checks import (
+    InputPlan,
+    InputsMismatch,
+    TechniqueCache,
+    TechniqueDefinition,
+    TechniqueRefused,
+    plan_inputs,
+    row_checker,
+)
 from rowcall.ledger import Ledger
+from rowcall.ledger.batches import Preflight
 from rowcall.metadata import InvalidHeader, InvalidMetadata, SpecDefaults, check_header, spec_from_metadata
 from rowcall.models import (
     BatchSpec,
@@ -31,9 +42,11 @@ from rowcall.models import (
     SourceObject,
     iso,
     to_micro_usd,
+    usd_text,
     utcnow,
 )
 from rowcall.outbound import DestinationPolicy
+from rowcall.provider import ProviderConnection
 from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue
 from rowcall.source import head_source, read_source
 
@@ -84,6 +97,24 @@ class _Scan:
     header: list[str]
     chunks: list[ChunkPlan] = field(default_factory=list)
     rows_skipped: int = 0
+    inputs: InputPlan | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(c.rows for c in self.chunks)
+
+
+# Without a provider to ask (unit tests of the file handling), every technique is open and free.
+_OPEN_TECHNIQUE = TechniqueDefinition(technique_id="-", inputs=[], run_cost=None)
+
+
+# What a read of a deleted upload answers. The role may read uploads/* and not s3:ListBucket, and to
+# such a caller S3 answers a missing key or version 403, not 404 (S3 API reference, HeadObject and
+# GetObject, "Permissions"); under uploads/, which the template lets it read, that 403 means gone.
+# Granting ListBucket instead would let ingest list the whole bucket (results too) to learn what
+# this HEAD already tells. The cost: a role that lost its read would log every upload "gone"
+# (with the code) rather than fail it - test_least_privilege runs ingest on its role.
+_GONE_CODES = ("404", "NoSuchKey", "NoSuchVersion", "403", "AccessDenied")
 
 
 class Ingestor:
@@ -96,15 +127,20 @@ class Ingestor:
         finisher: BatchFinisher,
         limits: IngestLimits,
         destinations: DestinationPolicy | None = None,
+        provider: ProviderConnection | None = None,
+        techniques: TechniqueCache | None = None,
     ) -> None:
         self._s3 = s3
         self._batches = ledger.batches
+        self._intents = ledger.upload_intents
         self._row_errors = ledger.row_errors
         self._chunks = chunk_queue
         self._finisher = finisher
         self._limits = limits
         # Where an on-done URL may point; the strict default refuses plain http and loopback.
         self._destinations = destinations or DestinationPolicy()
+        self._provider = provider
+        self._techniques = techniques or TechniqueCache()
 
     def ingest(self, created: ObjectCreated) -> BatchState | None:
         """Make (or resume) the batch of one uploaded object; None when the object is gone or is
@@ -129,15 +165,27 @@ class Ingestor:
                 if size > self._limits.max_bytes:  # decided from HEAD: not one byte is read
                     limit = self._limits.max_bytes
                     raise FileRejected("file_too_large", f"the file is {size:,} bytes; at most {limit:,}")
-                scan = self._scan(batch)
+                # Before one byte of the file is read: a technique that does not exist or a key
+                # the provider refuses fails the batch without a run. A provider that does not
+                # answer raises: the invocation fails and is retried, the batch waits.
+                definition = self._technique(batch.spec.technique_id)
+                scan = self._scan(batch, definition)
             except FileRejected as rejected:
                 return self._reject(batch, rejected)
             if not self._batches.record_plan(
-                batch.batch_id, header=scan.header, chunks=scan.chunks, rows_skipped=scan.rows_skipped
+                batch.batch_id,
+                header=scan.header,
+                chunks=scan.chunks,
+                rows_skipped=scan.rows_skipped,
+                preflight=self._preflight(batch, definition, scan),
             ):
                 return self._batches.get(batch.batch_id)  # another delivery got there first
+            if self._held_for_budget(batch.batch_id):
+                return self._batches.get(batch.batch_id)
             self._enqueue(batch.batch_id, scan.chunks, already_sent=0)
         elif batch.status is BatchStatus.INGESTING:
+            if batch.chunks_enqueued == 0 and self._held_for_budget(batch.batch_id):
+                return self._batches.get(batch.batch_id)
             plan = self._batches.chunk_plan(batch.batch_id)
             self._enqueue(batch.batch_id, plan, already_sent=batch.chunks_enqueued)
         else:
@@ -157,15 +205,22 @@ class Ingestor:
                 self._s3, SourceObject(bucket=created.bucket, key=created.key, version=created.version_id)
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchVersion"):
-                logger.warning("uploaded object is gone", extra={"key": created.key})
+            code = exc.response.get("Error", {}).get("Code")
+            if code in _GONE_CODES:
+                logger.warning(
+                    "uploaded object is gone",
+                    extra={"key": created.key, "version": created.version_id, "code": code},
+                )
                 return None
             raise
         version = created.version_id or head.get("VersionId")
         source = SourceObject(
             bucket=created.bucket, key=created.key, version=None if version == "null" else version
         )
-        metadata = head.get("Metadata", {})
+        # What POST /uploads granted this key with; the object's own metadata (an upload made
+        # straight to S3 with x-amz-meta-*) wins where both name a key.
+        granted = self._intents.recall(created.key, now_epoch=utcnow().timestamp()) or {}
+        metadata = granted | {k.lower(): v for k, v in head.get("Metadata", {}).items()}
         spec_error: InvalidMetadata | None = None
         try:
             spec = spec_from_metadata(
@@ -199,8 +254,64 @@ class Ingestor:
             )
         return batch, head.get("ContentLength", created.size or 0), spec_error
 
+    # -- pre-flight ------------------------------------------------------------------------------
+    def _technique(self, technique_id: str) -> TechniqueDefinition:
+        """The technique's definition: from this container's cache, else one GET of the provider."""
+        if self._provider is None:
+            return _OPEN_TECHNIQUE
+        cached = self._techniques.get(technique_id)
+        if cached is not None:
+            return cached
+        answer = asyncio.run(self._ask_technique(self._provider, technique_id))
+        if isinstance(answer, TechniqueRefused):
+            raise FileRejected(answer.reason, f"technique {technique_id}: {answer.message}")
+        self._techniques.put(answer)
+        return answer
+
+    @staticmethod
+    async def _ask_technique(
+        provider: ProviderConnection, technique_id: str
+    ) -> TechniqueDefinition | TechniqueRefused:
+        async with provider.http() as http:
+            return await provider.client(http).get_technique(technique_id)
+
+    def _preflight(self, batch: BatchState, definition: TechniqueDefinition, scan: _Scan) -> Preflight | None:
+        if scan.inputs is None:
+            return None
+        run_cost = None if definition.run_cost is None else to_micro_usd(definition.run_cost)
+        return Preflight(
+            input_types=scan.inputs.input_types,
+            rules=scan.inputs.rules,
+            run_cost_micro_usd=run_cost,
+            estimate_micro_usd=None if run_cost is None else run_cost * self._rows_to_run(batch, scan),
+        )
+
+    def _rows_to_run(self, batch: BatchState, scan: _Scan) -> int:
+        """The rows the estimate prices. Hook for `reuse`: rows completed from earlier batches
+        run nothing and are left out here once they are known at ingest."""
+        return scan.rows
+
+    def _held_for_budget(self, batch_id: str) -> bool:
+        """A batch whose estimate passes its budget (a budget smaller than one run included)
+        pauses `over_budget` before its first chunk is sent, until `resume {"max_cost_usd"}`."""
+        batch = self._batches.get(batch_id)
+        if batch is None or batch.status is not BatchStatus.INGESTING:
+            return False
+        budget, estimate = batch.max_cost_micro_usd, batch.estimated_cost_micro_usd
+        if budget is None or estimate is None or estimate <= budget:
+            return False
+        rows = estimate // batch.run_cost_micro_usd if batch.run_cost_micro_usd else batch.total_count
+        detail = (
+            f"the estimate ${usd_text(estimate / 1e6)} ({rows} rows x ${usd_text(batch.run_cost_usd or 0)}) "
+            f"is over the budget ${usd_text(budget / 1e6)}; resume with max_cost_usd >= "
+            f"{usd_text(estimate / 1e6)} to run it, or cancel"
+        )
+        if self._batches.pause_before_run(batch_id, "over_budget", detail):
+            logger.info("batch over budget, paused before any run", extra={"batch_id": batch_id})
+        return True
+
     # -- pass 1 ----------------------------------------------------------------------------------
-    def _scan(self, batch: BatchState) -> _Scan:
+    def _scan(self, batch: BatchState, definition: TechniqueDefinition = _OPEN_TECHNIQUE) -> _Scan:
         records = self._records(batch.source)
         try:
             header_record = next(records, None)
@@ -216,11 +327,23 @@ class Ingestor:
                 raise FileRejected("invalid_header", str(exc)) from None
             except InvalidMetadata as exc:  # a column the metadata names is not in this header
                 raise FileRejected("invalid_metadata", str(exc)) from None
-            return self._plan(batch.batch_id, header, records)
+            try:
+                inputs = plan_inputs(definition, header, batch.spec)
+            except InputsMismatch as exc:
+                raise FileRejected("inputs_mismatch", str(exc)) from None
+            scan = self._plan(batch.batch_id, header, records, row_checker(header, inputs.rules))
+            scan.inputs = inputs
+            return scan
         except CsvEncodingError as exc:
             raise FileRejected("invalid_encoding", f"{exc}; save the file as UTF-8") from None
 
-    def _plan(self, batch_id: str, header: list[str], records: Iterator[CsvRecord]) -> _Scan:
+    def _plan(
+        self,
+        batch_id: str,
+        header: list[str],
+        records: Iterator[CsvRecord],
+        check: Callable[[CsvRecord], CsvRecord] | None = None,
+    ) -> _Scan:
         """Chunks are byte ranges from a chunk's first good record to its last; bad records in
         between are skipped by the worker with the same validation, so they need no gaps."""
         scan = _Scan(header=header)
@@ -232,6 +355,8 @@ class Ingestor:
         try:
             for raw in records:
                 record = validate_width(raw, len(header))
+                if check is not None:
+                    record = check(record)
                 if record.error is not None:
                     errors.append(record.error)
                     scan.rows_skipped += 1

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from rowcall.models import PROVIDERS, BatchSpec, InputType, ProviderName, RunInput
+from rowcall.models import MAX_USD, PROVIDERS, BatchSpec, InputType, ProviderName, RunInput
 from rowcall.outbound import DestinationPolicy
 
 _static_input = TypeAdapter(RunInput)
@@ -37,7 +37,7 @@ class SpecDefaults(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_cost_usd: float | None = Field(default=None, ge=0, le=MAX_USD)
     reuse: bool = True
     save_outputs: bool = True
     provider: ProviderName = "flora"
@@ -113,7 +113,7 @@ def _amount(key: str, raw: str | None, *, most: float | None = None) -> float | 
     if value < 0:
         raise InvalidMetadata(f"{key}: {raw!r} is negative")
     if most is not None and value > most:
-        raise InvalidMetadata(f"{key}: {raw!r} is over {most:g}")
+        raise InvalidMetadata(f"{key}: {raw!r} is over {most:,.0f}")
     return value
 
 
@@ -151,7 +151,7 @@ def spec_from_metadata(
     addresses; its host is resolved): refused here, the batch never sends to it."""
     meta = {k.lower().removeprefix("x-amz-meta-"): v for k, v in metadata.items()}
     stack = defaults or SpecDefaults()
-    max_cost = _amount("max-cost-usd", meta.get("max-cost-usd"))
+    max_cost = _amount("max-cost-usd", meta.get("max-cost-usd"), most=MAX_USD)
     try:
         spec = BatchSpec(
             technique_id=meta.get("technique-id") or default_technique_id,

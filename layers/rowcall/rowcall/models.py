@@ -66,6 +66,9 @@ PROVIDERS: tuple[ProviderName, ...] = ("flora", "replicate")
 # Money in the ledger is whole micro-USD: DynamoDB ADDs and compares them exactly, where sums of
 # float USD would drift. USD floats only at the API and CSV boundary.
 MICRO_USD = 1_000_000
+# The largest budget taken (a billion USD): far past any batch, and a micro-USD count that stays
+# an exact integer everywhere (DynamoDB numbers, JSON, floats up to 2**53).
+MAX_USD = 1_000_000_000
 
 
 def to_micro_usd(usd: float) -> int:
@@ -110,7 +113,7 @@ class BatchSpec(BaseModel):
     on_done_url: str | None = None
     name: str
     # Contract §3's cost and provider keys; defaults come from the stack's parameters.
-    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_cost_usd: float | None = Field(default=None, ge=0, le=MAX_USD)
     reuse: bool = True
     save_outputs: bool = True
     max_failed_percent: float | None = Field(default=None, ge=0, le=100)
@@ -309,6 +312,18 @@ class ReprocessPlan(BaseModel):
         return str(counter.index) in self.chunks and counter.reopened_seq < self.seq
 
 
+class RowRules(BaseModel):
+    """What each row's cells must hold beyond the header's width, decided by the pre-flight from
+    the technique (contract §4): ingest, workers, row listing and results skip the same rows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    required: tuple[str, ...] = ()
+    """Columns of inputs the technique requires: an empty cell is `missing_input`."""
+    urls: tuple[str, ...] = ()
+    """Columns of URL-typed inputs: a cell that is not an absolute https URL is `invalid_input_url`."""
+
+
 class BatchState(BaseModel):
     """The batch item as stored. Counters of finished rows live in chunk items until settled."""
 
@@ -352,7 +367,11 @@ class BatchState(BaseModel):
     reused_count: int = 0
     outputs_saved_count: int = 0
     outputs_failed_count: int = 0
-    # The failure threshold counts rows finished since the last resume: these were finished then.
+    row_rules: RowRules | None = None
+    # The failure threshold's counts (kept only for a batch with one), and what they were at the
+    # last resume: it judges the rows finished since.
+    threshold_finished: int = 0
+    threshold_failed: int = 0
     threshold_finished_base: int = 0
     threshold_failed_base: int = 0
 
@@ -389,6 +408,9 @@ class ChunkCounter(BaseModel):
     last_start_at: float | None = None
     worker_until: int | None = None
     reopened_seq: int = 0
+    # The chunk's runs as its deliveries counted them at their release (see
+    # ChunkLedger.release); `last_run_at`: the last release that had started runs.
+    last_run_at: float | None = None
     # Charges of the chunk's finished runs, added with the counts (a hint like them; the settle
     # recounts them from the rows).
     charged_micro_usd: int = 0
@@ -398,6 +420,18 @@ class ChunkCounter(BaseModel):
     @property
     def finished(self) -> int:
         return self.completed + self.failed
+
+    @property
+    def runs_maybe_out(self) -> bool:
+        """True while the counts say a run of the chunk is still out. Only a hint for skipping a
+        read: long counts (a repeated `ADD`) make it True too long (the safety net's sweep of
+        the batch does what the skipped read would have); short ones make it False too soon
+        (a read more, which checks the start pages and rows itself)."""
+        return self.finished < self.started
+
+    def held(self, now: float) -> bool:
+        """A worker's lease on the chunk has not run out."""
+        return self.worker_until is not None and self.worker_until >= now
 
 
 class RowState(BaseModel):

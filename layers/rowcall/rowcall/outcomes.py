@@ -16,7 +16,7 @@ from aws_lambda_powertools import Logger
 
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.ledger import Ledger, ReuseSource
-from rowcall.models import FinishedRun, RowOutcome, RowStatus, RunObject
+from rowcall.models import FinishedRun, RowOutcome, RowStatus, RunObject, to_micro_usd
 from rowcall.provider import ProviderClient, ProviderConnection, ProviderUnavailable, RunNotFound
 from rowcall.reuse import RowReuse
 
@@ -59,12 +59,16 @@ def fetched_outcome(run: RunObject | RunNotFound, run_id: str) -> RowOutcome:
         raise RunNotFinished(f"run {run.run_id} is {run.status}")
     if terminal is RowStatus.COMPLETED:
         outputs = [o.model_dump(exclude_none=True) for o in run.outputs]
-        return RowOutcome(status=RowStatus.COMPLETED, run_id=run_id, outputs=outputs)
+        charged = None if run.charged_cost is None else to_micro_usd(run.charged_cost)
+        return RowOutcome(
+            status=RowStatus.COMPLETED, run_id=run_id, outputs=outputs, charged_cost_micro_usd=charged
+        )
     return RowOutcome(
         status=RowStatus.FAILED,
         run_id=run_id,
         error_code=run.error_code or "run_failed",
         error_message=run.error_message,
+        charged_cost_micro_usd=0,
     )
 
 
@@ -74,6 +78,7 @@ def reported_failure(finished: FinishedRun) -> RowOutcome:
         run_id=finished.run_id,
         error_code=finished.error_code or "run_failed",
         error_message=finished.error_message,
+        charged_cost_micro_usd=0,  # a failed run is not charged (contract §5)
     )
 
 

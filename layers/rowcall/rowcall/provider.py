@@ -10,18 +10,32 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from rowcall.input_checks import TechniqueDefinition, TechniqueRefused
 from rowcall.models import CreateRunRequest, RunObject
 
 # Provider answers that say the whole batch cannot run, whatever the row: reason codes of §4.
 BATCH_FATAL_CODES = {401: "provider_unauthorized", 403: "provider_unauthorized", 404: "technique_not_found"}
 # The account cannot pay: nothing more can start until it is topped up, then the batch resumes.
 PAUSING_STATUS = 402
+# The idempotency key was used already, so a run exists for the row's attempt and its webhook
+# will come. FLORA's SDK: 409 `idempotency_duplicate` (two hours). FLORA's idempotency page: the
+# same key with another body is 422 `idempotency_conflict` (24 hours). Keys are ours alone,
+# `{batch}.{row}.{attempt}` (a reprocess takes a new attempt, so a new key), and a row's
+# attempt always sends the same inputs; its body changes only if its callback URL did (the
+# callback secret rotated, or the API's URL changed, between the first create and this one).
+# Either way the run exists: failing the row would refuse its outcome and lose what it made.
+ALREADY_CREATED = frozenset({(409, "idempotency_duplicate"), (422, "idempotency_conflict")})
+# A run object whose `created_at` is this much older than our create is the original response
+# replayed (FLORA's 24-hour reading), not a new run: clocks differ by far less, and a row is
+# created again only once its intent is stale (`reconcile-after-s`, minutes).
+REPLAY_AGE_S = 60.0
 
 
 class ProviderErrorBody(BaseModel):
@@ -36,6 +50,19 @@ class ProviderErrorEnvelope(BaseModel):
 @dataclass(frozen=True)
 class RunCreated:
     run: RunObject
+
+
+def created_epoch_s(run: RunObject) -> float | None:
+    """The run's `created_at` in epoch seconds (FLORA sends epoch milliseconds), if it says."""
+    value = run.created_at
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value / 1000 if value > 1e11 else float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -145,6 +172,22 @@ def _fetched(response: httpx.Response) -> RunObject | RunNotFound | None:
     raise ProviderUnavailable(f"provider refused the fetch: HTTP {response.status_code} {error.code}")
 
 
+def _technique_of(response: httpx.Response) -> TechniqueDefinition | TechniqueRefused | None:
+    status = response.status_code
+    if status == 200:
+        try:
+            return TechniqueDefinition.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise ProviderUnavailable(f"provider answered a technique that is not one: {exc}") from None
+    if status == 429 or status >= 500:
+        return None
+    error = _error_of(response)
+    reason = BATCH_FATAL_CODES.get(status)
+    if reason is None:
+        raise ProviderUnavailable(f"provider refused the technique: HTTP {status} {error.code}")
+    return TechniqueRefused(reason, f"the provider answered {status} {error.code}: {error.message}"[:500])
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
@@ -187,6 +230,13 @@ class ProviderClient:
         url = f"{self._base}/techniques/{quote(technique_id, safe='')}/runs/{quote(run_id, safe='')}"
         return await self._with_retries("GET", url, None, _fetched, "return the run")
 
+    async def get_technique(self, technique_id: str) -> TechniqueDefinition | TechniqueRefused:
+        """The technique's definition (`GET /techniques/{id}`), or the refusal that fails the
+        batch (404 technique_not_found, 401/403 provider_unauthorized). 429 and 5xx are retried;
+        past the retries, ProviderUnavailable."""
+        url = f"{self._base}/techniques/{quote(technique_id, safe='')}"
+        return await self._with_retries("GET", url, None, _technique_of, "return the technique")
+
     async def _with_retries(
         self,
         method: str,
@@ -227,6 +277,6 @@ class ProviderClient:
         if status == 429 or status >= 500:
             return None
         error = _error_of(response)
-        if status == 409 and error.code == "idempotency_duplicate":
+        if (status, error.code) in ALREADY_CREATED:
             return RunAlreadyCreated(error.message)
         return RunRefused(status, error.code, error.message, BATCH_FATAL_CODES.get(status))

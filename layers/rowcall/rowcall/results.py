@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from rowcall.csvsplit import scan_records, split_lines, validate_width
+from rowcall.input_checks import row_checker
 from rowcall.ledger import Ledger
 from rowcall.models import BatchState, RowError, RowState, usd_text
 from rowcall.row_listing import row_charged_usd
@@ -82,8 +83,10 @@ def write_results_csv(s3: S3Client, ledger: Ledger, batch: BatchState, out: Supp
     written = 0
     records = scan_records(split_lines(read_source(s3, batch.source)), first_number=0)
     next(records, None)  # the header
+    check = row_checker(header, batch.row_rules)
     for raw in records:
         record = validate_width(raw, len(header))
+        record = record if check is None else check(record)
         if record.fields is None:
             continue
         while pending_row is not None and pending_row.record < record.number:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from rowcall.api_models import ReusedFrom, RowView
 from rowcall.csvsplit import CsvRecord, data_records, split_lines
 from rowcall.identity import row_id_for
+from rowcall.input_checks import row_checker
 from rowcall.ledger import Ledger, StartedRun
 from rowcall.metadata import row_key
 from rowcall.models import BatchState, ChunkCounter, ChunkPlan, RowState, RowStatus, iso, to_usd
@@ -213,6 +214,7 @@ class RowListing:
                 offset=here.offset,
                 line=here.line,
                 first_number=here.record,
+                check=row_checker(batch.header or [], batch.row_rules),
             )
             for record in records:
                 if len(found) == wanted:

@@ -16,6 +16,7 @@ from aws_lambda_powertools import Logger
 from rowcall.csvsplit import data_records, split_lines
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
+from rowcall.input_checks import row_checker
 from rowcall.ledger import NO_RUN, Ledger, release_shard
 from rowcall.metadata import row_inputs, row_key
 from rowcall.models import (
@@ -31,12 +32,14 @@ from rowcall.models import (
     RunInput,
 )
 from rowcall.provider import (
+    REPLAY_AGE_S,
     ProviderClient,
     ProviderConnection,
     ProviderUnavailable,
     RunAlreadyCreated,
     RunCreated,
     RunRefused,
+    created_epoch_s,
 )
 from rowcall.queues import ChunkQueue
 from rowcall.reuse import RowReuse, content_key
@@ -57,6 +60,12 @@ LEASE_S = 30.0
 # a chunk that finds no free slot comes back after a few seconds.
 FAIR_SHARE_DIVISOR = 4
 SLOT_WAIT_S = (2, 5)
+
+
+def _replayed(created: RunCreated, sent_at: float) -> bool:
+    """The provider answered with the run the same key made before (FLORA's 24-hour replay)."""
+    at = created_epoch_s(created.run)
+    return at is not None and at < sent_at - REPLAY_AGE_S
 
 
 class _Lease:
@@ -180,8 +189,15 @@ class RunStarter:
                 self._start_rows(batch, message.chunk, holder, report, time_left_s, refused)
         finally:
             waits = bool(report.waiting_for_slots and not report.deferred and self._chunk_queue is not None)
+            # The release counts the runs this delivery started, with the refused rows (their
+            # outcomes are counted too): what lets the recorder skip its batch read while a run
+            # of the chunk is out (`ChunkCounter.runs_maybe_out`). No write of its own.
             self._ledger.chunks.release(
-                batch.batch_id, chunk, holder=holder, back_in_s=slot_wait_s if waits else 0.0
+                batch.batch_id,
+                chunk,
+                holder=holder,
+                back_in_s=slot_wait_s if waits else 0.0,
+                started=report.started + report.already_started + len(refused),
             )
         if refused:
             # One write per refused row and one count: never stranded `running` by a crash.
@@ -280,7 +296,10 @@ class RunStarter:
         rows = list(self._ledger.rows.rows_of_chunk(batch.batch_id, chunk))
         completed = sum(r.status is RowStatus.COMPLETED for r in rows)
         failed = sum(r.status is RowStatus.FAILED for r in rows)
-        self._ledger.chunks.reopen(batch.batch_id, chunk, seq=plan.seq, completed=completed, failed=failed)
+        charged = sum(r.charged_cost_micro_usd or 0 for r in rows if r.finished)
+        self._ledger.chunks.reopen(
+            batch.batch_id, chunk, seq=plan.seq, completed=completed, failed=failed, charged_micro_usd=charged
+        )
         logger.info(
             "chunk reopened",
             extra={"chunk": chunk, "seq": plan.seq, "rerun": counter.rows - completed - failed},
@@ -298,6 +317,7 @@ class RunStarter:
             offset=chunk.start,
             line=chunk.first_line,
             first_number=chunk.first_record,
+            check=row_checker(header, batch.row_rules),
         )
         for record in records:
             if record.fields is None:
@@ -418,6 +438,7 @@ class RunStarter:
             callback_url=self._callback_url(batch.batch_id, job.row_id, attempt, job.content_key),
             idempotency_key=idempotency_key_for(batch.batch_id, job.row_id, attempt),
         )
+        sent_at = time.time()
         try:
             outcome = await client.create_run(batch.spec.technique_id, request)
         except ProviderUnavailable as exc:
@@ -428,9 +449,12 @@ class RunStarter:
         if isinstance(outcome, RunCreated | RunAlreadyCreated):
             run_id = outcome.run.run_id if isinstance(outcome, RunCreated) else None
             await starts.add(job.record, attempt, run_id, job.line)
-            if isinstance(outcome, RunCreated):
+            if isinstance(outcome, RunCreated) and not _replayed(outcome, sent_at):
                 report.started += 1
             else:
+                # A run an earlier delivery created (it died before its start page): its id is
+                # recorded now when the provider replays it, and it is not started twice (its
+                # slot is the dead delivery's).
                 report.already_started += 1
             return
         if outcome.batch_reason is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,7 @@ from rowcall.models import (
     ChunkMessage,
     DoneMessage,
     RowOutcome,
+    RowState,
     RowStatus,
     RunObject,
 )
@@ -44,8 +46,23 @@ from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue, DoneQueue
 
 logger = Logger(child=True)
 
-# An ingest runs at most 15 minutes and Lambda retries it twice; quiet this long, it is gone.
-INGEST_STALL_S = 3 * 15 * 60 + 300
+# Slack over the last possible attempt's end: clock skew between functions and the sweep's minute.
+INGEST_STALL_MARGIN_S = 300
+
+
+def ingest_stall_after(max_event_age_s: float, ingest_timeout_s: float) -> float:
+    """How long an ingest may stay quiet before no attempt of its S3 event can still run.
+
+    Lambda starts an async attempt (first, retry, or after throttling) only while the event is
+    younger than `MaximumEventAgeInSeconds`, counted from when Lambda received it - before the batch
+    was first written, so before any `updated_at` of it. An attempt started then runs at most the
+    function's timeout. Quiet for both (and a margin), the ingest is gone, not queued.
+    """
+    return max_event_age_s + ingest_timeout_s + INGEST_STALL_MARGIN_S
+
+
+# Lambda's defaults (6 hours, 15 minutes) where the sweep is not told the ingest's own settings.
+INGEST_STALL_S = ingest_stall_after(6 * 3600, 15 * 60)
 # The notifier's claim lease; past it, a delivery that held it has died.
 NOTIFY_STALL_S = 330
 
@@ -54,11 +71,14 @@ NOTIFY_STALL_S = 330
 class SafetyNetTimes:
     reconcile_after_s: float
     callback_deadline_s: float
+    ingest_stall_s: float = INGEST_STALL_S
 
 
 @dataclass
 class SweepReport:
     open_chunks: int = 0
+    looked_into: int = 0
+    """Open chunks quiet long enough that their rows and start pages were read."""
     asked: int = 0
     recorded: int = 0
     timed_out: int = 0
@@ -98,16 +118,26 @@ class SafetyNet:
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
-        batches: dict[str, BatchState | None] = {}
-        for batch_id, chunk in list(self._ledger.chunks.open_chunks()):
-            report.open_chunks += 1
-            if batch_id not in batches:
-                batches[batch_id] = self._ledger.batches.get(batch_id)
+        open_chunks: dict[str, list[int]] = defaultdict(list)
+        for batch_id, chunk in self._ledger.chunks.open_chunks():
+            open_chunks[batch_id].append(chunk)
+        for batch_id, chunks in open_chunks.items():
+            report.open_chunks += len(chunks)
             try:
-                self._sweep_chunk(batches[batch_id], batch_id, chunk, report)
-            except Exception as exc:  # one chunk's trouble must not stop the sweep
-                logger.exception("chunk sweep failed", extra={"batch_id": batch_id, "chunk": chunk})
-                report.problems.append(f"{batch_id}/{chunk}: {type(exc).__name__}")
+                batch = self._ledger.batches.get(batch_id)
+                # One query for a batch's open counters (a read unit per ~16 of them), not a
+                # GetItem each; the chunks settled in between are read too, and skipped.
+                counters = self._ledger.chunks.counters_between(batch_id, min(chunks), max(chunks))
+            except Exception as exc:
+                logger.exception("batch's chunks not swept", extra={"batch_id": batch_id})
+                report.problems.append(f"{batch_id}: {type(exc).__name__}")
+                continue
+            for chunk in chunks:
+                try:
+                    self._sweep_chunk(batch, batch_id, counters.get(chunk), report)
+                except Exception as exc:  # one chunk's trouble must not stop the sweep
+                    logger.exception("chunk sweep failed", extra={"batch_id": batch_id, "chunk": chunk})
+                    report.problems.append(f"{batch_id}/{chunk}: {type(exc).__name__}")
         for batch_id in self._ledger.batches.open_batches():
             try:
                 self._sweep_batch(batch_id, report)
@@ -117,10 +147,12 @@ class SafetyNet:
         return report
 
     # -- chunks ------------------------------------------------------------------------------
-    def _sweep_chunk(self, batch: BatchState | None, batch_id: str, chunk: int, report: SweepReport) -> None:
-        counter = self._ledger.chunks.counter(batch_id, chunk)
+    def _sweep_chunk(
+        self, batch: BatchState | None, batch_id: str, counter: ChunkCounter | None, report: SweepReport
+    ) -> None:
         if counter is None or counter.settled:
             return
+        chunk = counter.index
         if (
             batch is None
             or batch.status is BatchStatus.FAILED
@@ -129,8 +161,23 @@ class SafetyNet:
             self._ledger.chunks.close(batch_id, chunk)  # nothing more will run here
             report.closed += 1
             return
+        if counter.finished >= counter.rows:
+            # Counted finished yet open: the recorder that counted its last outcome died before
+            # settling it (or is settling it now; the settle is conditional). No need to wait.
+            self._finisher.recount(batch_id, chunk)
+            report.recounted += 1
+            return
         now = self._clock()
-        rows = {row.record: row for row in self._ledger.rows.rows_of_chunk(batch_id, chunk)}
+        if not self._still(counter, now):
+            return  # an outcome or a start within `reconcile_after_s`: nothing of it is stale yet
+        report.looked_into += 1
+        if _untouched(counter):
+            # No worker has started or recorded anything here: no row, no start page to read.
+            rows: dict[int, RowState] = {}
+            starts: dict[int, StartedRun] = {}
+        else:
+            rows = {row.record: row for row in self._ledger.rows.progress_of_chunk(batch_id, chunk)}
+            starts = self._ledger.rows.starts(batch_id, chunk)
         finished = {record for record, row in rows.items() if row.finished}
         if len(finished) >= counter.rows:
             self._finisher.recount(batch_id, chunk)
@@ -139,7 +186,7 @@ class SafetyNet:
         # Only the runs of each row's current attempt: a reprocessed row's earlier run is history.
         started = {
             r: s
-            for r, s in self._ledger.rows.starts(batch_id, chunk).items()
+            for r, s in starts.items()
             if s.has_run and s.attempt == (rows[r].attempt if r in rows else 1)
         }
         silent = [
@@ -149,12 +196,11 @@ class SafetyNet:
         ]
         if silent:
             self._reconcile(batch, chunk, silent, report)
-        never_started = len(started.keys() | finished) < counter.rows
         if batch.status is BatchStatus.CANCELED:
             # Its runs in flight are asked for and timed out as any; nothing new starts, and the
-            # last of them finishes the batch (or this sweep does, below).
-            self._finisher.finish_canceled(batch_id, chunk)
+            # last of them finishes the batch (or the sweep of the batch itself does).
             return
+        never_started = len(started.keys() | finished) < counter.rows
         if never_started and self._stalled(counter, now) and batch.status is not BatchStatus.PAUSED:
             plan = {c.index: c for c in self._ledger.batches.chunk_plan(batch_id)}
             self._chunk_queue.send([ChunkMessage(batch_id=batch_id, chunk=plan[chunk])])
@@ -162,6 +208,15 @@ class SafetyNet:
         if counter.finished < len(finished) and self._quiet(counter, now):
             self._finisher.recount(batch_id, chunk)  # outcomes written but never counted
             report.recounted += 1
+
+    def _still(self, counter: ChunkCounter, now: float) -> bool:
+        """Nothing has moved the chunk's counter (an outcome, a run started, its creation) for
+        `reconcile_after_s`: only then can it hold a silent run, a short count or rows whose
+        message was lost, so only then are its rows and start pages read. A delivery that only
+        waited for slots does not count as movement (its runs may be the silent ones holding
+        the slots); a chunk from before `last_run_at` was kept is judged by outcomes alone."""
+        moved = max(counter.last_outcome_at or 0, counter.last_run_at or 0, counter.created_at or 0)
+        return now - moved >= self._times.reconcile_after_s
 
     def _quiet(self, counter: ChunkCounter, now: float) -> bool:
         last = max(counter.last_outcome_at or 0, counter.last_start_at or 0, counter.created_at or 0)
@@ -246,7 +301,7 @@ class SafetyNet:
             return
         now = self._clock()
         if batch.status in (BatchStatus.VALIDATING, BatchStatus.INGESTING):
-            if now - _epoch(batch.updated_at) >= INGEST_STALL_S:
+            if now - _epoch(batch.updated_at) >= self._times.ingest_stall_s:
                 self._finisher.fail(
                     batch_id, "ingest_interrupted", "the upload's ingest stopped and did not resume"
                 )
@@ -292,6 +347,18 @@ class SafetyNet:
         report.chunks_resent += len(waiting)
 
 
+def _untouched(counter: ChunkCounter) -> bool:
+    """No worker has held it, started or refused a row of it, or had an outcome counted."""
+    return (
+        not counter.started
+        and not counter.finished
+        and counter.last_start_at is None
+        and counter.last_outcome_at is None
+        and counter.last_run_at is None
+        and counter.worker_until is None
+    )
+
+
 def _asked_key(run: StartedRun) -> str:
     """Attempt 1 keeps the record alone (as written before reprocess existed)."""
     return str(run.record) if run.attempt == 1 else f"{run.record}.{run.attempt}"
@@ -301,4 +368,4 @@ def _epoch(moment: str) -> float:
     return datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
 
 
-__all__ = ["ProviderUnavailable", "SafetyNet", "SafetyNetTimes", "SweepReport"]
+__all__ = ["ProviderUnavailable", "SafetyNet", "SafetyNetTimes", "SweepReport", "ingest_stall_after"]

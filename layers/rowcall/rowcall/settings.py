@@ -9,6 +9,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rowcall.metadata import SpecDefaults
+from rowcall.models import MAX_USD
 
 
 def _none_when_empty(value: Any) -> Any:
@@ -37,7 +38,7 @@ class _BatchDefaults(_EnvSettings):
     """The template's defaults for §3 keys an upload leaves out: ingest applies them, and
     POST /uploads checks a request with them as ingest will."""
 
-    max_batch_cost_usd: float | None = Field(alias="MAX_BATCH_COST_USD", default=None, ge=0)
+    max_batch_cost_usd: float | None = Field(alias="MAX_BATCH_COST_USD", default=None, ge=0, le=MAX_USD)
     reuse_completed_rows: bool = Field(alias="REUSE_COMPLETED_ROWS", default=True)
     save_outputs: bool = Field(alias="SAVE_OUTPUTS", default=True)
     default_provider: Literal["flora", "replicate"] = Field(alias="DEFAULT_PROVIDER", default="flora")
@@ -131,6 +132,8 @@ class SafetyNetSettings(_EnvSettings):
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
     reconcile_after_s: float = Field(alias="RECONCILE_AFTER_SECONDS", gt=0)
     callback_deadline_s: float = Field(alias="CALLBACK_DEADLINE_SECONDS", gt=0)
+    ingest_max_event_age_s: float = Field(alias="INGEST_MAX_EVENT_AGE_SECONDS", default=21600, gt=0)
+    ingest_timeout_s: float = Field(alias="INGEST_TIMEOUT_SECONDS", default=900, gt=0)
     # A batch paused `daily_budget` goes on by itself the next UTC day (template DailyBudgetUsd).
     daily_budget_usd: float | None = Field(alias="DAILY_BUDGET_USD", default=None, ge=0)
 

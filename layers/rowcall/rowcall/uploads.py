@@ -1,8 +1,10 @@
-"""POST /uploads: a presigned S3 PUT under `uploads/`, bound to the declared size, `text/csv` and the batch's
-metadata (contract §3, §4).
+"""POST /uploads: a presigned S3 PUT under `uploads/`, bound to the declared size and `text/csv`
+(contract §3, §4), and the batch's metadata kept on rowcall's side.
 
-The metadata travels as signed `x-amz-meta-*` headers: the uploader must send exactly these, so what
-ingest reads is what was checked here. It is checked with the same code ingest runs
+The PUT succeeds with exactly `Content-Type: text/csv` and `Content-Length`, as a browser's XHR
+or `curl -T` sends it: the metadata is not signed into the URL (that would make every uploader
+send it back as `x-amz-meta-*` headers) but kept in the ledger under the granted key
+(`UploadIntentLedger`), where ingest reads it. It is checked with the same code ingest runs
 (`metadata.spec_from_metadata`), so a bad batch is refused now with 400 rather than failing later.
 """
 
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from rowcall.api import ApiError
+from rowcall.ledger import UploadIntentLedger
 from rowcall.metadata import InvalidMetadata, SpecDefaults, spec_from_metadata
 from rowcall.models import iso, utcnow
 from rowcall.outbound import DestinationPolicy
@@ -167,6 +170,7 @@ class Uploads:
         clock: Callable[[], datetime] = utcnow,
         new_token: Callable[[], str] = lambda: uuid.uuid4().hex,
         defaults: SpecDefaults | None = None,
+        intents: UploadIntentLedger | None = None,
     ) -> None:
         """`s3` must sign with SigV4 (its presigned URLs carry the signed headers)."""
         self._s3 = s3
@@ -175,6 +179,7 @@ class Uploads:
         self._default_technique_id = default_technique_id
         self._destinations = destinations
         self._defaults = defaults or SpecDefaults()
+        self._intents = intents
         self._clock = clock
         self._new_token = new_token
 
@@ -200,20 +205,22 @@ class Uploads:
         except InvalidMetadata as exc:
             at_fault, _, problem = str(exc).partition(": ")
             raise _refused(_field_of(at_fault), problem or str(exc)) from None
-        expires_at = self._clock() + timedelta(seconds=UPLOAD_URL_VALID_S)
-        url = self._s3.generate_presigned_url(
-            "put_object",
-            Params={
-                "Bucket": self._bucket,
-                "Key": key,
-                "ContentLength": request.size_bytes,
-                "ContentType": CONTENT_TYPE,
-                "Metadata": metadata,
-            },
-            ExpiresIn=UPLOAD_URL_VALID_S,
-        )
+        now = self._clock()
+        expires_at = now + timedelta(seconds=UPLOAD_URL_VALID_S)
+        params: dict[str, Any] = {
+            "Bucket": self._bucket,
+            "Key": key,
+            "ContentLength": request.size_bytes,
+            "ContentType": CONTENT_TYPE,
+        }
         headers = {"Content-Type": CONTENT_TYPE, "Content-Length": str(request.size_bytes)}
-        headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
+        if self._intents is not None:
+            # Before the URL exists: an object can never land without its metadata kept.
+            self._intents.remember(key, metadata, now_epoch=now.timestamp())
+        else:  # no ledger to keep it in: the metadata is signed, and must be sent back
+            params["Metadata"] = metadata
+            headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
+        url = self._s3.generate_presigned_url("put_object", Params=params, ExpiresIn=UPLOAD_URL_VALID_S)
         return UploadGrant(upload_url=url, key=key, expires_at=iso(expires_at), headers=headers)
 
     @staticmethod
@@ -229,3 +236,24 @@ class Uploads:
                 f"the metadata is {size} bytes; S3 allows {MAX_METADATA_BYTES}",
                 {"metadata": f"{size} bytes, at most {MAX_METADATA_BYTES}"},
             )
+
+
+def presigning_s3_client(region_name: str | None = None) -> S3Client:
+    """The S3 client that presigns upload URLs: SigV4, against the bucket's Regional virtual-hosted
+    endpoint `https://{bucket}.s3.{region}.amazonaws.com` (per partition).
+
+    botocore otherwise presigns with the legacy global host `{bucket}.s3.amazonaws.com`, where S3
+    answers 307 for a bucket less than a day old and 400 in Regions opened after March 2019 - and the
+    stack creates its bucket, so the first day after a deploy is when uploads would fail. SigV4
+    carries the signed headers (size, type, metadata). Where an endpoint is configured (the local
+    stack's embedded AWS, an IP address) botocore addresses the bucket by path there instead.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "virtual", "us_east_1_regional_endpoint": "regional"},
+    )
+    client: S3Client = boto3.client("s3", region_name=region_name, config=config)
+    return client

@@ -136,6 +136,7 @@ function card(batchId) {
     reprocess: button("Reprocess failed", "reprocess"),
     cancel: button("Cancel", "cancel", "danger"),
     resume: button("Resume", "resume"),
+    budget: button("Raise budget & resume", "budget"),
     results: el("a", { text: "results.csv", className: "download results" }),
     errors: el("a", { text: "row-errors.csv", className: "download row-errors" }),
   };
@@ -154,7 +155,7 @@ function card(batchId) {
     count("rows_skipped", "skipped"),
   ]);
   const downloads = el("span", { className: "downloads" }, [refs.results, refs.errors]);
-  const actions = el("div", { className: "actions" }, [refs.toggle, refs.reprocess, refs.cancel, refs.resume, downloads]);
+  const actions = el("div", { className: "actions" }, [refs.toggle, refs.reprocess, refs.cancel, refs.resume, refs.budget, downloads]);
   root.append(el("div", { className: "head" }, [refs.name, refs.id, refs.status]), refs.bar, counts, refs.meta, actions, refs.details);
 
   refs.toggle.addEventListener("click", () => toggleDetails(batchId));
@@ -163,7 +164,25 @@ function card(batchId) {
     if (confirm(`Cancel batch ${batchId}? Rows in flight finish; nothing new starts.`)) act(batchId, "cancel", {});
   });
   refs.resume.addEventListener("click", () => act(batchId, "resume", {}));
-  return { root, refs, busy: false };
+  refs.budget.addEventListener("click", () => {
+    const batch = entry.batch || {};
+    const suggested = batch.estimated_cost_usd ?? batch.max_cost_usd ?? "";
+    const answer = prompt(`New budget for batch ${batchId}, in USD (estimate ${usd(batch.estimated_cost_usd)}):`, String(suggested));
+    if (answer === null) return;
+    const value = Number(answer);
+    if (!answer.trim() || !Number.isFinite(value) || value < 0) {
+      showProblem(`action:${batchId}`, `budget ${JSON.stringify(answer)} is not a number of USD >= 0`);
+      return;
+    }
+    act(batchId, "resume", { max_cost_usd: value });
+  });
+  const entry = { root, refs, busy: false, batch: null };
+  return entry;
+}
+
+function usd(value) {
+  if (value === null || value === undefined) return "-";
+  return `$${Number(value).toFixed(6).replace(/0+$/, "").replace(/\.$/, "")}`;
 }
 
 function number(value) {
@@ -178,6 +197,7 @@ function when(iso) {
 
 function update(entry, batch) {
   const { root, refs } = entry;
+  entry.batch = batch;
   const status = String(batch.status || "unknown");
   root.dataset.status = status;
   refs.name.textContent = batch.name || batch.batch_id;
@@ -203,6 +223,14 @@ function update(entry, batch) {
 
   const meta = [];
   if (batch.reason) meta.push(`reason: ${batch.reason}`);
+  if (batch.reason_detail) meta.push(String(batch.reason_detail));
+  if (batch.charged_cost_usd !== null && batch.charged_cost_usd !== undefined) {
+    let cost = `charged ${usd(batch.charged_cost_usd)}`;
+    if (batch.estimated_cost_usd !== null && batch.estimated_cost_usd !== undefined) cost += ` of est. ${usd(batch.estimated_cost_usd)}`;
+    if (batch.run_cost_usd !== null && batch.run_cost_usd !== undefined) cost += ` (${usd(batch.run_cost_usd)}/run)`;
+    meta.push(cost);
+  }
+  if (batch.max_cost_usd !== null && batch.max_cost_usd !== undefined) meta.push(`budget ${usd(batch.max_cost_usd)}`);
   if (batch.created_at) meta.push(`created ${when(batch.created_at)}`);
   if (batch.estimated_completion && !TERMINAL.has(status)) meta.push(`ETA ${when(batch.estimated_completion)}`);
   if (batch.technique_id) meta.push(`technique ${batch.technique_id}`);
@@ -214,7 +242,9 @@ function update(entry, batch) {
     refs.reprocess.disabled = !(TERMINAL.has(status) && failed > 0);
     refs.cancel.disabled = !RUNNING.has(status);
     refs.resume.disabled = status !== "paused";
+    refs.budget.disabled = status !== "paused";
   }
+  refs.budget.hidden = !(status === "paused" && batch.reason === "over_budget");
   const results = batch.results || {};
   link(refs.results, results.csv_key, batch.batch_id, "results.csv");
   link(refs.errors, results.errors_key, batch.batch_id, "row-errors.csv");
@@ -326,7 +356,7 @@ async function refreshDetails(batchId) {
 
 async function act(batchId, action, body) {
   const entry = state.cards.get(batchId);
-  const buttons = entry ? [entry.refs.reprocess, entry.refs.cancel, entry.refs.resume] : [];
+  const buttons = entry ? [entry.refs.reprocess, entry.refs.cancel, entry.refs.resume, entry.refs.budget] : [];
   if (entry) entry.busy = true;
   buttons.forEach((b) => (b.disabled = true));
   clearProblem(`action:${batchId}`);

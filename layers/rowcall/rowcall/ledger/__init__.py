@@ -20,6 +20,7 @@ from rowcall.ledger.row_errors import RowErrorLedger
 from rowcall.ledger.rows import NO_RUN, RowLedger, StartedRun
 from rowcall.ledger.slots import SlotLedger, release_shard
 from rowcall.ledger.table import RetryPolicy, Table
+from rowcall.ledger.uploads import UploadIntentLedger
 from rowcall.models import utcnow
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Ledger:
         self.row_errors = RowErrorLedger(self.table)
         self.notifications = NotificationLedger(self.table, clock)
         self.slots = SlotLedger(self.table)
+        self.upload_intents = UploadIntentLedger(self.table)
         self.reuse = ReuseLedger(self.table)
 
 
@@ -58,5 +60,6 @@ __all__ = [
     "SlotLedger",
     "StartedRun",
     "Table",
+    "UploadIntentLedger",
     "release_shard",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from rowcall.models import (
     ChunkPlan,
     DoneMessage,
     ReprocessPlan,
+    RowRules,
     iso,
     utcnow,
 )
@@ -66,6 +68,17 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     ):
         raise ValueError("cursor is not valid")
     return {k: attr(v) for k, v in raw.items()}
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the pre-flight and the count decided, recorded with the plan: each input column's
+    type (the technique's), the rows' rules, the price per run and the estimate."""
+
+    input_types: dict[str, str]
+    rules: RowRules
+    run_cost_micro_usd: int | None
+    estimate_micro_usd: int | None
 
 
 def on_done_of(batch: BatchState) -> DoneMessage:
@@ -110,7 +123,13 @@ class BatchLedger:
         return BatchState.model_validate(stored) if stored else None
 
     def record_plan(
-        self, batch_id: str, *, header: list[str], chunks: Sequence[ChunkPlan], rows_skipped: int
+        self,
+        batch_id: str,
+        *,
+        header: list[str],
+        chunks: Sequence[ChunkPlan],
+        rows_skipped: int,
+        preflight: Preflight | None = None,
     ) -> bool:
         """validating -> ingesting: the count is final, the chunks and their counters exist.
 
@@ -131,21 +150,31 @@ class BatchLedger:
                 for n, i in enumerate(range(0, len(chunks), PLAN_PAGE))
             ]
         )
-        moved = self._transition(
-            batch_id,
+        update = (
             "SET #status = :ingesting, #header = :header, #total_count = :total, #chunk_count = :chunks, "
-            "#rows_skipped = :skipped, #updated_at = :now",
-            "#status = :validating",
-            {
-                ":ingesting": BatchStatus.INGESTING.value,
-                ":validating": BatchStatus.VALIDATING.value,
-                ":header": header,
-                ":total": sum(c.rows for c in chunks),
-                ":chunks": len(chunks),
-                ":skipped": rows_skipped,
-                ":now": self._now(),
-            },
+            "#rows_skipped = :skipped, #updated_at = :now"
         )
+        values: dict[str, Any] = {
+            ":ingesting": BatchStatus.INGESTING.value,
+            ":validating": BatchStatus.VALIDATING.value,
+            ":header": header,
+            ":total": sum(c.rows for c in chunks),
+            ":chunks": len(chunks),
+            ":skipped": rows_skipped,
+            ":now": self._now(),
+        }
+        if preflight is not None:
+            # In the same write as the count: a retried ingest finds the estimate it must check
+            # the budget against before sending any chunk.
+            update += ", #spec.#input_types = :types, #row_rules = :rules"
+            values |= {":types": preflight.input_types, ":rules": preflight.rules.model_dump(mode="json")}
+            if preflight.run_cost_micro_usd is not None:
+                update += ", #run_cost_micro_usd = :run_cost, #estimated_cost_micro_usd = :estimate"
+                values |= {
+                    ":run_cost": preflight.run_cost_micro_usd,
+                    ":estimate": preflight.estimate_micro_usd,
+                }
+        moved = self._transition(batch_id, update, "#status = :validating", values)
         return moved is not None
 
     def chunk_plan(self, batch_id: str) -> list[ChunkPlan]:
@@ -212,25 +241,26 @@ class BatchLedger:
         return paused is not None
 
     def resume(
-        self, batch_id: str, *, finished: int = 0, failed: int = 0, max_cost_micro_usd: int | None = None
+        self, batch_id: str, *, finished: int = 0, max_cost_micro_usd: int | None = None
     ) -> BatchState | None:
         """paused -> running; None when it was not paused. `finished` (rows finished so far)
-        restarts the completion rate, so the time spent paused does not slow the estimate, and
-        with `failed` restarts the failure threshold's count. `max_cost_micro_usd` sets the
+        restarts the completion rate, so the time spent paused does not slow the estimate; the
+        failure threshold's count restarts too. `max_cost_micro_usd` sets the
         budget in the same write (the approval of a batch paused `over_budget`). A batch paused
         before its first run (from `ingesting`) leaves the open index here: its chunks are the
         open work now."""
         sets = (
             "#status = :running, #updated_at = :now, #rate_since = :now, #rate_base = :finished, "
-            "#running_at = if_not_exists(#running_at, :now), #threshold_finished_base = :finished, "
-            "#threshold_failed_base = :failed"
+            "#running_at = if_not_exists(#running_at, :now), "
+            "#threshold_finished_base = if_not_exists(#threshold_finished, :zero), "
+            "#threshold_failed_base = if_not_exists(#threshold_failed, :zero)"
         )
         values: dict[str, Any] = {
             ":running": BatchStatus.RUNNING.value,
             ":paused": BatchStatus.PAUSED.value,
             ":now": self._now(),
             ":finished": finished,
-            ":failed": failed,
+            ":zero": 0,
         }
         if max_cost_micro_usd is not None:
             sets += ", #max_cost_micro_usd = :budget"
@@ -242,32 +272,15 @@ class BatchLedger:
             values,
         )
 
-    def record_costs(self, batch_id: str, *, run_cost_micro_usd: int | None) -> None:
-        """The technique's price per run, as the pre-flight read it (validating only)."""
-        if run_cost_micro_usd is None:
-            return
-        self._transition(
-            batch_id,
-            "SET #run_cost_micro_usd = :cost, #updated_at = :now",
-            "#status = :validating",
-            {
-                ":cost": run_cost_micro_usd,
-                ":validating": BatchStatus.VALIDATING.value,
-                ":now": self._now(),
-            },
-        )
-
-    def record_estimate(self, batch_id: str, estimated_micro_usd: int) -> BatchState | None:
-        """The estimate, once the rows are counted (ingesting only)."""
+    def add_threshold_counts(self, batch_id: str, *, finished: int, failed: int) -> BatchState | None:
+        """Rows finished and failed, counted on the batch item for its failure threshold (only a
+        batch with one pays this write); the batch as it now stands. Like the chunk counters, a
+        hint: an ADD repeated after a lost answer counts twice, which can only pause sooner."""
         return self._transition(
             batch_id,
-            "SET #estimated_cost_micro_usd = :estimate, #updated_at = :now",
-            "#status = :ingesting",
-            {
-                ":estimate": estimated_micro_usd,
-                ":ingesting": BatchStatus.INGESTING.value,
-                ":now": self._now(),
-            },
+            "ADD #threshold_finished :finished, #threshold_failed :failed",
+            "attribute_exists(pk)",
+            {":finished": finished, ":failed": failed},
         )
 
     def pause_before_run(self, batch_id: str, reason: str, message: str) -> bool:
@@ -310,28 +323,37 @@ class BatchLedger:
             },
         )
 
-    def finish_canceled(self, batch_id: str, *, completed: int, failed: int) -> DoneMessage | None:
+    def finish_canceled(
+        self, batch_id: str, *, completed: int, failed: int, charged_micro_usd: int | None = None
+    ) -> DoneMessage | None:
         """A canceled batch whose runs in flight are all recorded: its final counts (a recount),
         its on-done. Exactly one caller wins (`cancel_pending` is removed)."""
+        sets = (
+            "#completed_count = :c, #failed_count = :f, #finished_at = :now, #updated_at = :now, "
+            "#notification = :notification"
+        )
+        values: dict[str, Any] = {
+            ":c": completed,
+            ":f": failed,
+            ":now": self._now(),
+            ":notification": _PENDING_NOTIFICATION,
+            ":one": 1,
+            ":canceled": BatchStatus.CANCELED.value,
+            ":true": True,
+        }
+        if charged_micro_usd is not None:
+            sets += ", #charged_cost_micro_usd = :m"
+            values[":m"] = charged_micro_usd
         finished = self._transition(
             batch_id,
-            "SET #completed_count = :c, #failed_count = :f, #finished_at = :now, #updated_at = :now, "
-            "#notification = :notification ADD #finish_seq :one REMOVE #cancel_pending",
+            f"SET {sets} ADD #finish_seq :one REMOVE #cancel_pending",
             "#status = :canceled AND #cancel_pending = :true",
-            {
-                ":c": completed,
-                ":f": failed,
-                ":now": self._now(),
-                ":notification": _PENDING_NOTIFICATION,
-                ":one": 1,
-                ":canceled": BatchStatus.CANCELED.value,
-                ":true": True,
-            },
+            values,
         )
         return on_done_of(finished) if finished else None
 
     def reopen(
-        self, batch: BatchState, plan: ReprocessPlan, *, uncounted: tuple[int, int]
+        self, batch: BatchState, plan: ReprocessPlan, *, uncounted: tuple[int, int], uncharged: int = 0
     ) -> BatchState | None:
         """completed|partial -> running for a reprocess; None when the batch moved on meanwhile
         (another reprocess, which read the same finish, got there first).
@@ -344,7 +366,8 @@ class BatchLedger:
             batch.batch_id,
             "SET #status = :running, #reprocess = :plan, #running_at = :now, #updated_at = :now, "
             "#rate_since = :now, #rate_base = :kept, #open_pk = :open, #open_sk = :open_sk "
-            "ADD #chunks_settled :minus_chunks, #completed_count :minus_c, #failed_count :minus_f",
+            "ADD #chunks_settled :minus_chunks, #completed_count :minus_c, #failed_count :minus_f, "
+            "#charged_cost_micro_usd :minus_m",
             "#status IN (:completed, :partial) AND #finish_seq = :seq",
             {
                 ":running": BatchStatus.RUNNING.value,
@@ -357,6 +380,9 @@ class BatchLedger:
                 ":minus_chunks": -len(plan.chunks),
                 ":minus_c": -completed,
                 ":minus_f": -failed,
+                # Their charges leave with their counts and come back with their settle: the
+                # batch's charge is its rows' current runs' (an earlier attempt's is history).
+                ":minus_m": -uncharged,
                 ":completed": BatchStatus.COMPLETED.value,
                 ":partial": BatchStatus.PARTIAL.value,
                 ":seq": batch.finish_seq,

@@ -22,6 +22,7 @@ from rowcall.ledger.keys import (
     batch_key,
     batch_pk,
     chunk_key,
+    chunk_sk,
     open_chunk_sk,
 )
 from rowcall.ledger.table import Table
@@ -72,23 +73,39 @@ class ChunkLedger:
             _, batch_id, chunk = entry["open_sk"].split("#")
             yield batch_id, int(chunk)
 
-    def add_outcomes(self, batch_id: str, chunk: int, *, completed: int, failed: int) -> ChunkCounter | None:
-        """Count outcomes the caller's row writes moved; the counter as it now stands."""
+    def add_outcomes(
+        self, batch_id: str, chunk: int, *, completed: int, failed: int, charged_micro_usd: int = 0
+    ) -> ChunkCounter | None:
+        """Count outcomes the caller's row writes moved, and what their runs were charged; the
+        counter as it now stands."""
         stored = self._table.update(
             chunk_key(batch_id, chunk),
-            "ADD #completed :c, #failed :f SET #last_outcome_at = :now",
+            "ADD #completed :c, #failed :f, #charged_micro_usd :m SET #last_outcome_at = :now",
             condition="attribute_exists(#rows)",
-            values={":c": completed, ":f": failed, ":now": time.time()},
+            values={":c": completed, ":f": failed, ":m": charged_micro_usd, ":now": time.time()},
         )
         return _counter(stored) if stored else None
 
     def add_started(self, batch_id: str, chunk: int, started: int) -> None:
+        """Count runs started outside a worker's delivery (its release counts its own)."""
+        if started <= 0:
+            return
+        now = time.time()
         self._table.update(
             chunk_key(batch_id, chunk),
-            "ADD #started :n SET #last_start_at = :now",
+            "ADD #started :n SET #last_start_at = :now, #last_run_at = :now",
             condition="attribute_exists(#rows)",
-            values={":n": started, ":now": time.time()},
+            values={":n": started, ":now": now},
         )
+
+    def counters_between(self, batch_id: str, first: int, last: int) -> dict[int, ChunkCounter]:
+        """The counters of chunks first..last of a batch in one query (paged past 1 MB): for
+        many open chunks of one batch, a read unit per ~16 counters instead of one each."""
+        found = self._table.query_all(
+            "pk = :pk AND sk BETWEEN :first AND :last",
+            {":pk": batch_pk(batch_id), ":first": chunk_sk(first), ":last": chunk_sk(last)},
+        )
+        return {counter.index: counter for counter in map(_counter, found)}
 
     def settle(self, batch_id: str, counter: ChunkCounter, rows: Iterable[RowState]) -> bool | None:
         """Fold a finished chunk into its batch's counts, once, from a recount of its rows.
@@ -98,25 +115,32 @@ class ChunkLedger:
         """
         if counter.settled:
             return None
-        completed = failed = reused = 0
+        completed = failed = charged = reused = 0
         for row in rows:
             completed += row.status is RowStatus.COMPLETED
             failed += row.status is RowStatus.FAILED
+            charged += (row.charged_cost_micro_usd or 0) if row.finished else 0
             reused += row.status is RowStatus.COMPLETED and row.reused_from is not None
         if completed + failed < counter.rows:
             self._table.update(
                 chunk_key(batch_id, counter.index),
-                "SET #completed = :c, #failed = :f",
+                "SET #completed = :c, #failed = :f, #charged_micro_usd = :m",
                 condition="#completed = :was_c AND #failed = :was_f AND attribute_not_exists(#settled)",
-                values={":c": completed, ":f": failed, ":was_c": counter.completed, ":was_f": counter.failed},
+                values={
+                    ":c": completed,
+                    ":f": failed,
+                    ":m": charged,
+                    ":was_c": counter.completed,
+                    ":was_f": counter.failed,
+                },
             )
             return False
         settled = self._table.transact(
             [
                 self._table.update_item(
                     chunk_key(batch_id, counter.index),
-                    "SET #settled = :true, #completed = :c, #failed = :f, #reused = :r "
-                    "REMOVE #open_pk, #open_sk",
+                    "SET #settled = :true, #completed = :c, #failed = :f, #charged_micro_usd = :m, "
+                    "#reused = :r REMOVE #open_pk, #open_sk",
                     # `reused` is what the chunk's last settle added to the batch's reused_count:
                     # a chunk settled again after a reprocess adds only the difference.
                     condition="attribute_not_exists(#settled) AND "
@@ -125,6 +149,7 @@ class ChunkLedger:
                         ":true": True,
                         ":c": completed,
                         ":f": failed,
+                        ":m": charged,
                         ":r": reused,
                         ":was_r": counter.reused,
                     },
@@ -133,13 +158,14 @@ class ChunkLedger:
                 # settling after that would count its rows twice.
                 self._table.update_item(
                     batch_key(batch_id),
-                    "ADD #chunks_settled :one, #completed_count :c, #failed_count :f, #reused_count :dr "
-                    "SET #updated_at = :now",
+                    "ADD #chunks_settled :one, #completed_count :c, #failed_count :f, "
+                    "#charged_cost_micro_usd :m, #reused_count :dr SET #updated_at = :now",
                     condition="#status <> :canceled",
                     values={
                         ":one": 1,
                         ":c": completed,
                         ":f": failed,
+                        ":m": charged,
                         ":dr": reused - counter.reused,
                         ":now": iso(self._clock()),
                         ":canceled": BatchStatus.CANCELED.value,
@@ -149,20 +175,25 @@ class ChunkLedger:
         )
         return True if settled else None
 
-    def reopen(self, batch_id: str, chunk: int, *, seq: int, completed: int, failed: int) -> bool:
+    def reopen(
+        self, batch_id: str, chunk: int, *, seq: int, completed: int, failed: int, charged_micro_usd: int = 0
+    ) -> bool:
         """settled -> open for reprocess `seq`, once: its counter now counts only the rows that
         keep their outcome (the reopened ones are pending); back in the index of open work. The
         batch left out its counts when it reopened (`BatchLedger.reopen`)."""
         reopened = self._table.update(
             chunk_key(batch_id, chunk),
-            "SET #reopened_seq = :seq, #completed = :c, #failed = :f, #open_pk = :open, #open_sk = :open_sk, "
-            "#last_start_at = :at REMOVE #settled",
+            "SET #reopened_seq = :seq, #completed = :c, #failed = :f, #charged_micro_usd = :m, "
+            "#started = :kept, #open_pk = :open, #open_sk = :open_sk, #last_start_at = :at REMOVE #settled",
             condition="attribute_exists(#settled) AND "
             "(attribute_not_exists(#reopened_seq) OR #reopened_seq < :seq)",
             values={
                 ":seq": seq,
                 ":c": completed,
                 ":f": failed,
+                ":m": charged_micro_usd,
+                # The rows that keep their outcome: the reruns are counted again as they start.
+                ":kept": completed + failed,
                 ":open": OPEN_PARTITION,
                 ":open_sk": open_chunk_sk(batch_id, chunk),
                 ":at": time.time(),
@@ -192,16 +223,29 @@ class ChunkLedger:
         )
         return claimed is not None
 
-    def release(self, batch_id: str, chunk: int, *, holder: str, back_in_s: float = 0.0) -> None:
+    def release(
+        self, batch_id: str, chunk: int, *, holder: str, back_in_s: float = 0.0, started: int = 0
+    ) -> None:
         """The delivery's end is activity too: a chunk cycling through the queue (waiting for
         slots, deferred) is never mistaken by the safety net for one whose message was lost.
         `back_in_s`: the delivery sent the chunk again with that delay, so the chunk counts as
         active until its copy is due (otherwise a wait of a few seconds plus a busy queue looked
         stalled, and each resend added a copy that cycled too: 333 deliveries of 14 chunks in a
-        chaos run on a loaded machine)."""
+        chaos run on a loaded machine).
+
+        `started`: the runs the delivery started (and rows it refused), added to the chunk's
+        `started`. A delivery that dies before its release leaves `started` short: the recorder
+        then reads its batch more often than needed (`ChunkCounter.runs_maybe_out`), nothing
+        else. `last_run_at` moves only when runs started: waiting for slots is not progress."""
+        now = time.time()
+        update = "SET #last_start_at = :at"
+        values: dict[str, Any] = {":holder": holder, ":at": now + max(0.0, back_in_s)}
+        if started > 0:
+            update += ", #last_run_at = :now ADD #started :started"
+            values |= {":now": now, ":started": started}
         self._table.update(
             chunk_key(batch_id, chunk),
-            "SET #last_start_at = :now REMOVE #worker, #worker_until",
+            update + " REMOVE #worker, #worker_until",
             condition="#worker = :holder",
-            values={":holder": holder, ":now": time.time() + max(0.0, back_in_s)},
+            values=values,
         )

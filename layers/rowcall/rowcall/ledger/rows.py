@@ -24,6 +24,9 @@ _OUTCOME_ATTRIBUTES = (
     "#saved_outputs"
 )
 
+# What the safety net needs of a row: finished or not, for which attempt.
+_PROGRESS_ATTRIBUTES = "#sk, #status, #attempt"
+
 # Keeps a failed row's item under 1 KB (one write unit) whatever the provider says.
 MAX_ERROR_MESSAGE = 500
 
@@ -91,6 +94,7 @@ class RowLedger:
             "line": line,
             "key": key,
             "run_id": outcome.run_id,
+            "charged_cost_micro_usd": outcome.charged_cost_micro_usd,
             "reused_from": outcome.reused_from,
         }
         for name, value in described.items():
@@ -114,7 +118,8 @@ class RowLedger:
         written = self._table.update(
             row_key(batch_id, chunk, record),
             "SET #status = :pending, #attempt = #attempt + :one, #reopen_seq = :seq, #reopened_at = :at, "
-            "#updated_at = :now REMOVE #run_id, #outputs, #error_code, #error_message, #reused_from",
+            "#updated_at = :now REMOVE #run_id, #outputs, #error_code, #error_message, "
+            "#charged_cost_micro_usd, #reused_from",
             condition="#status IN (:completed, :failed) AND "
             "(attribute_not_exists(#reopen_seq) OR #reopen_seq < :seq)",
             values={
@@ -148,6 +153,13 @@ class RowLedger:
     def outcomes_of_chunk(self, batch_id: str, chunk: int) -> Iterator[RowState]:
         """The chunk's rows in file order with their outcomes only (no key, line, attempt or times)."""
         for stored in self._table.prefixed(rows_pk(batch_id, chunk), "ROW#", projection=_OUTCOME_ATTRIBUTES):
+            record = int(stored["sk"].removeprefix("ROW#"))
+            yield RowState.model_validate(stored | {"batch_id": batch_id, "chunk": chunk, "record": record})
+
+    def progress_of_chunk(self, batch_id: str, chunk: int) -> Iterator[RowState]:
+        """The chunk's rows with their status and attempt only (the read units are the same as
+        for whole items; botocore's parsing of the rest is not)."""
+        for stored in self._table.prefixed(rows_pk(batch_id, chunk), "ROW#", projection=_PROGRESS_ATTRIBUTES):
             record = int(stored["sk"].removeprefix("ROW#"))
             yield RowState.model_validate(stored | {"batch_id": batch_id, "chunk": chunk, "record": record})
 

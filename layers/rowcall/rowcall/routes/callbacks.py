@@ -16,10 +16,11 @@ from rowcall.flora_signature import SIGNATURE_HEADER
 from rowcall.identity import content_key_in
 from rowcall.models import RunWebhook
 from rowcall.routes.errors import error_responses
+from rowcall.tracing import TRACED_MODULES
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ unannotated
 metrics = Metrics()
-tracer = Tracer()
+tracer = Tracer(patch_modules=TRACED_MODULES)
 # A FLORA envelope is well under 1 KB; anything far larger is refused before it is parsed.
 MAX_CALLBACK_BYTES = 64 * 1024
 ROUTE = "/callbacks/<batch_id>/<row_id>"
