@@ -46,6 +46,12 @@ REQUIRED_KEYS = (
     "hot_item_max_writes_per_s",
     "sweep_read_units_500k_running",
     "sweep_seconds_500k_running",
+    "cost_per_million_rows_saved_outputs_usd",
+    "saved_outputs_per_s_16kib",
+    "saved_mb_per_s_16kib",
+    "saved_outputs_per_s_50mib",
+    "saved_mb_per_s_50mib",
+    "saver_peak_rss_mb_1gib",
     "reuse_provider_requests_per_row",
     "reuse_aws_requests_per_row",
     "fresh_aws_requests_per_row",
@@ -155,6 +161,22 @@ GOALS = (
         ">= 0.9",
     ),
     Goal(
+        "cost_per_million_rows_saved_outputs_usd",
+        "rowcall cost per 1M rows, outputs saved (USD)",
+        None,
+        "(beside the figure without)",
+    ),
+    Goal("saved_outputs_per_s_16kib", "saver outputs/s, 16 KiB outputs", None, "(measured)"),
+    Goal("saved_mb_per_s_16kib", "saver MB/s, 16 KiB outputs", None, "(measured)"),
+    Goal("saved_outputs_per_s_50mib", "saver outputs/s, 50 MiB outputs", None, "(measured)"),
+    Goal("saved_mb_per_s_50mib", "saver MB/s, 50 MiB outputs", None, "(measured)"),
+    Goal(
+        "saver_peak_rss_mb_1gib",
+        "saver peak RSS, 1 GiB output (MB)",
+        _at_most("saver_peak_rss_mb_1gib", 200),
+        "<= 200",
+    ),
+    Goal(
         "hot_item_max_writes_per_s",
         "busiest item writes/s at 10,000 outcomes/s",
         _at_most("hot_item_max_writes_per_s", 1000),
@@ -192,6 +214,26 @@ def _cost() -> dict[str, Any]:
     result = cost.measure(5000)
     cost.report(result)
     return result
+
+
+def _cost_saved_outputs() -> dict[str, Any]:
+    """The same run with every output copied into the bucket (16 KiB each, the emulator's default)."""
+    from bench import cost
+
+    result = cost.measure(2000, save_outputs="on")
+    cost.report(result)
+    breakdown = result["breakdown"]["rowcall"]
+    return {
+        "cost_per_million_rows_saved_outputs_usd": result["cost_per_million_rows_usd"],
+        "saved_outputs_breakdown": breakdown,
+        "saver_lambda": result["lambda"].get("SaverFunction"),
+    }
+
+
+def _saved_outputs() -> dict[str, Any]:
+    from bench import saved_outputs_bench
+
+    return saved_outputs_bench.measure()
 
 
 _background = concurrent.futures.ThreadPoolExecutor(1)
@@ -280,6 +322,8 @@ PIECES: dict[str, Callable[[], dict[str, Any]]] = {
     "polling_start": _start_polling,
     "callbacks": _callbacks,
     "cost": _cost,
+    "cost_saved_outputs": _cost_saved_outputs,
+    "saved_outputs": _saved_outputs,
     "ingest": _ingest,
     "hot_items": _hot_items,
     "sweep": _sweep,

@@ -6,7 +6,9 @@ still exact, and there is exactly one on-done."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from rowcall.ledger import Ledger
 from rowcall.models import ChunkMessage
+from rowcall_local.emulated_media import Media
 from rowcall_local.webhook_receiver import WebhookReceiver
 
 from .conftest import LocalStack, running_stack
@@ -44,7 +47,8 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         "--reconcile-after-s": "8",
         "--callback-deadline-s": "180",
         "--schedule-every-s": "2",
-        "--crash-once": "WorkerFunction:4",
+        # A worker killed half way through a chunk, a saver half way through its copies.
+        "--crash-once": "WorkerFunction:4,SaverFunction:0.3",
     }
     state = tmp_path_factory.mktemp("rowcall-chaos")
     with running_stack(state, *[x for kv in flags.items() for x in kv]) as stack:
@@ -67,6 +71,32 @@ def provider_truth(stack: LocalStack) -> dict[str, int]:
             return counts
 
 
+def assert_outputs_saved_once(stack: LocalStack, done: dict[str, Any], rows: list[dict[str, str]]) -> None:
+    """Every completed row's output in the bucket with the provider's bytes, stored once (one
+    version of one key), though a saver was killed half way and AWS faulted."""
+    batch_id = done["batch_id"]
+    bucket = stack.info["bucket"]
+    completed = [r for r in rows if r["status"] == "completed"]
+    assert done["outputs_saved_count"] == len(completed) and done["outputs_failed_count"] == 0
+    versions: dict[str, int] = {}
+    paginator = stack.s3.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket, Prefix=f"outputs/{batch_id}/"):
+        for version in page.get("Versions", []):
+            versions[version["Key"]] = versions.get(version["Key"], 0) + 1
+        assert not page.get("DeleteMarkers")
+    assert len(versions) == len(completed), "an output lost or saved under two names"
+    assert set(versions.values()) == {1}, "an output stored twice"
+    for row in completed:
+        (key,) = json.loads(row["saved_outputs"])
+        assert key == f"outputs/{batch_id}/{row['id']}/output_0.png"
+        body = stack.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        expected = Media(f"{row['run_id']}/output_0", "imageUrl", len(body))
+        assert hashlib.sha256(body).hexdigest() == expected.digest()
+    assert "SaverFunction" in (stack.state_dir / "up.log").read_text().split("killed after", 1)[-1] or (
+        "SaverFunction" in (stack.state_dir / "up.log").read_text()
+    )
+
+
 def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: LocalStack) -> None:
     hook = WebhookReceiver()
     try:
@@ -80,7 +110,7 @@ def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: L
             Bucket=bucket,
             Key=key,
             Body=out.getvalue().encode(),
-            Metadata={"key-column": "id", "on-done-url": hook.url + "/done"},
+            Metadata={"key-column": "id", "on-done-url": hook.url + "/done", "save-outputs": "on"},
         )
         sqs = aws_client(chaos, "sqs")
         deliver_s3_event_again(sqs, bucket, key, len(out.getvalue()))
@@ -122,5 +152,6 @@ def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: L
         assert stats["creates"] > ROWS and stats["callbacks_sent"] > ROWS
         log = (chaos.state_dir / "up.log").read_text()
         assert "killed after" in log and "WorkerFunction" in log
+        assert_outputs_saved_once(chaos, done, rows)
     finally:
         hook.close()

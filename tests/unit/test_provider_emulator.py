@@ -37,6 +37,7 @@ STATS = (
     "deliveries_given_up",
     "last_callback_sent_at_ms",
     "technique_gets",
+    "media_gets",
 )
 
 StartEmulator = Callable[..., ProviderEmulator]
@@ -200,7 +201,8 @@ def test_a_run_is_created_pending_then_a_signed_envelope_says_it_completed(
         {
             "output_id": "output_0",
             "type": "imageUrl",
-            "url": f"https://cdn.provider.invalid/runs/{run_id}/output_0.png",
+            # Served by the emulator itself (contract section 5): tests/unit/test_saved_outputs.py.
+            "url": f"{emulator.url}/_media/{run_id}/imageUrl/output_0.png",
         }
     ]
     assert done["charged_cost"] > 0

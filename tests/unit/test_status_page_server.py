@@ -78,8 +78,9 @@ class FakeApi:
     def cancel(self, batch_id: str) -> dict[str, Any]:
         return self._answer(("cancel", batch_id), {**BATCH, "status": "running"})
 
-    def resume(self, batch_id: str) -> dict[str, Any]:
-        return self._answer(("resume", batch_id), {**BATCH, "status": "running"})
+    def resume(self, batch_id: str, max_cost_usd: float | None = None) -> dict[str, Any]:
+        call = ("resume", batch_id) if max_cost_usd is None else ("resume", batch_id, max_cost_usd)
+        return self._answer(call, {**BATCH, "status": "running"})
 
 
 class FakeResults:
@@ -180,6 +181,15 @@ def test_actions_are_proxied_as_json_posts(page: httpx.Client, api: FakeApi) -> 
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_body"
     assert page.get("/api/batches/b_1/cancel").status_code == 405
     assert len(api.calls) == 4
+
+
+def test_the_budget_button_resumes_with_a_new_budget(page: httpx.Client, api: FakeApi) -> None:
+    assert page.post("/api/batches/b_1/resume", json={"max_cost_usd": 12.5}).status_code == 202
+    assert api.calls == [("resume", "b_1", 12.5)]
+    for body in ({"max_cost_usd": -1}, {"max_cost_usd": "lots"}, {"budget": 3}):
+        refused = page.post("/api/batches/b_1/resume", json=body)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_body"
+    assert len(api.calls) == 1
 
 
 def test_api_errors_reach_the_page_in_the_api_shape(page: httpx.Client, api: FakeApi) -> None:

@@ -27,12 +27,14 @@ from rowcall.reuse import RowReuse
 from rowcall.row_listing import RowListing
 from rowcall.runs import RunStarter
 from rowcall.safety_net import SafetyNet, SafetyNetTimes, ingest_stall_after
+from rowcall.saved_outputs import OutputSaver, SaveQueue
 from rowcall.settings import (
     ApiSettings,
     IngestSettings,
     NotifierSettings,
     RecorderSettings,
     SafetyNetSettings,
+    SaverSettings,
     UploadSettings,
     WebhookSettings,
     WorkerSettings,
@@ -192,6 +194,27 @@ def outcome_recorder() -> OutcomeRecorder:
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
         reuse=RowReuse(ledger.reuse, clock=time.time, keep_days=settings.reuse_days),
+        save_queue=SaveQueue(_sqs(), settings.save_queue_url) if settings.save_queue_url else None,
+    )
+
+
+# A saved output's download waits this long for a byte before it is tried again.
+OUTPUT_READ_TIMEOUT_S = 60.0
+
+
+@cache
+def output_saver() -> OutputSaver:
+    settings = SaverSettings.from_env()
+    ledger = _ledger(settings.table_name)
+    return OutputSaver(
+        s3=_s3(),
+        bucket=settings.bucket_name,
+        ledger=ledger,
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        http=webhook_client(
+            DestinationPolicy(allow_loopback=settings.allow_loopback_outputs), timeout_s=OUTPUT_READ_TIMEOUT_S
+        ),
+        max_output_bytes=settings.max_output_bytes,
     )
 
 
@@ -238,6 +261,7 @@ def safety_net() -> SafetyNet:
             callback_deadline_s=settings.callback_deadline_s,
             ingest_stall_s=ingest_stall_after(settings.ingest_max_event_age_s, settings.ingest_timeout_s),
         ),
+        save_queue=SaveQueue(_sqs(), settings.save_queue_url) if settings.save_queue_url else None,
     )
 
 

@@ -32,6 +32,8 @@ class RowResult:
     key: str | None = None
     # What the row asked (`rowcall.reuse.content_key`), when known: a completed run leaves it behind.
     content_key: str | None = None
+    save: bool = False
+    """Its outputs are to be saved (the batch's `save-outputs`) before its chunk settles."""
 
 
 class BatchFinisher:
@@ -59,10 +61,11 @@ class BatchFinisher:
             moved_out.extend(moved)
         completed = sum(r.outcome.status is RowStatus.COMPLETED for r in moved)
         failed = sum(r.outcome.status is RowStatus.FAILED for r in moved)
+        saving = sum(r.save and r.outcome.status is RowStatus.COMPLETED for r in moved)
         charged = sum(r.outcome.charged_cost_micro_usd or 0 for r in moved)
         if completed or failed:
             counter = self._ledger.chunks.add_outcomes(
-                batch_id, chunk, completed=completed, failed=failed, charged_micro_usd=charged
+                batch_id, chunk, completed=completed, failed=failed, charged_micro_usd=charged, saving=saving
             )
         else:
             counter = self._ledger.chunks.counter(batch_id, chunk)
@@ -95,6 +98,7 @@ class BatchFinisher:
                     attempt=result.attempt,
                     line=result.line,
                     key=result.key,
+                    save_pending=result.save,
                 )
             ]
 
@@ -120,6 +124,15 @@ class BatchFinisher:
             if self._ledger.chunks.settle(batch_id, counter, rows) is False:
                 return  # the counter ran ahead of the rows; it says what they say now
         self.finish_if_done(batch_id)
+
+    def after_saves(self, batch_id: str, chunk: int) -> None:
+        """A row's outputs were saved: once the chunk's counter says none is left to save, it
+        may settle (from a recount of its rows, as any) and the batch finish. One read per save,
+        the chunk's rows only when they may all be done."""
+        counter = self._ledger.chunks.counter(batch_id, chunk)
+        if counter is not None and counter.saving <= 0:
+            self.after_outcomes(batch_id, counter)
+        self.finish_canceled(batch_id, chunk)
 
     def recount(self, batch_id: str, chunk: int) -> None:
         """For a chunk gone quiet: the counter may have missed outcomes (a crash between a row
@@ -160,6 +173,8 @@ class BatchFinisher:
             if not (counter.last_start_at or counter.last_outcome_at or counter.worker_until):
                 continue  # never touched by a worker: no row of it has run
             rows = {row.record: row for row in self._ledger.rows.rows_of_chunk(batch_id, index)}
+            if any(row.save_pending for row in rows.values()):
+                return  # outputs still being saved: the saver finishes it once they are
             for record, start in self._ledger.rows.starts(batch_id, index).items():
                 row = rows.get(record)
                 current = row.attempt if row is not None else 1

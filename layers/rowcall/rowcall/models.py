@@ -402,6 +402,8 @@ class ChunkCounter(BaseModel):
     completed: int = 0
     failed: int = 0
     started: int = 0
+    saving: int = 0
+    """Completed rows whose outputs are still being saved (a hint: `add_outcomes`)."""
     settled: bool = False
     created_at: float | None = None
     last_outcome_at: float | None = None
@@ -446,6 +448,8 @@ class RowState(BaseModel):
     attempt: int = 1
     run_id: str | None = None
     outputs: list[dict[str, Any]] = Field(default_factory=list)
+    save_pending: bool = False
+    """Its outputs are being saved (contract section 7); its chunk does not settle meanwhile."""
     error_code: str | None = None
     error_message: str | None = None
     updated_at: str | None = None

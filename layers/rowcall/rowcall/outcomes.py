@@ -19,6 +19,7 @@ from rowcall.ledger import Ledger, ReuseSource
 from rowcall.models import FinishedRun, RowOutcome, RowStatus, RunObject, to_micro_usd
 from rowcall.provider import ProviderClient, ProviderConnection, ProviderUnavailable, RunNotFound
 from rowcall.reuse import RowReuse
+from rowcall.saved_outputs import SaveMessage, SaveQueue
 
 logger = Logger(child=True)
 
@@ -93,12 +94,16 @@ class OutcomeRecorder:
         finisher: BatchFinisher,
         provider: ProviderConnection,
         reuse: RowReuse | None = None,
+        save_queue: SaveQueue | None = None,
     ) -> None:
         self._ledger = ledger
         self._finisher = finisher
         self._provider = provider
         self._reuse = reuse
         self._techniques: OrderedDict[str, str] = OrderedDict()
+        # Batches whose outputs are saved (`save-outputs`), read with the technique.
+        self._saving: dict[str, bool] = {}
+        self._save_queue = save_queue
 
     def record(self, messages: Sequence[tuple[str, FinishedRun]]) -> RecordReport:
         report = RecordReport()
@@ -115,10 +120,12 @@ class OutcomeRecorder:
                 report.dropped += 1
             else:
                 report.fetched += finished.status is RowStatus.COMPLETED
+                save = self._saves(finished, outcome)
                 result = RowResult(
                     record=finished.record,
                     attempt=finished.attempt,
                     outcome=outcome,
+                    save=save,
                     content_key=finished.content_key,
                 )
                 groups[(finished.batch_id, finished.chunk)].append((message_id, result))
@@ -129,6 +136,7 @@ class OutcomeRecorder:
                 report.recorded += self._finisher.record_outcomes(
                     batch_id, chunk, [r for _, r in group], moved_out=moved
                 )
+                self._send_saves(batch_id, chunk, [r for _, r in group])
                 if self._reuse is not None:
                     completions += self._reuse.sources(batch_id, chunk, moved)
             except Exception:
@@ -150,6 +158,32 @@ class OutcomeRecorder:
             report.remembered = self._reuse.remember(completions)
         except Exception:
             logger.exception("completed rows not remembered for reuse", extra={"rows": len(completions)})
+
+    def _saves(self, finished: FinishedRun, outcome: RowOutcome) -> bool:
+        return bool(
+            self._save_queue is not None
+            and outcome.status is RowStatus.COMPLETED
+            and outcome.outputs
+            and self._saving.get(finished.batch_id, False)
+        )
+
+    def _send_saves(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> None:
+        """One save message per completed row to save, whether its write won just now or on an
+        earlier delivery (whose send may have been lost): the saver drops one with nothing left
+        to save."""
+        messages = [
+            SaveMessage(
+                batch_id=batch_id,
+                chunk=chunk,
+                record=r.record,
+                attempt=r.attempt,
+                run_id=r.outcome.run_id or "",
+            )
+            for r in results
+            if r.save and r.outcome.run_id
+        ]
+        if messages and self._save_queue is not None:
+            self._save_queue.send(messages)
 
     async def _resolve_all(self, messages: Sequence[FinishedRun]) -> list[RowOutcome | BaseException | None]:
         async with self._provider.http() as http:
@@ -174,6 +208,8 @@ class OutcomeRecorder:
         if batch is None:
             return None
         self._techniques[batch_id] = batch.spec.technique_id
+        self._saving[batch_id] = batch.spec.save_outputs
         if len(self._techniques) > TECHNIQUE_CACHE_SIZE:
-            self._techniques.popitem(last=False)
+            forgotten, _ = self._techniques.popitem(last=False)
+            self._saving.pop(forgotten, None)
         return batch.spec.technique_id
