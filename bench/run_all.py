@@ -57,6 +57,9 @@ REQUIRED_KEYS = (
     "saved_outputs_per_s_50mib",
     "saved_mb_per_s_50mib",
     "saver_peak_rss_mb_1gib",
+    "reuse_provider_requests_per_row",
+    "reuse_aws_requests_per_row",
+    "fresh_aws_requests_per_row",
 )
 
 
@@ -217,6 +220,19 @@ GOALS = (
         "<= 2000",
     ),
     Goal("sweep_seconds_500k_running", "that sweep's duration (s)", None, "(explains)"),
+    Goal(
+        "reuse_provider_requests_per_row",
+        "reuse batch: provider requests per row",
+        _at_most("reuse_provider_requests_per_row", 0.0),
+        "0.00",
+    ),
+    Goal(
+        "reuse_aws_requests_per_row",
+        "reuse batch: AWS requests per row",
+        lambda r: r["reuse_aws_requests_per_row"] <= r["fresh_aws_requests_per_row"],
+        "<= fresh batch's",
+    ),
+    Goal("fresh_aws_requests_per_row", "fresh batch (same CSV): AWS requests per row", None, "(compared)"),
 )
 
 
@@ -333,6 +349,12 @@ def _sweep() -> dict[str, Any]:
     return figures
 
 
+def _reuse() -> dict[str, Any]:
+    from bench import reuse_bench
+
+    return dict(reuse_bench.measure(1000))
+
+
 PIECES: dict[str, Callable[[], dict[str, Any]]] = {
     "polling_start": _start_polling,
     "callbacks": _callbacks,
@@ -344,6 +366,7 @@ PIECES: dict[str, Callable[[], dict[str, Any]]] = {
     "sweep": _sweep,
     "e2e": _e2e,
     "admission": _admission,
+    "reuse": _reuse,
     "polling": _join_polling,
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from rowcall.outbound import DestinationPolicy, webhook_client
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySchedule
+from rowcall.reuse import RowReuse
 from rowcall.row_listing import RowListing
 from rowcall.runs import RunStarter
 from rowcall.safety_net import SafetyNet, SafetyNetTimes, ingest_stall_after
@@ -149,6 +151,7 @@ def run_starter() -> RunStarter:
         max_in_flight=settings.max_in_flight,
         intent_valid_s=settings.reconcile_after_s,
         daily_budget_usd=settings.daily_budget_usd,
+        reuse=RowReuse(ledger.reuse, clock=time.time),
     )
 
 
@@ -202,6 +205,7 @@ def outcome_recorder() -> OutcomeRecorder:
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
+        reuse=RowReuse(ledger.reuse, clock=time.time, keep_days=settings.reuse_days),
         save_queue=SaveQueue(_sqs(), settings.save_queue_url) if settings.save_queue_url else None,
     )
 

@@ -31,6 +31,8 @@ class RowResult:
     outcome: RowOutcome
     line: int | None = None
     key: str | None = None
+    # What the row asked (`rowcall.reuse.content_key`), when known: a completed run leaves it behind.
+    content_key: str | None = None
     save: bool = False
     """Its outputs are to be saved (the batch's `save-outputs`) before its chunk settles."""
 
@@ -54,10 +56,18 @@ class BatchFinisher:
         self._admission = admission
         self._failure_threshold = FailureThreshold(ledger)
 
-    def record_outcomes(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> int:
+    def record_outcomes(
+        self,
+        batch_id: str,
+        chunk: int,
+        results: Sequence[RowResult],
+        moved_out: list[RowResult] | None = None,
+    ) -> int:
         """Write each row's outcome (once per attempt), then count the rows that moved in one
-        `ADD` on their chunk. How many rows moved."""
+        `ADD` on their chunk. How many rows moved; `moved_out` is extended with them."""
         moved = self._write_rows(batch_id, chunk, results)
+        if moved_out is not None:
+            moved_out.extend(moved)
         completed = sum(r.outcome.status is RowStatus.COMPLETED for r in moved)
         failed = sum(r.outcome.status is RowStatus.FAILED for r in moved)
         saving = sum(r.save and r.outcome.status is RowStatus.COMPLETED for r in moved)

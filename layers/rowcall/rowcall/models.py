@@ -286,6 +286,8 @@ class FinishedRun(BaseModel):
     status: Literal[RowStatus.COMPLETED, RowStatus.FAILED]
     error_code: str | None = None
     error_message: str | None = None
+    # What the row asked (`rowcall.reuse`), from its callback token: a completion leaves it behind.
+    content_key: str | None = None
 
 
 class CreateRunRequest(BaseModel):
@@ -307,6 +309,8 @@ class RowOutcome(BaseModel):
     error_message: str | None = None
     # What the provider charged for the run (its `charged_cost`); 0 for a failed run.
     charged_cost_micro_usd: int | None = None
+    # Completed from an earlier row with the same content key (`rowcall.reuse`), not run.
+    reused_from: dict[str, str] | None = None
 
 
 class ReprocessPlan(BaseModel):
@@ -427,6 +431,8 @@ class ChunkCounter(BaseModel):
     # Charges of the chunk's finished runs, added with the counts (a hint like them; the settle
     # recounts them from the rows).
     charged_micro_usd: int = 0
+    # Reused rows (`reuse`) this chunk's last settle counted into its batch's `reused_count`.
+    reused: int = 0
 
     @property
     def finished(self) -> int:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from aws_lambda_powertools import Logger
 
 from rowcall.finishing import BatchFinisher, RowResult
-from rowcall.ledger import Ledger
+from rowcall.ledger import Ledger, ReuseSource
 from rowcall.models import FinishedRun, RowOutcome, RowStatus, RunObject, to_micro_usd
 from rowcall.provider import ProviderClient, ProviderConnection, ProviderUnavailable, RunNotFound
+from rowcall.reuse import RowReuse
 from rowcall.saved_outputs import SaveMessage, SaveQueue
 
 logger = Logger(child=True)
@@ -39,6 +40,8 @@ class RecordReport:
     recorded: int = 0
     fetched: int = 0
     dropped: int = 0
+    remembered: int = 0
+    """Content-key items written for completed rows (`rowcall.reuse`)."""
 
 
 def fetched_outcome(run: RunObject | RunNotFound, run_id: str) -> RowOutcome:
@@ -90,11 +93,13 @@ class OutcomeRecorder:
         ledger: Ledger,
         finisher: BatchFinisher,
         provider: ProviderConnection,
+        reuse: RowReuse | None = None,
         save_queue: SaveQueue | None = None,
     ) -> None:
         self._ledger = ledger
         self._finisher = finisher
         self._provider = provider
+        self._reuse = reuse
         self._techniques: OrderedDict[str, str] = OrderedDict()
         # Batches whose outputs are saved (`save-outputs`), read with the technique.
         self._saving: dict[str, bool] = {}
@@ -117,20 +122,42 @@ class OutcomeRecorder:
                 report.fetched += finished.status is RowStatus.COMPLETED
                 save = self._saves(finished, outcome)
                 result = RowResult(
-                    record=finished.record, attempt=finished.attempt, outcome=outcome, save=save
+                    record=finished.record,
+                    attempt=finished.attempt,
+                    outcome=outcome,
+                    save=save,
+                    content_key=finished.content_key,
                 )
                 groups[(finished.batch_id, finished.chunk)].append((message_id, result))
+        completions: list[ReuseSource] = []
         for (batch_id, chunk), group in groups.items():
             try:
-                report.recorded += self._finisher.record_outcomes(batch_id, chunk, [r for _, r in group])
+                moved: list[RowResult] = []
+                report.recorded += self._finisher.record_outcomes(
+                    batch_id, chunk, [r for _, r in group], moved_out=moved
+                )
                 self._send_saves(batch_id, chunk, [r for _, r in group])
+                if self._reuse is not None:
+                    completions += self._reuse.sources(batch_id, chunk, moved)
             except Exception:
                 # Row writes are conditional, so the retry repeats none; a count missed here
                 # is found by the recount when the chunk settles or goes quiet.
                 logger.exception("outcomes not written, retried later", extra={"batch_id": batch_id})
                 report.failed.update(message_id for message_id, _ in group)
         self._finisher.release_slots(report.recorded)
+        self._remember(completions, report)
         return report
+
+    def _remember(self, completions: list[ReuseSource], report: RecordReport) -> None:
+        """Completed rows under their content keys, in one request per received batch. Not worth a
+        retry of the messages (their rows are written, a retry would find nothing to remember):
+        a key missed here only means a later batch runs that row again."""
+        if self._reuse is None or not completions:
+            return
+        try:
+            report.remembered = self._reuse.remember(completions)
+        except Exception:
+            logger.exception("completed rows not remembered for reuse", extra={"rows": len(completions)})
 
     def _saves(self, finished: FinishedRun, outcome: RowOutcome) -> bool:
         return bool(

@@ -45,6 +45,7 @@ from rowcall.provider import (
     created_epoch_s,
 )
 from rowcall.queues import ChunkQueue
+from rowcall.reuse import RowReuse, content_key
 from rowcall.source import read_source
 from rowcall.start_log import StartLog
 
@@ -99,6 +100,8 @@ class RowJob:
     inputs: list[RunInput]
     attempt: int = 1
     offset: int = 0
+    # What the row asks (`rowcall.reuse`); None where this stack keeps no content keys.
+    content_key: str | None = None
 
     @property
     def row_id(self) -> str:
@@ -112,6 +115,7 @@ class ChunkReport:
     refused: int = 0
     deferred: int = 0
     skipped_known: int = 0
+    reused: int = 0
     batch_refusal: str | None = None
     paused: bool = False
     not_open: str | None = None
@@ -147,6 +151,7 @@ class RunStarter:
         intent_valid_s: float = 900.0,
         daily_budget_usd: float | None = None,
         clock: Callable[[], float] = time.time,
+        reuse: RowReuse | None = None,
     ) -> None:
         self._s3 = s3
         self._ledger = ledger
@@ -163,6 +168,7 @@ class RunStarter:
         self._admission = None
         if chunk_queue is not None and max_in_flight:
             self._admission = Admission(ledger, chunk_queue, max_in_flight, clock)
+        self._reuse = reuse
 
     def start_chunk(self, message: ChunkMessage, time_left_s: Callable[[], float]) -> ChunkReport:
         report = ChunkReport()
@@ -275,6 +281,8 @@ class RunStarter:
                 report.skipped_known += 1
             else:
                 jobs.append(job)
+        # Outcomes to record after the lease is let go, like refused rows.
+        jobs = self._take_reused(batch, jobs, report, refused)
         if jobs:
             started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
             try:
@@ -282,6 +290,18 @@ class RunStarter:
                 asyncio.run(self._start_all(batch, jobs, report, time_left_s, started, refused, lease))
             finally:
                 started.flush()
+
+    def _take_reused(
+        self, batch: BatchState, jobs: list[RowJob], report: ChunkReport, outcomes: list[RowResult]
+    ) -> list[RowJob]:
+        """With `reuse` on, the rows completed before (same content key) are completed from those
+        rows, looked up in bulk before anything else: no run, no slot, no budget. The rows left."""
+        if self._reuse is None or not batch.spec.reuse or not jobs:
+            return jobs
+        to_run, reused = self._reuse.take(jobs)
+        report.reused += len(reused)
+        outcomes.extend(reused)
+        return to_run
 
     def _reopen(self, batch: BatchState, chunk: int, plan: ReprocessPlan) -> None:
         """The chunk's share of a reprocess, under its lease: its rows back to pending at their
@@ -338,14 +358,20 @@ class RunStarter:
         for record in records:
             if record.fields is None:
                 continue
+            inputs = row_inputs(header, record.fields, batch.spec)
             yield RowJob(
                 chunk=chunk.index,
                 record=record.number,
                 line=record.line,
                 key=row_key(header, record.fields, batch.spec, record.number),
-                inputs=row_inputs(header, record.fields, batch.spec),
+                inputs=inputs,
                 attempt=attempts.get(record.number, 1),
                 offset=record.start,
+                content_key=(
+                    None
+                    if self._reuse is None
+                    else content_key(batch.spec.provider, batch.spec.technique_id, inputs)
+                ),
             )
 
     async def _start_all(
@@ -473,7 +499,7 @@ class RunStarter:
         attempt = job.attempt
         request = CreateRunRequest(
             inputs=job.inputs,
-            callback_url=self._callback_url(batch.batch_id, job.row_id, attempt),
+            callback_url=self._callback_url(batch.batch_id, job.row_id, attempt, job.content_key),
             idempotency_key=idempotency_key_for(batch.batch_id, job.row_id, attempt),
         )
         sent_at = time.time()
@@ -565,6 +591,6 @@ class RunStarter:
             f"provider answered {refusal.status_code} {refusal.code}",
         )
 
-    def _callback_url(self, batch_id: str, row_id: str, attempt: int) -> str:
-        token = self._signer.token(batch_id, row_id, attempt)
+    def _callback_url(self, batch_id: str, row_id: str, attempt: int, content_key: str | None = None) -> str:
+        token = self._signer.token(batch_id, row_id, attempt, content_key)
         return f"{self._callback_base}/callbacks/{batch_id}/{row_id}?token={token}"

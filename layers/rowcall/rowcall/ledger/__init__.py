@@ -16,6 +16,7 @@ from rowcall.ledger.batches import BatchLedger
 from rowcall.ledger.budget import BudgetLedger
 from rowcall.ledger.chunks import ChunkLedger
 from rowcall.ledger.notifications import NotificationLedger
+from rowcall.ledger.reuse import ReuseLedger, ReuseSource
 from rowcall.ledger.row_errors import RowErrorLedger
 from rowcall.ledger.rows import NO_RUN, RowLedger, StartedRun
 from rowcall.ledger.slots import SlotLedger, release_shard
@@ -46,6 +47,7 @@ class Ledger:
         self.waiting = WaitingList(self.table)
         self.budget = BudgetLedger(self.table)
         self.upload_intents = UploadIntentLedger(self.table)
+        self.reuse = ReuseLedger(self.table)
 
 
 __all__ = [
@@ -56,6 +58,8 @@ __all__ = [
     "Ledger",
     "NotificationLedger",
     "RetryPolicy",
+    "ReuseLedger",
+    "ReuseSource",
     "RowErrorLedger",
     "RowLedger",
     "SlotLedger",

@@ -128,13 +128,14 @@ class ChunkLedger:
         """
         if counter.settled:
             return None
-        completed = failed = charged = 0
+        completed = failed = charged = reused = 0
         saving = False
         for row in rows:
             completed += row.status is RowStatus.COMPLETED
             failed += row.status is RowStatus.FAILED
             charged += (row.charged_cost_micro_usd or 0) if row.finished else 0
             saving |= row.save_pending
+            reused += row.status is RowStatus.COMPLETED and row.reused_from is not None
         if completed + failed < counter.rows:
             self._table.update(
                 chunk_key(batch_id, counter.index),
@@ -155,23 +156,34 @@ class ChunkLedger:
             [
                 self._table.update_item(
                     chunk_key(batch_id, counter.index),
-                    "SET #settled = :true, #completed = :c, #failed = :f, #charged_micro_usd = :m "
-                    "REMOVE #open_pk, #open_sk",
-                    condition="attribute_not_exists(#settled)",
-                    values={":true": True, ":c": completed, ":f": failed, ":m": charged},
+                    "SET #settled = :true, #completed = :c, #failed = :f, #charged_micro_usd = :m, "
+                    "#reused = :r REMOVE #open_pk, #open_sk",
+                    # `reused` is what the chunk's last settle added to the batch's reused_count:
+                    # a chunk settled again after a reprocess adds only the difference.
+                    condition="attribute_not_exists(#settled) AND "
+                    "(attribute_not_exists(#reused) OR #reused = :was_r)",
+                    values={
+                        ":true": True,
+                        ":c": completed,
+                        ":f": failed,
+                        ":m": charged,
+                        ":r": reused,
+                        ":was_r": counter.reused,
+                    },
                 ),
                 # A canceled batch's final counts are a recount made when it finishes; a chunk
                 # settling after that would count its rows twice.
                 self._table.update_item(
                     batch_key(batch_id),
                     "ADD #chunks_settled :one, #completed_count :c, #failed_count :f, "
-                    "#charged_cost_micro_usd :m SET #updated_at = :now",
+                    "#charged_cost_micro_usd :m, #reused_count :dr SET #updated_at = :now",
                     condition="#status <> :canceled",
                     values={
                         ":one": 1,
                         ":c": completed,
                         ":f": failed,
                         ":m": charged,
+                        ":dr": reused - counter.reused,
                         ":now": iso(self._clock()),
                         ":canceled": BatchStatus.CANCELED.value,
                     },

@@ -99,6 +99,7 @@ class RowLedger:
             "run_id": outcome.run_id,
             "save_pending": True if save_pending else None,
             "charged_cost_micro_usd": outcome.charged_cost_micro_usd,
+            "reused_from": outcome.reused_from,
         }
         for name, value in described.items():
             if value is not None:
@@ -122,7 +123,7 @@ class RowLedger:
             row_key(batch_id, chunk, record),
             "SET #status = :pending, #attempt = #attempt + :one, #reopen_seq = :seq, #reopened_at = :at, "
             "#updated_at = :now REMOVE #run_id, #outputs, #error_code, #error_message, "
-            "#charged_cost_micro_usd, #saved_outputs, #save_pending",
+            "#charged_cost_micro_usd, #saved_outputs, #save_pending, #reused_from",
             condition="#status IN (:completed, :failed) AND "
             "(attribute_not_exists(#reopen_seq) OR #reopen_seq < :seq)",
             values={

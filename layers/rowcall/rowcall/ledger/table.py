@@ -217,6 +217,30 @@ class Table:
             if pending:
                 raise RuntimeError("DynamoDB left items unprocessed after every retry")
 
+    def get_many(
+        self, keys: Sequence[Mapping[str, Any]], *, projection: str | None = None
+    ) -> list[dict[str, Any]]:
+        """BatchGetItem in groups of 100 keys (its limit), eventually consistent, unprocessed
+        keys asked again; the items found, in no particular order. Keys must be distinct (DynamoDB
+        refuses a request naming one twice)."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {"Keys": [item(k) for k in keys[start : start + 100]]}
+            if projection:
+                request["ProjectionExpression"] = projection
+                request |= expression_arguments(projection)
+            pending: Any = {self.name: request}
+            for attempt in range(self._retry.attempts):
+                got = self.retried(partial(self.client.batch_get_item, RequestItems=pending))
+                found.extend(plain(i) for i in got.get("Responses", {}).get(self.name, []))
+                pending = got.get("UnprocessedKeys") or None
+                if not pending:
+                    break
+                time.sleep(self._retry.delay(attempt))
+            if pending:
+                raise RuntimeError("DynamoDB left keys unprocessed after every retry")
+        return found
+
     def query(
         self,
         key_condition: str,
