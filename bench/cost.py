@@ -33,6 +33,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,12 +91,23 @@ def _sqs_call(headers: dict[str, str], body: str) -> tuple[str, dict[str, Any]]:
     return params.get("Action", "?"), params
 
 
+def _records(recording: str) -> Iterator[dict[str, Any]]:
+    """moto's recorder writes one JSON object per line, but requests recorded at once from two
+    threads (the saver's ten copies) can share a line: each object is read in turn."""
+    decoder = json.JSONDecoder()
+    for line in recording.splitlines():
+        at = 0
+        while line[at:].strip():
+            request, end = decoder.raw_decode(line, at)
+            yield request
+            at = end
+            while at < len(line) and line[at].isspace():
+                at += 1
+
+
 def count_requests(recording: str) -> AwsRequests:
     counted = AwsRequests()
-    for line in recording.splitlines():
-        if not line.strip():
-            continue
-        request = json.loads(line)
+    for request in _records(recording):
         headers = request.get("headers") or {}
         auth = headers.get("Authorization") or headers.get("authorization") or ""
         scope = _SCOPE.search(auth)
@@ -140,7 +152,9 @@ def count_requests(recording: str) -> AwsRequests:
     return counted
 
 
-def measure(rows: int = 5000) -> dict[str, Any]:
+def measure(rows: int = 5000, save_outputs: str = "off") -> dict[str, Any]:
+    """`save_outputs`: the batch's `save-outputs` (contract section 3); "off" is the figure the
+    goal is set for, "on" adds the saver and every output copied into the bucket."""
     state = Path(tempfile.mkdtemp(prefix="rowcall-cost-"))
     options = StackOptions(state_dir=state, provider_faults=ProviderFaults(delay_ms=(20, 200)))
     hook = WebhookReceiver()
@@ -159,7 +173,12 @@ def measure(rows: int = 5000) -> dict[str, Any]:
                 Bucket=info["bucket"],
                 Key=f"uploads/cost-{rows}.csv",
                 Body=make_csv(rows),
-                Metadata={"key-column": "sku", "input-types": "reference=imageUrl", "on-done-url": hook.url},
+                Metadata={
+                    "key-column": "sku",
+                    "input-types": "reference=imageUrl",
+                    "on-done-url": hook.url,
+                    "save-outputs": save_outputs,
+                },
             )
             hook.wait_for(lambda got: len(got) >= 1, timeout_s=max(600, rows / 5))
             seconds = time.monotonic() - started

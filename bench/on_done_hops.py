@@ -3,12 +3,15 @@
 From the provider sending a batch's last run webhook to the signed on-done arriving:
 
     callback -> webhook fn      the provider's POST through the local HTTP API to the handler
-    webhook fn                  signature check, the finished-run message sent (FIFO)
+    webhook fn                  signature check, until the finished-run message is sent (FIFO)
     finished-run queue          the message waiting for the recorder's event source (long poll)
     recorder                    outputs fetched, the row written, the chunk counted, the batch
-                                settled and finished, the done message sent
+                                settled and finished, until the done message is sent
     done queue                  the done message waiting for the notifier's event source
     notifier -> POST received   the results CSV written, SNS published, the on-done POSTed
+
+The queue hops start at the message's SentTimestamp (SQS's own, carried in the event's records), so
+the hops add up to the whole latency: a handler's work after its send overlaps the next hop.
 
 The recorder's and the notifier's inner steps (count, settle; results, SNS, POST) run in one
 invocation each: the spans do not split them (their logs' timestamps would).
@@ -39,6 +42,8 @@ class Span(Protocol):
     def started_at(self) -> float: ...
     @property
     def ended_at(self) -> float: ...
+    @property
+    def sent_at(self) -> tuple[float, ...]: ...
 
 
 def hops(spans: Sequence[Span], last_callback_at: float, received_at: float) -> dict[str, float] | None:
@@ -48,20 +53,23 @@ def hops(spans: Sequence[Span], last_callback_at: float, received_at: float) -> 
     notifier = next((s for s in after if s.function_id == NOTIFIER and s.started_at <= received_at), None)
     if notifier is None:
         return None
-    recorders = [s for s in after if s.function_id == RECORDER and s.ended_at <= notifier.started_at]
+    recorders = [s for s in after if s.function_id == RECORDER and s.started_at <= notifier.started_at]
     webhooks = [s for s in after if s.function_id == WEBHOOK]
-    if not recorders or not webhooks:
+    if not recorders or not webhooks or not notifier.sent_at:
         return None
-    recorder = recorders[-1]
+    done_sent = max(notifier.sent_at)
+    # The recorder that sent the done message: the last one to start before it was sent.
+    recorder = [s for s in recorders if s.started_at <= done_sent][-1:]
+    if not recorder or not recorder[0].sent_at:
+        return None
+    finished_sent = max(recorder[0].sent_at)
     webhook = webhooks[0]  # the last callback's own delivery: the first webhook call after it
-    if webhook.ended_at > recorder.started_at:
-        return None
     return {
         HOPS[0]: webhook.started_at - last_callback_at,
-        HOPS[1]: webhook.ended_at - webhook.started_at,
-        HOPS[2]: recorder.started_at - webhook.ended_at,
-        HOPS[3]: recorder.ended_at - recorder.started_at,
-        HOPS[4]: notifier.started_at - recorder.ended_at,
+        HOPS[1]: finished_sent - webhook.started_at,
+        HOPS[2]: recorder[0].started_at - finished_sent,
+        HOPS[3]: done_sent - recorder[0].started_at,
+        HOPS[4]: notifier.started_at - done_sent,
         HOPS[5]: received_at - notifier.started_at,
     }
 

@@ -44,8 +44,22 @@ REQUIRED_KEYS = (
     "moto_ops_per_s",
     "aws_ops_per_row",
     "hot_item_max_writes_per_s",
+    "cap_utilisation_fast",
+    "cap_utilisation_slow",
+    "aws_requests_per_row_capped",
+    "aws_requests_waiting_first_10s",
+    "aws_requests_waiting_next_20s",
     "sweep_read_units_500k_running",
     "sweep_seconds_500k_running",
+    "cost_per_million_rows_saved_outputs_usd",
+    "saved_outputs_per_s_16kib",
+    "saved_mb_per_s_16kib",
+    "saved_outputs_per_s_50mib",
+    "saved_mb_per_s_50mib",
+    "saver_peak_rss_mb_1gib",
+    "reuse_provider_requests_per_row",
+    "reuse_aws_requests_per_row",
+    "fresh_aws_requests_per_row",
 )
 
 
@@ -152,10 +166,52 @@ GOALS = (
         ">= 0.9",
     ),
     Goal(
+        "cost_per_million_rows_saved_outputs_usd",
+        "rowcall cost per 1M rows, outputs saved (USD)",
+        None,
+        "(beside the figure without)",
+    ),
+    Goal("saved_outputs_per_s_16kib", "saver outputs/s, 16 KiB outputs", None, "(measured)"),
+    Goal("saved_mb_per_s_16kib", "saver MB/s, 16 KiB outputs", None, "(measured)"),
+    Goal("saved_outputs_per_s_50mib", "saver outputs/s, 50 MiB outputs", None, "(measured)"),
+    Goal("saved_mb_per_s_50mib", "saver MB/s, 50 MiB outputs", None, "(measured)"),
+    Goal(
+        "saver_peak_rss_mb_1gib",
+        "saver peak RSS, 1 GiB output (MB)",
+        _at_most("saver_peak_rss_mb_1gib", 200),
+        "<= 200",
+    ),
+    Goal(
         "hot_item_max_writes_per_s",
         "busiest item writes/s at 10,000 outcomes/s",
         _at_most("hot_item_max_writes_per_s", 1000),
         "<= 1000",
+    ),
+    Goal(
+        "cap_utilisation_fast",
+        "runs in flight / cap while rows wait, 0-300 ms runs",
+        _at_least("cap_utilisation_fast", 0.9),
+        ">= 0.9",
+    ),
+    Goal(
+        "cap_utilisation_slow",
+        "runs in flight / cap while rows wait, 5-10 s runs",
+        _at_least("cap_utilisation_slow", 0.9),
+        ">= 0.9",
+    ),
+    Goal(
+        "aws_requests_per_row_capped",
+        "AWS requests per row under the cap",
+        lambda r: r["aws_requests_per_row_capped"] <= 1.5 * r["aws_ops_per_row"],
+        "<= 1.5x uncapped",
+    ),
+    Goal("aws_requests_waiting_first_10s", "AWS requests, first 10 s waiting for slots", None, "(compared)"),
+    Goal(
+        "aws_requests_waiting_next_20s",
+        "AWS requests, the next 20 s it waits",
+        # Independent of the wait: no more in 20 s than in the first 10 (one sweep may fall in).
+        lambda r: r["aws_requests_waiting_next_20s"] <= max(r["aws_requests_waiting_first_10s"], 60),
+        "not growing",
     ),
     Goal(
         "sweep_read_units_500k_running",
@@ -164,6 +220,19 @@ GOALS = (
         "<= 2000",
     ),
     Goal("sweep_seconds_500k_running", "that sweep's duration (s)", None, "(explains)"),
+    Goal(
+        "reuse_provider_requests_per_row",
+        "reuse batch: provider requests per row",
+        _at_most("reuse_provider_requests_per_row", 0.0),
+        "0.00",
+    ),
+    Goal(
+        "reuse_aws_requests_per_row",
+        "reuse batch: AWS requests per row",
+        lambda r: r["reuse_aws_requests_per_row"] <= r["fresh_aws_requests_per_row"],
+        "<= fresh batch's",
+    ),
+    Goal("fresh_aws_requests_per_row", "fresh batch (same CSV): AWS requests per row", None, "(compared)"),
 )
 
 
@@ -176,6 +245,26 @@ def _cost() -> dict[str, Any]:
     result = cost.measure(5000)
     cost.report(result)
     return result
+
+
+def _cost_saved_outputs() -> dict[str, Any]:
+    """The same run with every output copied into the bucket (16 KiB each, the emulator's default)."""
+    from bench import cost
+
+    result = cost.measure(2000, save_outputs="on")
+    cost.report(result)
+    breakdown = result["breakdown"]["rowcall"]
+    return {
+        "cost_per_million_rows_saved_outputs_usd": result["cost_per_million_rows_usd"],
+        "saved_outputs_breakdown": breakdown,
+        "saver_lambda": result["lambda"].get("SaverFunction"),
+    }
+
+
+def _saved_outputs() -> dict[str, Any]:
+    from bench import saved_outputs_bench
+
+    return saved_outputs_bench.measure()
 
 
 _background = concurrent.futures.ThreadPoolExecutor(1)
@@ -226,6 +315,12 @@ def _e2e() -> dict[str, Any]:
     return {k if k in own or k.startswith("e2e_") else f"e2e_{k}": v for k, v in got.items()}
 
 
+def _admission() -> dict[str, Any]:
+    from bench import admission_bench
+
+    return dict(admission_bench.measure())
+
+
 def _hot_items() -> dict[str, Any]:
     from bench import hot_items
 
@@ -254,14 +349,24 @@ def _sweep() -> dict[str, Any]:
     return figures
 
 
+def _reuse() -> dict[str, Any]:
+    from bench import reuse_bench
+
+    return dict(reuse_bench.measure(1000))
+
+
 PIECES: dict[str, Callable[[], dict[str, Any]]] = {
     "polling_start": _start_polling,
     "callbacks": _callbacks,
     "cost": _cost,
+    "cost_saved_outputs": _cost_saved_outputs,
+    "saved_outputs": _saved_outputs,
     "ingest": _ingest,
     "hot_items": _hot_items,
     "sweep": _sweep,
     "e2e": _e2e,
+    "admission": _admission,
+    "reuse": _reuse,
     "polling": _join_polling,
 }
 

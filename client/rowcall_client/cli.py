@@ -396,6 +396,40 @@ def results(
         raise CliError(f"s3://{target.bucket}/{key}: {error.get('Code')}: {error.get('Message')}") from None
 
 
+@app.command()
+def outputs(
+    ctx: typer.Context,
+    batch_id: BatchId,
+    output: Annotated[Path, typer.Option("-o", "--output", help="directory to download into")],
+) -> None:
+    """Download the batch's saved outputs into DIR, as under outputs/{batch_id}/ in the bucket."""
+    target = _options(ctx).target()
+    with target.api() as api:
+        batch = api.get_batch(batch_id)
+    prefix = f"outputs/{batch_id}/"
+    root = output.resolve()
+    s3 = target.s3()
+    count = size = 0
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=prefix):
+            for entry in page.get("Contents", []):
+                relative = entry["Key"][len(prefix) :]
+                destination = (root / relative).resolve()
+                if not relative or not destination.is_relative_to(root):
+                    continue  # never written outside DIR, whatever a key says
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(target.bucket, entry["Key"], str(destination))
+                count += 1
+                size += entry["Size"]
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise CliError(
+            f"s3://{target.bucket}/{prefix}: {error.get('Code')}: {error.get('Message')}"
+        ) from None
+    status = batch.get("status")
+    err.print(f"{output}: {count} saved outputs of batch {batch_id} ({size} bytes, status {status})")
+
+
 def _act(
     ctx: typer.Context,
     batch_id: str,

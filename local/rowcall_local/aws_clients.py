@@ -33,6 +33,9 @@ class AwsEndpoint:
         client: CloudFormationClient = self._client("cloudformation")
         return client
 
+    def dynamodb(self) -> Any:
+        return self._client("dynamodb")
+
     def lambda_(self) -> LambdaClient:
         client: LambdaClient = self._client("lambda")
         return client

@@ -75,7 +75,29 @@ def deploy_stack(
     if skipped:
         log.info("moto's CloudFormation skipped (served locally or not needed): %s", ", ".join(skipped))
     apply_bucket_properties(aws, template, physical)
+    apply_table_properties(aws, template, physical)
     return physical
+
+
+def apply_table_properties(
+    aws: AwsEndpoint, template: Mapping[str, Any], physical: Mapping[str, str]
+) -> None:
+    """Apply the table properties moto's CloudFormation ignores: the TTL attribute (a table made by
+    CloudFormation on AWS has it enabled, and `describe_time_to_live` should say so here too)."""
+    dynamodb: Any = None
+    for logical_id, resource in template["Resources"].items():
+        if resource.get("Type") != "AWS::DynamoDB::Table" or logical_id not in physical:
+            continue
+        ttl = (resource.get("Properties") or {}).get("TimeToLiveSpecification")
+        if ttl and _is_literal(ttl):
+            dynamodb = dynamodb or aws.dynamodb()
+            dynamodb.update_time_to_live(
+                TableName=physical[logical_id],
+                TimeToLiveSpecification={
+                    "AttributeName": ttl["AttributeName"],
+                    "Enabled": bool(ttl["Enabled"]),
+                },
+            )
 
 
 def _is_literal(value: Any) -> bool:

@@ -52,13 +52,19 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 
 
 def _crash_spec(text: str) -> dict[str, float]:
-    function, _, seconds = text.partition(":")
-    try:
-        return {function: _positive_seconds(seconds)}
-    except (ValueError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(
-            f"{text}: expected FUNCTION:SECONDS, e.g. WorkerFunction:2"
-        ) from None
+    """FUNCTION:SECONDS, or several separated by commas (each function killed once)."""
+    spec: dict[str, float] = {}
+    for part in text.split(","):
+        function, _, seconds = part.strip().partition(":")
+        try:
+            spec[function] = _positive_seconds(seconds)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(
+                f"{part}: expected FUNCTION:SECONDS[,FUNCTION:SECONDS], e.g. WorkerFunction:2"
+            ) from None
+        if not function:
+            raise argparse.ArgumentTypeError(f"{part}: expected FUNCTION:SECONDS, e.g. WorkerFunction:2")
+    return spec
 
 
 def _positive_seconds(text: str) -> float:
@@ -117,6 +123,15 @@ STACK_FLAGS = (
     _Flag("provider-duplicate-callback-rate", _rate, "fraction of callbacks sent twice", "RATE"),
     _Flag("provider-drop-callback-rate", _rate, "fraction of callbacks never sent", "RATE"),
     _Flag("provider-credits", _at_least(0), "runs the provider accepts before 402 insufficient_credits", "N"),
+    _Flag(
+        "provider-output-bytes", _at_least(0), "size of each output the provider serves (default 16384)", "N"
+    ),
+    _Flag(
+        "provider-output-ttl-s",
+        _positive_seconds,
+        "outputs vanish from the provider's URLs this long after their run finished (default: never)",
+        "SECONDS",
+    ),
     _Flag(
         "provider-techniques",
         _catalog,
@@ -193,6 +208,8 @@ _FAULT_FIELDS = {
     "provider_duplicate_callback_rate": "duplicate_callback_rate",
     "provider_drop_callback_rate": "drop_callback_rate",
     "provider_credits": "credits",
+    "provider_output_bytes": "output_bytes",
+    "provider_output_ttl_s": "output_ttl_s",
     "provider_techniques": "techniques",
     "provider_run_cost": "run_cost_usd",
     "provider_idempotency": "idempotency",

@@ -19,8 +19,8 @@ from rowcall_local.function_runtime import InstanceSpec, serve
 
 log = logging.getLogger(__name__)
 
-# Imports of ~11 instances at once: past 60 s on this 2-core machine at load ~40 (each took 8-9 s).
-_READY_TIMEOUT_S = 150.0
+# Imports of ~13 instances at once: past 60 s on this 2-core machine at load ~40 (each took 8-9 s).
+_READY_TIMEOUT_S = 180.0
 _KILL_GRACE_S = 1.0  # past the function's own timeout, before its instance is killed
 
 

@@ -12,6 +12,7 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import hmac
@@ -35,6 +36,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rowcall.flora_signature import EVENT_HEADER, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, signature_header
+from rowcall_local.emulated_media import EXTENSIONS, Media
 from rowcall_local.technique_catalog import DEFAULT_RUN_COST_USD, Catalog, Technique, input_problems
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ STAT_NAMES = (
     "deliveries_given_up",
     "last_callback_sent_at_ms",
     "technique_gets",
+    "media_gets",
 )
 
 RunStatus = Literal["pending", "running", "completed", "failed"]
@@ -101,6 +104,10 @@ class ProviderFaults:
     drop_callback_rate: float = 0.0
     credits: int | None = None
     seed: int | None = None
+    output_bytes: int = 16384
+    """Size of each output the emulator serves at its `url` (`--provider-output-bytes`)."""
+    output_ttl_s: float | None = None
+    """Outputs 404 this long after their run finished (`--provider-output-ttl-s`); None: never."""
     # The technique catalog (--provider-techniques) and the open techniques' price (--provider-run-cost).
     techniques: tuple[Technique, ...] = ()
     run_cost_usd: float = DEFAULT_RUN_COST_USD
@@ -118,6 +125,10 @@ class ProviderFaults:
                 raise ValueError(f"{name} must be within 0..1")
         if self.credits is not None and self.credits < 0:
             raise ValueError("credits must be >= 0")
+        if self.output_bytes < 0:
+            raise ValueError("output_bytes must be >= 0")
+        if self.output_ttl_s is not None and self.output_ttl_s <= 0:
+            raise ValueError("output_ttl_s must be > 0")
         if not self.run_cost_usd >= 0:
             raise ValueError("run_cost_usd must be >= 0")
 
@@ -478,6 +489,10 @@ class _Provider:
         self._keys: dict[str, tuple[str, float, str, dict[str, Any]]] = {}
         self._credits = faults.credits
         self._in_flight = 0
+        # Runs in flight integrated over time since `_window_start`: in_flight_avg is this area
+        # over the window's length (how full a cap was kept, seen from the provider).
+        self._window_start = self._area_at = time.monotonic()
+        self._in_flight_area = 0.0
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._catalog = Catalog(faults.techniques, faults.run_cost_usd)
         self._charged_micro = 0
@@ -486,7 +501,32 @@ class _Provider:
 
     def stats(self) -> dict[str, int | float]:
         with self._lock:
-            return {**self._stats, "charged_cost_usd": self._charged_micro / MICRO_USD}
+            now = time.monotonic()
+            area = self._in_flight_area + self._in_flight * (now - self._area_at)
+            elapsed = now - self._window_start
+            return {
+                **self._stats,
+                "charged_cost_usd": self._charged_micro / MICRO_USD,
+                "in_flight": self._in_flight,
+                "in_flight_avg": round(area / elapsed, 4) if elapsed > 0 else float(self._in_flight),
+            }
+
+    def set_delay_ms(self, delay_ms: tuple[int, int]) -> None:
+        """Runs created from now on last this long (benchmarks of slow and fast runs, one stack)."""
+        with self._lock:
+            self._faults = dataclasses.replace(self._faults, delay_ms=delay_ms)
+
+    def reset_window(self) -> None:
+        """`POST /_stats/reset`: in_flight_avg is measured from now (the counts are kept)."""
+        with self._lock:
+            self._window_start = self._area_at = time.monotonic()
+            self._in_flight_area = 0.0
+
+    def _in_flight_changes_locked(self, by: int) -> None:
+        now = time.monotonic()
+        self._in_flight_area += self._in_flight * (now - self._area_at)
+        self._area_at = now
+        self._in_flight += by
 
     def technique_stats(self, technique_id: str) -> dict[str, Any]:
         """One technique's runs alone (`GET /_stats?technique_id=T`)."""
@@ -528,10 +568,38 @@ class _Provider:
                 return _only(method, "GET", lambda: self._list(parts.query, request.authorization))
             case ["_stats"]:
                 return _only(method, "GET", lambda: self._stats_reply(parts.query))
+            case ["_stats", "reset"]:
+                return _only(method, "POST", self._reset_stats_window)
             case ["_credits"]:
                 return _only(method, "POST", lambda: self._add_credits(request.body))
             case _:
                 return _error(404, "not_found", f"no route for {parts.path}")
+
+    def media_url(self, run_id: str, output_id: str, output_type: str) -> str:
+        """Where an output is served: by the emulator itself, no auth (contract section 5)."""
+        return f"{self.base_url}/_media/{run_id}/{output_type}/{output_id}{EXTENSIONS.get(output_type, '')}"
+
+    def media(self, path: str) -> Media | _Reply:
+        """The output a `/_media/...` path names, while its run's outputs are still served."""
+        segments = [unquote(part) for part in urlsplit(path).path.split("/") if part]
+        with self._lock:
+            self._stats["media_gets"] += 1
+            if len(segments) != 4:
+                return _error(404, "not_found", "no such output")
+            _, run_id, output_type, name = segments
+            record = self._runs.get(run_id)
+            output_id = name.removesuffix(EXTENSIONS.get(output_type, ""))
+            run = record.run if record is not None else None
+            if run is None or run.status != "completed" or all(o.output_id != output_id for o in run.outputs):
+                return _error(404, "not_found", "no such output")
+            ttl = self._faults.output_ttl_s
+            if ttl is not None and run.completed_at is not None and _now_ms() > run.completed_at + ttl * 1000:
+                return _error(404, "not_found", "the output has expired")
+        return Media(f"{run_id}/{output_id}", output_type, self._faults.output_bytes)
+
+    def _reset_stats_window(self) -> _Reply:
+        self.reset_window()
+        return _Reply(200, dict(self.stats()))
 
     def _stats_reply(self, query_string: str) -> _Reply:
         technique_id = (parse_qs(query_string).get("technique_id") or [""])[-1]
@@ -649,7 +717,7 @@ class _Provider:
             self._stats["unique_idempotency_keys"] += 1
         if self._credits is not None:
             self._credits -= 1
-        self._in_flight += 1
+        self._in_flight_changes_locked(+1)
         self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
         return run
 
@@ -665,7 +733,7 @@ class _Provider:
         with self._lock:
             record = self._runs[run_id]
             record.run = self._finished_locked(record.run, record.technique_id)
-            self._in_flight -= 1
+            self._in_flight_changes_locked(-1)
             self._count_locked(record.technique_id, record.run.status)
             charged = round((record.run.charged_cost or 0.0) * MICRO_USD)
             self._charged_micro += charged
@@ -690,7 +758,7 @@ class _Provider:
         output = RunOutput(
             output_id="output_0",
             type="imageUrl",
-            url=f"https://cdn.provider.invalid/runs/{run.run_id}/output_0.png",
+            url=self.media_url(run.run_id, "output_0", "imageUrl"),
         )
         technique = self._catalog.find(technique_id)
         run_cost = technique.run_cost if technique is not None else self._catalog.run_cost_usd
@@ -919,6 +987,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(_error(405, "method_not_allowed", f"{self.command} is not supported"))
 
     def _serve(self) -> None:
+        if self.path.startswith("/_media/") and self.command in ("GET", "HEAD"):
+            self._serve_media()
+            return
         body = self._read_body()
         if isinstance(body, _Reply):
             self._write(body)
@@ -937,6 +1008,23 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("provider emulator failed on %s %s", self.command, self.path)
             reply = _error(500, "internal", "the emulator failed")
         self._write(reply)
+
+    def _serve_media(self) -> None:
+        media = cast(_Server, self.server).provider.media(self.path)
+        if isinstance(media, _Reply):
+            self._write(media)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", media.content_type)
+        self.send_header("Content-Length", str(media.length))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        try:
+            for piece in media.chunks():
+                self.wfile.write(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the reader let go half way; nothing to tell it
 
     def _read_body(self) -> bytes | _Reply:
         try:
@@ -1040,6 +1128,12 @@ class ProviderEmulator:
 
     def stats(self) -> dict[str, int | float]:
         return self._provider.stats()
+
+    def reset_stats_window(self) -> None:
+        self._provider.reset_window()
+
+    def set_delay_ms(self, delay_ms: tuple[int, int]) -> None:
+        self._provider.set_delay_ms(delay_ms)
 
     def technique_stats(self, technique_id: str) -> dict[str, Any]:
         return self._provider.technique_stats(technique_id)

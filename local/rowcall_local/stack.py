@@ -316,7 +316,7 @@ class LocalStack:
 
     def _parameters(self, sam: SamTemplate) -> dict[str, str]:
         assert self._http is not None
-        wanted: dict[str, str | int | None] = {
+        wanted: dict[str, str | int | float | None] = {
             # The emulator speaks plain http on loopback; on AWS the parameter takes only https.
             PROVIDER_URL_PARAMETER: self.provider.url if self.provider else None,
             BUCKET_PREFIX_PARAMETER: self.options.stack_name,

@@ -6,7 +6,9 @@ still exact, and there is exactly one on-done."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from rowcall.ledger import Ledger
 from rowcall.models import ChunkMessage
+from rowcall_local.emulated_media import Media
 from rowcall_local.webhook_receiver import WebhookReceiver
 
 from .conftest import LocalStack, running_stack
@@ -44,7 +47,8 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         "--reconcile-after-s": "8",
         "--callback-deadline-s": "180",
         "--schedule-every-s": "2",
-        "--crash-once": "WorkerFunction:4",
+        # A worker killed half way through a chunk, a saver half way through its copies.
+        "--crash-once": "WorkerFunction:4,SaverFunction:0.3",
     }
     state = tmp_path_factory.mktemp("rowcall-chaos")
     with running_stack(state, *[x for kv in flags.items() for x in kv]) as stack:
@@ -67,6 +71,32 @@ def provider_truth(stack: LocalStack) -> dict[str, int]:
             return counts
 
 
+def assert_outputs_saved_once(stack: LocalStack, done: dict[str, Any], rows: list[dict[str, str]]) -> None:
+    """Every completed row's output in the bucket with the provider's bytes, stored once (one
+    version of one key), though a saver was killed half way and AWS faulted."""
+    batch_id = done["batch_id"]
+    bucket = stack.info["bucket"]
+    completed = [r for r in rows if r["status"] == "completed"]
+    assert done["outputs_saved_count"] == len(completed) and done["outputs_failed_count"] == 0
+    versions: dict[str, int] = {}
+    paginator = stack.s3.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket, Prefix=f"outputs/{batch_id}/"):
+        for version in page.get("Versions", []):
+            versions[version["Key"]] = versions.get(version["Key"], 0) + 1
+        assert not page.get("DeleteMarkers")
+    assert len(versions) == len(completed), "an output lost or saved under two names"
+    assert set(versions.values()) == {1}, "an output stored twice"
+    for row in completed:
+        (key,) = json.loads(row["saved_outputs"])
+        assert key == f"outputs/{batch_id}/{row['id']}/output_0.png"
+        body = stack.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        expected = Media(f"{row['run_id']}/output_0", "imageUrl", len(body))
+        assert hashlib.sha256(body).hexdigest() == expected.digest()
+    assert "SaverFunction" in (stack.state_dir / "up.log").read_text().split("killed after", 1)[-1] or (
+        "SaverFunction" in (stack.state_dir / "up.log").read_text()
+    )
+
+
 def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: LocalStack) -> None:
     hook = WebhookReceiver()
     try:
@@ -80,7 +110,7 @@ def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: L
             Bucket=bucket,
             Key=key,
             Body=out.getvalue().encode(),
-            Metadata={"key-column": "id", "on-done-url": hook.url + "/done"},
+            Metadata={"key-column": "id", "on-done-url": hook.url + "/done", "save-outputs": "on"},
         )
         sqs = aws_client(chaos, "sqs")
         deliver_s3_event_again(sqs, bucket, key, len(out.getvalue()))
@@ -122,5 +152,58 @@ def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: L
         assert stats["creates"] > ROWS and stats["callbacks_sent"] > ROWS
         log = (chaos.state_dir / "up.log").read_text()
         assert "killed after" in log and "WorkerFunction" in log
+        assert_outputs_saved_once(chaos, done, rows)
+    finally:
+        hook.close()
+
+
+BUDGET_ROWS = 300  # 2 chunks
+BUDGET_RUNS = 60  # the budget the resume approves: 60 runs of the technique's price
+
+
+def test_a_budget_that_binds_is_never_passed_under_every_fault(chaos: LocalStack) -> None:
+    """The same faults (provider 5xx and 429, AWS faults, every chunk message twice, two workers)
+    on a batch whose budget binds while it runs: the runs created never cost more than it, and a
+    resume with a higher budget finishes every row once, with one on-done."""
+    hook = WebhookReceiver()
+    try:
+        before = chaos.provider_stats()
+        body = "id,prompt\n" + "".join(f"B{n},prompt {n}\n" for n in range(BUDGET_ROWS))
+        key = "uploads/chaos-budget.csv"
+        bucket = chaos.info["bucket"]
+        meta = {"key-column": "id", "on-done-url": hook.url + "/done", "max-cost-usd": "0.01"}
+        chaos.s3.put_object(Bucket=bucket, Key=key, Body=body.encode(), Metadata=meta)
+        sqs = aws_client(chaos, "sqs")
+        deliver_s3_event_again(sqs, bucket, key, len(body))
+        batch_id = chaos.batch_for(key)["batch_id"]
+        # Priced above its budget before any run: it waits for an approval.
+        paused = chaos.wait_batch(batch_id, lambda b: b["status"] == "paused", 120)
+        assert paused["reason"] == "over_budget" and paused["run_cost_usd"]
+        run_cost = float(paused["run_cost_usd"])
+        budget = round(BUDGET_RUNS * run_cost + run_cost / 2, 6)  # 60 runs and half of one
+        with chaos.api as api:
+            assert api.post(f"/batches/{batch_id}/resume", json={"max_cost_usd": budget}).status_code == 202
+        ledger = Ledger(aws_client(chaos, "dynamodb"), chaos.info["table"])
+        chunk_queue = queue_url(sqs, "ChunkQueue")
+        for chunk in ledger.batches.chunk_plan(batch_id):  # every chunk twice: two workers at it
+            message = ChunkMessage(batch_id=batch_id, chunk=chunk)
+            sqs.send_message(QueueUrl=chunk_queue, MessageBody=message.model_dump_json())
+        # Running, it reaches its budget and pauses again, its runs in flight recorded.
+        stopped = chaos.wait_batch(
+            batch_id, lambda b: b["status"] == "paused" and b["reason"] == "over_budget", 300
+        )
+        chaos.wait_batch(batch_id, lambda b: b["completed_count"] + b["failed_count"] >= 1, 60)
+        created = chaos.provider_stats()["unique_idempotency_keys"] - before["unique_idempotency_keys"]
+        assert 0 < created <= BUDGET_RUNS, (created, stopped)
+        assert created * run_cost <= budget
+        # A higher budget: every row runs, none twice, one on-done.
+        with chaos.api as api:
+            assert api.post(f"/batches/{batch_id}/resume", json={"max_cost_usd": 1000}).status_code == 202
+        done = chaos.wait_notified(batch_id, timeout_s=420)
+        stats = chaos.provider_stats()
+        assert done["completed_count"] + done["failed_count"] == BUDGET_ROWS
+        assert stats["unique_idempotency_keys"] - before["unique_idempotency_keys"] == BUDGET_ROWS
+        assert stats["duplicate_creates"] == before["duplicate_creates"]
+        assert len(hook.wait_for(lambda got: len(got) >= 1)) == 1
     finally:
         hook.close()

@@ -171,6 +171,25 @@ def test_the_page_follows_batches_to_their_end_and_acts_on_them(page: Page, stac
     expect(card.locator(".row-errors tbody tr")).to_have_count(1)
     expect(card.locator(".row-errors tbody")).to_contain_text("column_count")
 
+    # The gallery: each completed row's saved image as a thumbnail named by its row, served by the
+    # page's own server from the bucket and linking to the full file.
+    with stack.api as api:
+        completed = api.get(f"/batches/{first}/rows", params={"status": "completed", "limit": 100}).json()[
+            "items"
+        ]
+    saved = {row["key"]: row["saved_outputs"][0]["key"] for row in completed}
+    figures = card.locator(".gallery figure")
+    expect(figures).to_have_count(ended["completed_count"])
+    assert sorted(figures.locator("figcaption").all_text_contents()) == sorted(saved)
+    for image in figures.locator("img").all():
+        expect(image).to_have_js_property("complete", True)
+        assert image.evaluate("img => img.naturalWidth") == 1  # a 1x1 PNG the browser decoded
+    link = figures.first.locator("a")
+    shown = figures.first.locator("figcaption").inner_text()
+    full = page.request.get(page.url.rstrip("/") + str(link.get_attribute("href")))
+    assert full.ok and full.headers["content-type"] == "image/png"
+    assert full.body() == stack.s3.get_object(Bucket=stack.info["bucket"], Key=saved[shown])["Body"].read()
+
     keys_before = stack.provider_stats()["unique_idempotency_keys"]
     card.locator("button.action[data-action=reprocess]").click()
     expect(page.locator("#notice")).to_contain_text(f"reprocess of {first} accepted")

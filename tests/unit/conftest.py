@@ -121,6 +121,9 @@ def aws() -> Iterator[Aws]:
         }
         dynamodb = boto3.client("dynamodb", region_name="us-east-1")
         dynamodb.create_table(TableName="rowcall-test", **table_props)
+        # CreateTable takes no TTL; CloudFormation applies the template's afterwards, as here.
+        ttl = template_resource("Table")["TimeToLiveSpecification"]
+        dynamodb.update_time_to_live(TableName="rowcall-test", TimeToLiveSpecification=ttl)
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="rowcall-test-data")
         s3.put_bucket_versioning(Bucket="rowcall-test-data", VersioningConfiguration={"Status": "Enabled"})

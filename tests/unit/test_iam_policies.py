@@ -35,7 +35,7 @@ DEPLOYMENT = {
         ]
     }
 }
-BUCKET_PREFIXES = ("uploads/*", "results/*")
+BUCKET_PREFIXES = ("uploads/*", "results/*", "outputs/*")
 SSM_PARAMETER = re.compile(
     r"^arn:\$\{AWS::Partition\}:ssm:\$\{AWS::Region\}:\$\{AWS::AccountId\}:parameter\$\{(\w+)\}$"
 )
@@ -106,6 +106,8 @@ def _owned_resource_problem(cfn: Json, sam: SamTemplate, resource: Any) -> str |
         )
         if in_bucket and variables == DEPLOYMENT:
             return None
+        if text == f"arn:${{AWS::Partition}}:s3:::{BUCKET}" and variables == DEPLOYMENT:
+            return None  # the bucket itself: held to listing one prefix below
     if isinstance(resource, dict) and isinstance(resource.get("Fn::Sub"), str):
         text = resource["Fn::Sub"]
         index = re.fullmatch(r"\$\{(\w+)\.Arn\}/index/(\w+)", text)
@@ -162,6 +164,21 @@ def test_every_resource_is_one_of_the_stacks_own(cfn: Json, sam: SamTemplate) ->
                 continue  # held to STAR_RESOURCE_ACTIONS above
             problem = _owned_resource_problem(cfn, sam, resource)
             assert problem is None, f"{name} {action}: {problem}"
+
+
+def test_the_bucket_itself_is_granted_only_for_listing_one_prefix(cfn: Json) -> None:
+    bucket = {"Fn::Sub": [f"arn:${{AWS::Partition}}:s3:::{BUCKET}", DEPLOYMENT]}
+    for name, role in _of_type(cfn, "AWS::IAM::Role").items():
+        for statement in _statements(role):
+            if bucket not in _as_list(statement["Resource"]):
+                continue
+            assert _as_list(statement["Action"]) == ["s3:ListBucket"], (
+                f"{name}: {statement['Action']} on the bucket"
+            )
+            prefixes = statement.get("Condition", {}).get("StringLike", {}).get("s3:prefix")
+            assert prefixes and all(p in BUCKET_PREFIXES for p in _as_list(prefixes)), (
+                f"{name} may list the whole bucket"
+            )
 
 
 def test_the_bucket_the_roles_name_is_the_stacks_bucket(cfn: Json) -> None:

@@ -69,7 +69,16 @@ def test_sqs_mappings_are_read_back_from_moto(deployed: Deployed) -> None:
     wiring = deployed.wiring
     by_function = {t.function_id: t for t in wiring.sqs_triggers}
     expected = dict(_sam_events(deployed.sam, "SQS"))
-    assert set(by_function) == set(expected) == {"WorkerFunction", "RecorderFunction", "NotifierFunction"}
+    assert (
+        set(by_function)
+        == set(expected)
+        == {
+            "WorkerFunction",
+            "RecorderFunction",
+            "NotifierFunction",
+            "SaverFunction",
+        }
+    )
     sqs = deployed.aws.sqs()
     for function_id, props in expected.items():
         trigger = by_function[function_id]
@@ -140,6 +149,7 @@ def test_code_layers_timeouts_and_async_retries(deployed: Deployed) -> None:
         "WebhookFunction": 3,
         "RecorderFunction": 2,
         "NotifierFunction": 2,
+        "SaverFunction": 2,
         "SafetyNetFunction": 1,
     }
     (schedule,) = deployed.wiring.schedule_triggers
@@ -261,7 +271,7 @@ def test_default_deploy_reserves_no_concurrency_so_any_account_quota_takes_it() 
     cfn = sam.translate("artifacts", "us-east-1")
     defaults = _defaults(sam)
     reservations = _reservations(cfn, defaults)
-    assert len(reservations) == 6
+    assert len(reservations) == 7  # every function, the saver included
     # The account quota the defaults need: the 100 Lambda keeps unreserved plus the reservations.
     assert LAMBDA_UNRESERVED_MINIMUM + sum(reservations.values()) == LAMBDA_UNRESERVED_MINIMUM, reservations
     # Every reservation is opt-in through a parameter, and opting in reserves exactly what is asked.

@@ -37,6 +37,7 @@ STATS = (
     "deliveries_given_up",
     "last_callback_sent_at_ms",
     "technique_gets",
+    "media_gets",
 )
 
 StartEmulator = Callable[..., ProviderEmulator]
@@ -200,7 +201,8 @@ def test_a_run_is_created_pending_then_a_signed_envelope_says_it_completed(
         {
             "output_id": "output_0",
             "type": "imageUrl",
-            "url": f"https://cdn.provider.invalid/runs/{run_id}/output_0.png",
+            # Served by the emulator itself (contract section 5): tests/unit/test_saved_outputs.py.
+            "url": f"{emulator.url}/_media/{run_id}/imageUrl/output_0.png",
         }
     ]
     assert done["charged_cost"] > 0
@@ -216,8 +218,12 @@ def test_a_run_is_created_pending_then_a_signed_envelope_says_it_completed(
         "callbacks_sent": 1,
         "last_callback_sent_at_ms": stats["last_callback_sent_at_ms"],
         "charged_cost_usd": 0.04,
+        "in_flight": 0,
+        "in_flight_avg": stats["in_flight_avg"],
     }
-    assert tuple(stats) == (*STATS, "charged_cost_usd")
+    assert tuple(stats) == (*STATS, "charged_cost_usd", "in_flight", "in_flight_avg")
+    # One run in flight for part of the time since the start: between none and one on average.
+    assert 0 < stats["in_flight_avg"] < 1
     assert abs(stats["last_callback_sent_at_ms"] / 1000 - time.time()) < 60
 
 
@@ -744,6 +750,24 @@ def test_invalid_settings_are_rejected() -> None:
         ProviderFaults(delay_ms=(10, 5))
     with pytest.raises(ValueError):
         ProviderEmulator(API_KEY, webhook_secret="")
+
+
+def test_in_flight_is_counted_now_and_averaged_since_a_reset(
+    start_emulator: StartEmulator, http: httpx.Client
+) -> None:
+    emulator = start_emulator(delay_ms=(60_000, 60_000))
+    for n in range(3):
+        body = {"inputs": [{"id": "prompt", "type": "text", "value": "x"}], "mode": "async"}
+        created = http.post(
+            f"{emulator.url}/techniques/tech/runs", json=body, headers={**AUTH, "Idempotency-Key": f"k{n}"}
+        )
+        assert created.status_code == 201
+    reset = http.post(f"{emulator.url}/_stats/reset")
+    assert reset.status_code == 200
+    assert reset.json()["creates"] == 3  # the counts are kept; only the average starts again
+    time.sleep(0.2)
+    stats = http.get(f"{emulator.url}/_stats").json()
+    assert stats["in_flight"] == 3 and stats["in_flight_avg"] == pytest.approx(3, abs=0.01)
 
 
 def test_replay_mode_answers_a_repeated_key_with_the_original_run_and_creates_nothing_more(

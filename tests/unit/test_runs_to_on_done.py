@@ -22,6 +22,7 @@ from rowcall.outbound import webhook_client
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection, RetryPolicy
 from rowcall.queues import DoneQueue
+from rowcall.reuse import RowReuse
 from rowcall.runs import ChunkIncomplete, RunStarter
 from rowcall.signing import WebhookSigner
 from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
@@ -56,7 +57,12 @@ def start_provider(**faults: object) -> ProviderEmulator:
     return emulator
 
 
-def starter(aws: Aws, provider: ProviderEmulator | ScriptedProvider, callbacks: Receiver) -> RunStarter:
+def starter(
+    aws: Aws,
+    provider: ProviderEmulator | ScriptedProvider,
+    callbacks: Receiver,
+    reuse: RowReuse | None = None,
+) -> RunStarter:
     """Anything with a `url` that speaks the runs API can be the provider."""
     return RunStarter(
         s3=aws.s3,
@@ -66,6 +72,7 @@ def starter(aws: Aws, provider: ProviderEmulator | ScriptedProvider, callbacks: 
         signer=SIGNER,
         callback_base_url=callbacks.url,
         concurrency=4,
+        reuse=reuse,
     )
 
 

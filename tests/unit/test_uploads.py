@@ -12,12 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 from botocore.config import Config
+from moto import mock_aws
 
 from rowcall.api import ApiError
-from rowcall.ledger import UploadIntentLedger
 from rowcall.outbound import DestinationPolicy
 from rowcall.uploads import UPLOAD_URL_VALID_S, UploadGrant, UploadRequest, Uploads, object_key, parse_request
 from rowcall_local.strict_s3 import presign_problem
+from tests.unit.conftest import template_resource
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 ENDPOINT = "http://127.0.0.1:4566"
@@ -266,14 +267,22 @@ def test_the_url_is_presigned_against_the_buckets_regional_virtual_hosted_endpoi
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    # The grant keeps its metadata in the ledger (an upload intent); no table here, and the URL is
-    # what this test is about.
-    monkeypatch.setattr(UploadIntentLedger, "remember", lambda *args, **kwargs: None)
+    # Clients are cached per container; each Region here is a new container.
     compose.uploads.cache_clear()
+    compose._dynamodb.cache_clear()
+    # The grant keeps the request's metadata in the ledger (an upload intent): an in-process table.
+    table = {
+        k: v
+        for k, v in template_resource("Table").items()
+        if k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "BillingMode")
+    }
     try:
-        url = urlsplit(compose.uploads().grant(UploadRequest(filename="a.csv", size_bytes=10)).upload_url)
+        with mock_aws():
+            boto3.client("dynamodb", region_name=region).create_table(TableName="t", **table)
+            url = urlsplit(compose.uploads().grant(UploadRequest(filename="a.csv", size_bytes=10)).upload_url)
     finally:
         compose.uploads.cache_clear()
+        compose._dynamodb.cache_clear()
     assert (url.scheme, url.hostname) == ("https", f"rowcall-data-123456789012.s3.{region}.amazonaws.com")
     assert url.path.startswith("/uploads/") and f"%2F{region}%2Fs3%2Faws4_request" in url.query
 

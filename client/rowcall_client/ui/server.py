@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import html
 import json
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,10 @@ STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 ACTIONS = ("reprocess", "cancel", "resume")
 # The two files of contract §7, by the name the page links and the batch's `results` field naming them.
 DOWNLOADS = {"results.csv": "csv_key", "row-errors.csv": "errors_key"}
+# Saved outputs (contract section 7) are served from this origin: only these types are shown
+# inline (an image cannot run script here); anything else goes out as a download.
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,200}")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'"
@@ -80,6 +85,7 @@ class Readable(Protocol):
 class ResultFile:
     body: Readable
     size: int | None
+    content_type: str | None = None
 
 
 class ResultMissing(Exception):
@@ -110,7 +116,7 @@ class S3ResultFiles:
             raise ApiError(502, "s3_error", f"{where}: {error.get('Message')}") from None
         except BotoCoreError as exc:
             raise ApiError(502, "s3_error", f"s3://{self._target.bucket}/{key}: {exc}") from None
-        return ResultFile(answer["Body"], answer.get("ContentLength"))
+        return ResultFile(answer["Body"], answer.get("ContentLength"), answer.get("ContentType"))
 
 
 class ReprocessBody(BaseModel):
@@ -239,6 +245,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._check_site()
                 self._check_token(query.get("token"))
                 self._download(batch_id, name)
+            case ["output", batch_id, row_name, name] if all(map(_safe_segment, (batch_id, row_name, name))):
+                self._only(method, "GET")
+                self._check_site()
+                self._check_token(query.get("token"))
+                self._output(f"outputs/{batch_id}/{row_name}/{name}", name)
             case _:
                 raise _Refused(404, "not_found", f"no page {method} {self.path.split('?')[0]}")
 
@@ -295,6 +306,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "text/csv; charset=utf-8")
             self.send_header("Content-Disposition", f'attachment; filename="{_filename(batch_id, name)}"')
+            if result.size is None:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(result.size))
+            self._security_headers()
+            self.end_headers()
+            while chunk := result.body.read(DOWNLOAD_CHUNK):
+                self.wfile.write(chunk)
+        finally:
+            result.body.close()
+
+    def _output(self, key: str, name: str) -> None:
+        """One saved output, for the gallery: only keys under outputs/, whatever the browser asks."""
+        try:
+            result = self.app.results.open(key)
+        except ResultMissing as missing:
+            raise _Refused(404, "output_missing", str(missing)) from None
+        try:
+            content_type = (result.content_type or "").split(";")[0].strip().lower()
+            self.send_response(200)
+            if content_type in INLINE_TYPES:
+                self.send_header("Content-Type", content_type)
+            else:
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Disposition", f'attachment; filename="{name}"')
             if result.size is None:
                 self.send_header("Connection", "close")
                 self.close_connection = True
@@ -389,6 +426,11 @@ def _parse(model: type[M], raw: Any) -> M:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
         raise _Refused(400, "invalid_body", problems) from None
+
+
+def _safe_segment(segment: str) -> bool:
+    """One path-safe name (contract section 7's characters), never `.` or `..`."""
+    return bool(_SAFE_SEGMENT.fullmatch(segment)) and segment.strip(".") != ""
 
 
 def _filename(batch_id: str, name: str) -> str:

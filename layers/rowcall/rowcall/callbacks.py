@@ -59,7 +59,9 @@ class CallbackIntake:
     def signed_by_provider(self, signature: str | None, raw_body: bytes) -> bool:
         return verify_signature(signature, raw_body, self._provider_secrets())
 
-    def accept(self, batch_id: str, row_id: str, attempt: int, webhook: RunWebhook) -> FinishedRun:
+    def accept(
+        self, batch_id: str, row_id: str, attempt: int, webhook: RunWebhook, content_key: str | None = None
+    ) -> FinishedRun:
         """Queue the run's end; the queue drops a second message for the same run (a retried or
         duplicated delivery), and the ledger refuses an outcome the row is not waiting for."""
         parsed = parse_row_id(row_id)
@@ -76,6 +78,7 @@ class CallbackIntake:
             status=RowStatus.COMPLETED if data.status == "completed" else RowStatus.FAILED,
             error_code=data.error_code,
             error_message=data.error_message,
+            content_key=content_key,
         )
         self._finished_runs.send(finished)
         return finished

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 import boto3
 from aws_lambda_powertools.utilities import parameters
 
+from rowcall.admission import Admission
 from rowcall.api import BatchQueries, RowQueries
 from rowcall.batch_actions import BatchActions
 from rowcall.callbacks import CallbackIntake
@@ -22,15 +24,18 @@ from rowcall.outbound import DestinationPolicy, webhook_client
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySchedule
+from rowcall.reuse import RowReuse
 from rowcall.row_listing import RowListing
 from rowcall.runs import RunStarter
 from rowcall.safety_net import SafetyNet, SafetyNetTimes, ingest_stall_after
+from rowcall.saved_outputs import OutputSaver, SaveQueue
 from rowcall.settings import (
     ApiSettings,
     IngestSettings,
     NotifierSettings,
     RecorderSettings,
     SafetyNetSettings,
+    SaverSettings,
     UploadSettings,
     WebhookSettings,
     WorkerSettings,
@@ -88,9 +93,19 @@ def _ledger(table: str) -> Ledger:
 ROW_WRITERS = 10
 
 
-def _finisher(ledger: Ledger, done_queue_url: str, max_in_flight: int) -> BatchFinisher:
+def _finisher(
+    ledger: Ledger, done_queue_url: str, max_in_flight: int, chunk_queue_url: str | None = None
+) -> BatchFinisher:
+    """With the chunk queue, slots given back wake the chunks waiting for them."""
+    admission = None
+    if chunk_queue_url and max_in_flight > 0:
+        admission = Admission(ledger, ChunkQueue(_sqs(), chunk_queue_url), max_in_flight)
     return BatchFinisher(
-        ledger, DoneQueue(_sqs(), done_queue_url), capped=max_in_flight > 0, row_writers=ROW_WRITERS
+        ledger,
+        DoneQueue(_sqs(), done_queue_url),
+        capped=max_in_flight > 0,
+        row_writers=ROW_WRITERS,
+        admission=admission,
     )
 
 
@@ -125,7 +140,7 @@ def run_starter() -> RunStarter:
     return RunStarter(
         s3=_s3(),
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight, settings.chunk_queue_url),
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
@@ -135,6 +150,8 @@ def run_starter() -> RunStarter:
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
         max_in_flight=settings.max_in_flight,
         intent_valid_s=settings.reconcile_after_s,
+        daily_budget_usd=settings.daily_budget_usd,
+        reuse=RowReuse(ledger.reuse, clock=time.time),
     )
 
 
@@ -184,10 +201,32 @@ def outcome_recorder() -> OutcomeRecorder:
     ledger = _ledger(settings.table_name)
     return OutcomeRecorder(
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight, settings.chunk_queue_url),
         provider=ProviderConnection(
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
+        reuse=RowReuse(ledger.reuse, clock=time.time, keep_days=settings.reuse_days),
+        save_queue=SaveQueue(_sqs(), settings.save_queue_url) if settings.save_queue_url else None,
+    )
+
+
+# A saved output's download waits this long for a byte before it is tried again.
+OUTPUT_READ_TIMEOUT_S = 60.0
+
+
+@cache
+def output_saver() -> OutputSaver:
+    settings = SaverSettings.from_env()
+    ledger = _ledger(settings.table_name)
+    return OutputSaver(
+        s3=_s3(),
+        bucket=settings.bucket_name,
+        ledger=ledger,
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        http=webhook_client(
+            DestinationPolicy(allow_loopback=settings.allow_loopback_outputs), timeout_s=OUTPUT_READ_TIMEOUT_S
+        ),
+        max_output_bytes=settings.max_output_bytes,
     )
 
 
@@ -223,7 +262,7 @@ def safety_net() -> SafetyNet:
     ledger = _ledger(settings.table_name)
     return SafetyNet(
         ledger=ledger,
-        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight),
+        finisher=_finisher(ledger, settings.done_queue_url, settings.max_in_flight, settings.chunk_queue_url),
         chunk_queue=ChunkQueue(_sqs(), settings.chunk_queue_url),
         done_queue=DoneQueue(_sqs(), settings.done_queue_url),
         provider=ProviderConnection(
@@ -234,6 +273,13 @@ def safety_net() -> SafetyNet:
             callback_deadline_s=settings.callback_deadline_s,
             ingest_stall_s=ingest_stall_after(settings.ingest_max_event_age_s, settings.ingest_timeout_s),
         ),
+        save_queue=SaveQueue(_sqs(), settings.save_queue_url) if settings.save_queue_url else None,
+        admission=(
+            Admission(ledger, ChunkQueue(_sqs(), settings.chunk_queue_url), settings.max_in_flight)
+            if settings.max_in_flight
+            else None
+        ),
+        daily_budget_usd=settings.daily_budget_usd,
     )
 
 

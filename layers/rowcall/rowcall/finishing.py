@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from rowcall.admission import Admission
 from rowcall.failure_threshold import FailureThreshold
 from rowcall.ledger import Ledger
 from rowcall.ledger.slots import RELEASE_SHARDS
@@ -30,29 +31,50 @@ class RowResult:
     outcome: RowOutcome
     line: int | None = None
     key: str | None = None
+    # What the row asked (`rowcall.reuse.content_key`), when known: a completed run leaves it behind.
+    content_key: str | None = None
+    save: bool = False
+    """Its outputs are to be saved (the batch's `save-outputs`) before its chunk settles."""
 
 
 class BatchFinisher:
     def __init__(
-        self, ledger: Ledger, done_queue: DoneQueue, *, capped: bool = False, row_writers: int = 1
+        self,
+        ledger: Ledger,
+        done_queue: DoneQueue,
+        *,
+        capped: bool = False,
+        row_writers: int = 1,
+        admission: Admission | None = None,
     ) -> None:
         self._ledger = ledger
         self._done = done_queue
         # Under the in-flight cap, each run holds a slot until its outcome is recorded here.
         self._capped = capped
         self._row_writers = max(1, row_writers)
+        # Given slots back, it wakes as many chunks waiting for them.
+        self._admission = admission
         self._failure_threshold = FailureThreshold(ledger)
 
-    def record_outcomes(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> int:
+    def record_outcomes(
+        self,
+        batch_id: str,
+        chunk: int,
+        results: Sequence[RowResult],
+        moved_out: list[RowResult] | None = None,
+    ) -> int:
         """Write each row's outcome (once per attempt), then count the rows that moved in one
-        `ADD` on their chunk. How many rows moved."""
+        `ADD` on their chunk. How many rows moved; `moved_out` is extended with them."""
         moved = self._write_rows(batch_id, chunk, results)
+        if moved_out is not None:
+            moved_out.extend(moved)
         completed = sum(r.outcome.status is RowStatus.COMPLETED for r in moved)
         failed = sum(r.outcome.status is RowStatus.FAILED for r in moved)
+        saving = sum(r.save and r.outcome.status is RowStatus.COMPLETED for r in moved)
         charged = sum(r.outcome.charged_cost_micro_usd or 0 for r in moved)
         if completed or failed:
             counter = self._ledger.chunks.add_outcomes(
-                batch_id, chunk, completed=completed, failed=failed, charged_micro_usd=charged
+                batch_id, chunk, completed=completed, failed=failed, charged_micro_usd=charged, saving=saving
             )
         else:
             counter = self._ledger.chunks.counter(batch_id, chunk)
@@ -90,6 +112,7 @@ class BatchFinisher:
                     attempt=result.attempt,
                     line=result.line,
                     key=result.key,
+                    save_pending=result.save,
                 )
             ]
 
@@ -105,7 +128,10 @@ class BatchFinisher:
         """Under the in-flight cap: the slots of runs whose outcomes were just recorded, in one
         write per received batch, to any of the release counters (only their sum matters)."""
         if self._capped and runs_ended > 0:
-            self._ledger.slots.release(runs_ended, random.randrange(RELEASE_SHARDS))
+            if self._admission is not None:
+                self._admission.release(runs_ended, random.randrange(RELEASE_SHARDS))
+            else:
+                self._ledger.slots.release(runs_ended, random.randrange(RELEASE_SHARDS))
 
     def after_outcomes(self, batch_id: str, counter: ChunkCounter | None) -> None:
         if counter is None or counter.finished < counter.rows:
@@ -115,6 +141,15 @@ class BatchFinisher:
             if self._ledger.chunks.settle(batch_id, counter, rows) is False:
                 return  # the counter ran ahead of the rows; it says what they say now
         self.finish_if_done(batch_id)
+
+    def after_saves(self, batch_id: str, chunk: int) -> None:
+        """A row's outputs were saved: once the chunk's counter says none is left to save, it
+        may settle (from a recount of its rows, as any) and the batch finish. One read per save,
+        the chunk's rows only when they may all be done."""
+        counter = self._ledger.chunks.counter(batch_id, chunk)
+        if counter is not None and counter.saving <= 0:
+            self.after_outcomes(batch_id, counter)
+        self.finish_canceled(batch_id, chunk)
 
     def recount(self, batch_id: str, chunk: int) -> None:
         """For a chunk gone quiet: the counter may have missed outcomes (a crash between a row
@@ -155,6 +190,8 @@ class BatchFinisher:
             if not (counter.last_start_at or counter.last_outcome_at or counter.worker_until):
                 continue  # never touched by a worker: no row of it has run
             rows = {row.record: row for row in self._ledger.rows.rows_of_chunk(batch_id, index)}
+            if any(row.save_pending for row in rows.values()):
+                return  # outputs still being saved: the saver finishes it once they are
             for record, start in self._ledger.rows.starts(batch_id, index).items():
                 row = rows.get(record)
                 current = row.attempt if row is not None else 1

@@ -56,22 +56,42 @@ class CallbackSigner:
         return self._fixed if self._source is None else self._encoded(self._source())
 
     @staticmethod
-    def _mac(key: bytes, batch_id: str, row_id: str, attempt: int) -> str:
-        mac = hmac.new(key, f"{batch_id}:{row_id}:{attempt}".encode(), hashlib.sha256).digest()
+    def _mac(key: bytes, batch_id: str, row_id: str, attempt: int, content_key: str | None = None) -> str:
+        signed = f"{batch_id}:{row_id}:{attempt}" + (f":{content_key}" if content_key else "")
+        mac = hmac.new(key, signed.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
-    def token(self, batch_id: str, row_id: str, attempt: int) -> str:
-        return f"{attempt}.{self._mac(self._keys[0], batch_id, row_id, attempt)}"
+    def token(self, batch_id: str, row_id: str, attempt: int, content_key: str | None = None) -> str:
+        """`{attempt}.{mac}`, or `{attempt}.{content key}.{mac}` when the row says what it asked
+        (`rowcall.reuse`): signed with the rest, so a completion is remembered under the key the
+        worker computed and no other."""
+        mac = self._mac(self._keys[0], batch_id, row_id, attempt, content_key)
+        return f"{attempt}.{content_key}.{mac}" if content_key else f"{attempt}.{mac}"
 
     def verify(self, batch_id: str, row_id: str, token: str) -> int | None:
         """The attempt the token was made for, or None when it is not ours."""
-        attempt, sep, offered = token.partition(".")
+        attempt, sep, rest = token.partition(".")
         if not sep or not attempt.isdigit() or len(attempt) > 6 or int(attempt) < 1:
+            return None
+        content_key, _, offered = rest.rpartition(".")
+        if len(content_key) > MAX_CONTENT_KEY_CHARS:
             return None
         matched = False
         for key in self._keys:  # every secret of a rotation, read once for this check
-            matched |= hmac.compare_digest(self._mac(key, batch_id, row_id, int(attempt)), offered)
+            matched |= hmac.compare_digest(
+                self._mac(key, batch_id, row_id, int(attempt), content_key or None), offered
+            )
         return int(attempt) if matched else None
+
+
+# A content key is 43 characters (`rowcall.reuse.content_key`); a longer middle part is not ours.
+MAX_CONTENT_KEY_CHARS = 64
+
+
+def content_key_in(token: str) -> str | None:
+    """The content key a callback token carries (check the token with `CallbackSigner.verify` first)."""
+    parts = token.split(".")
+    return parts[1] if len(parts) == 3 and parts[1] else None
 
 
 def secret_list(value: str) -> list[str]:

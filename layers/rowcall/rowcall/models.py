@@ -162,6 +162,17 @@ class ChunkPlan(BaseModel):
     rows: int = Field(ge=1)
 
 
+class ChunkCursor(BaseModel):
+    """Where a chunk's next delivery resumes: every record before `record` was started, refused
+    or already known by the delivery that wrote it. `offset` and `line` are that record's."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record: int = Field(ge=1)
+    offset: int = Field(ge=0)
+    line: int = Field(ge=1)
+
+
 class ChunkMessage(BaseModel):
     """The chunk queue's message: small whatever the row width, the worker reads the range itself."""
 
@@ -169,6 +180,10 @@ class ChunkMessage(BaseModel):
 
     batch_id: str
     chunk: ChunkPlan
+    # Set on a chunk woken from the waiting list: where to resume, and since when it waits (a
+    # chunk woken that finds no slot keeps its place in the list).
+    cursor: ChunkCursor | None = None
+    waiting_since_ms: int | None = None
 
 
 class DoneMessage(BaseModel):
@@ -271,6 +286,8 @@ class FinishedRun(BaseModel):
     status: Literal[RowStatus.COMPLETED, RowStatus.FAILED]
     error_code: str | None = None
     error_message: str | None = None
+    # What the row asked (`rowcall.reuse`), from its callback token: a completion leaves it behind.
+    content_key: str | None = None
 
 
 class CreateRunRequest(BaseModel):
@@ -292,6 +309,8 @@ class RowOutcome(BaseModel):
     error_message: str | None = None
     # What the provider charged for the run (its `charged_cost`); 0 for a failed run.
     charged_cost_micro_usd: int | None = None
+    # Completed from an earlier row with the same content key (`rowcall.reuse`), not run.
+    reused_from: dict[str, str] | None = None
 
 
 class ReprocessPlan(BaseModel):
@@ -398,6 +417,8 @@ class ChunkCounter(BaseModel):
     completed: int = 0
     failed: int = 0
     started: int = 0
+    saving: int = 0
+    """Completed rows whose outputs are still being saved (a hint: `add_outcomes`)."""
     settled: bool = False
     created_at: float | None = None
     last_outcome_at: float | None = None
@@ -410,6 +431,8 @@ class ChunkCounter(BaseModel):
     # Charges of the chunk's finished runs, added with the counts (a hint like them; the settle
     # recounts them from the rows).
     charged_micro_usd: int = 0
+    # Reused rows (`reuse`) this chunk's last settle counted into its batch's `reused_count`.
+    reused: int = 0
 
     @property
     def finished(self) -> int:
@@ -440,6 +463,8 @@ class RowState(BaseModel):
     attempt: int = 1
     run_id: str | None = None
     outputs: list[dict[str, Any]] = Field(default_factory=list)
+    save_pending: bool = False
+    """Its outputs are being saved (contract section 7); its chunk does not settle meanwhile."""
     error_code: str | None = None
     error_message: str | None = None
     updated_at: str | None = None

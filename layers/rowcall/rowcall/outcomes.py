@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from aws_lambda_powertools import Logger
 
 from rowcall.finishing import BatchFinisher, RowResult
-from rowcall.ledger import Ledger
+from rowcall.ledger import Ledger, ReuseSource
 from rowcall.models import FinishedRun, RowOutcome, RowStatus, RunObject, to_micro_usd
 from rowcall.provider import ProviderClient, ProviderConnection, ProviderUnavailable, RunNotFound
+from rowcall.reuse import RowReuse
+from rowcall.saved_outputs import SaveMessage, SaveQueue
 
 logger = Logger(child=True)
 
@@ -38,6 +40,8 @@ class RecordReport:
     recorded: int = 0
     fetched: int = 0
     dropped: int = 0
+    remembered: int = 0
+    """Content-key items written for completed rows (`rowcall.reuse`)."""
 
 
 def fetched_outcome(run: RunObject | RunNotFound, run_id: str) -> RowOutcome:
@@ -83,11 +87,23 @@ class OutcomeRecorder:
     """Records one received batch of finished runs: the GETs of its completed runs in flight
     together, then each chunk's outcomes written and counted together (one `ADD` per chunk)."""
 
-    def __init__(self, *, ledger: Ledger, finisher: BatchFinisher, provider: ProviderConnection) -> None:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        finisher: BatchFinisher,
+        provider: ProviderConnection,
+        reuse: RowReuse | None = None,
+        save_queue: SaveQueue | None = None,
+    ) -> None:
         self._ledger = ledger
         self._finisher = finisher
         self._provider = provider
+        self._reuse = reuse
         self._techniques: OrderedDict[str, str] = OrderedDict()
+        # Batches whose outputs are saved (`save-outputs`), read with the technique.
+        self._saving: dict[str, bool] = {}
+        self._save_queue = save_queue
 
     def record(self, messages: Sequence[tuple[str, FinishedRun]]) -> RecordReport:
         report = RecordReport()
@@ -104,18 +120,70 @@ class OutcomeRecorder:
                 report.dropped += 1
             else:
                 report.fetched += finished.status is RowStatus.COMPLETED
-                result = RowResult(record=finished.record, attempt=finished.attempt, outcome=outcome)
+                save = self._saves(finished, outcome)
+                result = RowResult(
+                    record=finished.record,
+                    attempt=finished.attempt,
+                    outcome=outcome,
+                    save=save,
+                    content_key=finished.content_key,
+                )
                 groups[(finished.batch_id, finished.chunk)].append((message_id, result))
+        completions: list[ReuseSource] = []
         for (batch_id, chunk), group in groups.items():
             try:
-                report.recorded += self._finisher.record_outcomes(batch_id, chunk, [r for _, r in group])
+                moved: list[RowResult] = []
+                report.recorded += self._finisher.record_outcomes(
+                    batch_id, chunk, [r for _, r in group], moved_out=moved
+                )
+                self._send_saves(batch_id, chunk, [r for _, r in group])
+                if self._reuse is not None:
+                    completions += self._reuse.sources(batch_id, chunk, moved)
             except Exception:
                 # Row writes are conditional, so the retry repeats none; a count missed here
                 # is found by the recount when the chunk settles or goes quiet.
                 logger.exception("outcomes not written, retried later", extra={"batch_id": batch_id})
                 report.failed.update(message_id for message_id, _ in group)
         self._finisher.release_slots(report.recorded)
+        self._remember(completions, report)
         return report
+
+    def _remember(self, completions: list[ReuseSource], report: RecordReport) -> None:
+        """Completed rows under their content keys, in one request per received batch. Not worth a
+        retry of the messages (their rows are written, a retry would find nothing to remember):
+        a key missed here only means a later batch runs that row again."""
+        if self._reuse is None or not completions:
+            return
+        try:
+            report.remembered = self._reuse.remember(completions)
+        except Exception:
+            logger.exception("completed rows not remembered for reuse", extra={"rows": len(completions)})
+
+    def _saves(self, finished: FinishedRun, outcome: RowOutcome) -> bool:
+        return bool(
+            self._save_queue is not None
+            and outcome.status is RowStatus.COMPLETED
+            and outcome.outputs
+            and self._saving.get(finished.batch_id, False)
+        )
+
+    def _send_saves(self, batch_id: str, chunk: int, results: Sequence[RowResult]) -> None:
+        """One save message per completed row to save, whether its write won just now or on an
+        earlier delivery (whose send may have been lost): the saver drops one with nothing left
+        to save."""
+        messages = [
+            SaveMessage(
+                batch_id=batch_id,
+                chunk=chunk,
+                record=r.record,
+                attempt=r.attempt,
+                run_id=r.outcome.run_id or "",
+            )
+            for r in results
+            if r.save and r.outcome.run_id
+        ]
+        if messages and self._save_queue is not None:
+            self._save_queue.send(messages)
 
     async def _resolve_all(self, messages: Sequence[FinishedRun]) -> list[RowOutcome | BaseException | None]:
         async with self._provider.http() as http:
@@ -141,6 +209,8 @@ class OutcomeRecorder:
             return None
         self._finisher.knows(batch)
         self._techniques[batch_id] = batch.spec.technique_id
+        self._saving[batch_id] = batch.spec.save_outputs
         if len(self._techniques) > TECHNIQUE_CACHE_SIZE:
-            self._techniques.popitem(last=False)
+            forgotten, _ = self._techniques.popitem(last=False)
+            self._saving.pop(forgotten, None)
         return batch.spec.technique_id

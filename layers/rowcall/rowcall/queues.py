@@ -24,7 +24,8 @@ class ChunkQueue:
         """Send up to ten chunks; entries SQS refuses are sent again until none is left."""
         if len(messages) > SEND_BATCH_LIMIT:
             raise ValueError(f"at most {SEND_BATCH_LIMIT} messages per send")
-        pending = {str(m.chunk.index): m for m in messages}
+        # Entry ids by position: one send may wake chunks of several batches with the same index.
+        pending = {str(i): m for i, m in enumerate(messages)}
         delay = max(0, min(delay_seconds, MAX_DELAY_SECONDS))
         for _ in range(5):
             if not pending:
@@ -43,7 +44,8 @@ class ChunkQueue:
             for sent in got.get("Successful", []):
                 pending.pop(sent["Id"], None)
         if pending:
-            raise RuntimeError(f"SQS refused chunk messages {sorted(pending)}")
+            refused = sorted(f"{m.batch_id}/{m.chunk.index}" for m in pending.values())
+            raise RuntimeError(f"SQS refused chunk messages {refused}")
 
 
 class DoneQueue:

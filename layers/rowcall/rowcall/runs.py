@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,16 +12,19 @@ from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
+from rowcall.admission import Admission
 from rowcall.csvsplit import data_records, split_lines
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
 from rowcall.input_checks import row_checker
 from rowcall.ledger import NO_RUN, Ledger, release_shard
+from rowcall.ledger.budget import Limits, Reservation
 from rowcall.metadata import row_inputs, row_key
 from rowcall.models import (
     OPEN_BATCH_STATUSES,
     BatchState,
     BatchStatus,
+    ChunkCursor,
     ChunkMessage,
     ChunkPlan,
     CreateRunRequest,
@@ -30,6 +32,7 @@ from rowcall.models import (
     RowOutcome,
     RowStatus,
     RunInput,
+    to_micro_usd,
 )
 from rowcall.provider import (
     REPLAY_AGE_S,
@@ -42,6 +45,7 @@ from rowcall.provider import (
     created_epoch_s,
 )
 from rowcall.queues import ChunkQueue
+from rowcall.reuse import RowReuse, content_key
 from rowcall.source import read_source
 from rowcall.start_log import StartLog
 
@@ -55,10 +59,9 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # Stop starting rows this long before the invocation's deadline; the rest go with the retry.
 DEADLINE_MARGIN_S = 20.0
 LEASE_S = 30.0
-# Under the cap a chunk starts at most cap / 4 rows per delivery before yielding to others, and
-# a chunk that finds no free slot comes back after a few seconds.
+# Under the cap a chunk starts at most cap / 4 rows per delivery before yielding to others; a
+# chunk that finds no free slot waits in the ledger's waiting list until slots are given back.
 FAIR_SHARE_DIVISOR = 4
-SLOT_WAIT_S = (2, 5)
 
 
 def _replayed(created: RunCreated, sent_at: float) -> bool:
@@ -96,6 +99,9 @@ class RowJob:
     key: str
     inputs: list[RunInput]
     attempt: int = 1
+    offset: int = 0
+    # What the row asks (`rowcall.reuse`); None where this stack keeps no content keys.
+    content_key: str | None = None
 
     @property
     def row_id(self) -> str:
@@ -109,12 +115,16 @@ class ChunkReport:
     refused: int = 0
     deferred: int = 0
     skipped_known: int = 0
+    reused: int = 0
     batch_refusal: str | None = None
     paused: bool = False
     not_open: str | None = None
     waiting_for_slots: int = 0
     stopped: str | None = None
     """The batch left the running state (canceled, paused, failed) while this chunk started."""
+    cursor: ChunkCursor | None = None
+    """The first row left waiting for slots: where the chunk's next delivery resumes."""
+    woken: int = 0
 
 
 class ChunkIncomplete(Exception):
@@ -139,6 +149,9 @@ class RunStarter:
         chunk_queue: ChunkQueue | None = None,
         max_in_flight: int = 0,
         intent_valid_s: float = 900.0,
+        daily_budget_usd: float | None = None,
+        clock: Callable[[], float] = time.time,
+        reuse: RowReuse | None = None,
     ) -> None:
         self._s3 = s3
         self._ledger = ledger
@@ -150,6 +163,12 @@ class RunStarter:
         self._chunk_queue = chunk_queue
         self._cap = max_in_flight
         self._intent_valid_s = intent_valid_s
+        self._daily_max = to_micro_usd(daily_budget_usd) if daily_budget_usd is not None else None
+        self._clock = clock
+        self._admission = None
+        if chunk_queue is not None and max_in_flight:
+            self._admission = Admission(ledger, chunk_queue, max_in_flight, clock)
+        self._reuse = reuse
 
     def start_chunk(self, message: ChunkMessage, time_left_s: Callable[[], float]) -> ChunkReport:
         report = ChunkReport()
@@ -161,6 +180,7 @@ class RunStarter:
                 # The invocation that ended it may have died before handing over its on-done.
                 self._finisher.finish_if_done(batch.batch_id)
                 self._finisher.finish_canceled(batch.batch_id)
+            self._pass_wake_on(message)
             return report
         chunk = message.chunk.index
         holder = uuid.uuid4().hex
@@ -168,10 +188,9 @@ class RunStarter:
         # out) frees its chunk within LEASE_S for the redelivery or the safety net.
         until = time.time() + min(time_left_s(), LEASE_S)
         if not self._ledger.chunks.claim(batch.batch_id, chunk, holder=holder, until_epoch=until):
+            self._pass_wake_on(message)
             raise ChunkBusy(f"chunk {chunk} is being started by another delivery")
         refused: list[RowResult] = []
-        # Drawn first: the release says how long the chunk waits in SQS if it must.
-        slot_wait_s = random.randint(*SLOT_WAIT_S)
         try:
             # Read again under the lease: a cancel before it is seen here, one after it by the
             # check before each group of creates; either way nothing starts once it is canceled.
@@ -180,17 +199,12 @@ class RunStarter:
                 report.stopped = current.status.value if current else "unknown_batch"
             else:
                 batch = current
-                self._start_rows(batch, message.chunk, holder, report, time_left_s, refused)
+                self._start_rows(batch, message, holder, report, time_left_s, refused)
         finally:
-            waits = bool(report.waiting_for_slots and not report.deferred and self._chunk_queue is not None)
-            # The release counts the runs this delivery started, with the refused rows (their
-            # outcomes are counted too): what lets the recorder skip its batch read while a run
-            # of the chunk is out (`ChunkCounter.runs_maybe_out`). No write of its own.
             self._ledger.chunks.release(
                 batch.batch_id,
                 chunk,
                 holder=holder,
-                back_in_s=slot_wait_s if waits else 0.0,
                 started=report.started + report.already_started + len(refused),
             )
         if refused:
@@ -200,29 +214,45 @@ class RunStarter:
             # A canceled batch may have waited for this worker to let go of its chunk.
             self._finisher.finish_canceled(batch.batch_id, chunk)
         logger.info("chunk processed", extra={"chunk": chunk, **report.__dict__})
-        if report.waiting_for_slots and not report.deferred and self._chunk_queue is not None:
-            # Waits in SQS, not in a sleeping Lambda: a new delayed message, so waiting never
-            # counts towards the queue's maxReceiveCount.
-            self._chunk_queue.send([message], delay_seconds=slot_wait_s)
+        if report.waiting_for_slots and not report.deferred and self._admission is not None:
+            # Waits in the ledger, not in SQS nor in a sleeping Lambda: nothing runs for it until
+            # slots are given back. A delivery that started nothing keeps its place in the list;
+            # one that took its share goes behind the chunks already waiting.
+            keep_place = report.started == 0 and message.waiting_since_ms is not None
+            since = message.waiting_since_ms if keep_place else None
+            report.woken = self._admission.wait(message.model_copy(update={"cursor": report.cursor}), since)
             return report
+        if report.started == 0:
+            self._pass_wake_on(message)
         if report.deferred:
             raise ChunkIncomplete(
                 f"{report.deferred} rows of chunk {message.chunk.index} are left for a retry"
             )
         return report
 
+    def _pass_wake_on(self, message: ChunkMessage) -> None:
+        """A woken delivery that starts nothing (its batch paused or ended, its rows started by a
+        copy, its chunk busy) hands its wake-up to the next waiter, or the slot that woke it would
+        stay free until the safety net's repair."""
+        woken = message.waiting_since_ms is not None
+        if self._admission is not None and woken and self._admission.free() > 0:
+            self._admission.wake(1)
+
     def _start_rows(
         self,
         batch: BatchState,
-        plan: ChunkPlan,
+        message: ChunkMessage,
         holder: str,
         report: ChunkReport,
         time_left_s: Callable[[], float],
         refused: list[RowResult],
     ) -> None:
+        plan = message.chunk
         chunk = plan.index
+        cursor = message.cursor
         if batch.reprocess is not None and str(chunk) in batch.reprocess.chunks:
             self._reopen(batch, chunk, batch.reprocess)
+            cursor = None  # rows before any cursor may have been reopened
         rows = {r.record: r for r in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk)}
         attempts = {record: row.attempt for record, row in rows.items()}
         known = {record for record, row in rows.items() if row.finished}
@@ -246,11 +276,13 @@ class RunStarter:
             ):
                 known.add(record)
         jobs = []
-        for job in self._jobs(batch, plan, attempts):
+        for job in self._jobs(batch, plan, attempts, cursor):
             if job.record in known:
                 report.skipped_known += 1
             else:
                 jobs.append(job)
+        # Outcomes to record after the lease is let go, like refused rows.
+        jobs = self._take_reused(batch, jobs, report, refused)
         if jobs:
             started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
             try:
@@ -258,6 +290,18 @@ class RunStarter:
                 asyncio.run(self._start_all(batch, jobs, report, time_left_s, started, refused, lease))
             finally:
                 started.flush()
+
+    def _take_reused(
+        self, batch: BatchState, jobs: list[RowJob], report: ChunkReport, outcomes: list[RowResult]
+    ) -> list[RowJob]:
+        """With `reuse` on, the rows completed before (same content key) are completed from those
+        rows, looked up in bulk before anything else: no run, no slot, no budget. The rows left."""
+        if self._reuse is None or not batch.spec.reuse or not jobs:
+            return jobs
+        to_run, reused = self._reuse.take(jobs)
+        report.reused += len(reused)
+        outcomes.extend(reused)
+        return to_run
 
     def _reopen(self, batch: BatchState, chunk: int, plan: ReprocessPlan) -> None:
         """The chunk's share of a reprocess, under its lease: its rows back to pending at their
@@ -288,27 +332,46 @@ class RunStarter:
         # has finished since): it settles now, as after any outcome.
         self._finisher.after_outcomes(batch.batch_id, self._ledger.chunks.counter(batch.batch_id, chunk))
 
-    def _jobs(self, batch: BatchState, chunk: ChunkPlan, attempts: dict[int, int]) -> Iterator[RowJob]:
+    def _jobs(
+        self, batch: BatchState, chunk: ChunkPlan, attempts: dict[int, int], cursor: ChunkCursor | None = None
+    ) -> Iterator[RowJob]:
+        """The chunk's rows, from the cursor on when there is one (the rows before it were dealt
+        with by the delivery that wrote it: read once, not once per delivery)."""
         header = batch.header or []
-        lines = split_lines(read_source(self._s3, batch.source, start=chunk.start, end=chunk.end))
+        start, line, first = chunk.start, chunk.first_line, chunk.first_record
+        if (
+            cursor is not None
+            and chunk.start <= cursor.offset < chunk.end
+            and cursor.record >= chunk.first_record
+            and cursor.line >= chunk.first_line
+        ):
+            start, line, first = cursor.offset, cursor.line, cursor.record
+        lines = split_lines(read_source(self._s3, batch.source, start=start, end=chunk.end))
         records = data_records(
             lines,
             width=len(header),
-            offset=chunk.start,
-            line=chunk.first_line,
-            first_number=chunk.first_record,
+            offset=start,
+            line=line,
+            first_number=first,
             check=row_checker(header, batch.row_rules),
         )
         for record in records:
             if record.fields is None:
                 continue
+            inputs = row_inputs(header, record.fields, batch.spec)
             yield RowJob(
                 chunk=chunk.index,
                 record=record.number,
                 line=record.line,
                 key=row_key(header, record.fields, batch.spec, record.number),
-                inputs=row_inputs(header, record.fields, batch.spec),
+                inputs=inputs,
                 attempt=attempts.get(record.number, 1),
+                offset=record.start,
+                content_key=(
+                    None
+                    if self._reuse is None
+                    else content_key(batch.spec.provider, batch.spec.technique_id, inputs)
+                ),
             )
 
     async def _start_all(
@@ -343,7 +406,7 @@ class RunStarter:
         refused: list[RowResult],
     ) -> None:
         """Slots first, a grant at a time; a chunk takes at most a fair share of the cap per
-        delivery and then goes back to the queue behind the other batches' chunks."""
+        delivery and then goes to the back of the waiting list, behind the other chunks."""
         share = max(1, self._cap // FAIR_SHARE_DIVISOR)
         remaining = list(jobs)
         taken = 0
@@ -361,9 +424,15 @@ class RunStarter:
             unused = granted - (report.started - before)
             if unused:
                 shard = release_shard(batch.batch_id, group[0].chunk)
-                await asyncio.to_thread(self._ledger.slots.release, unused, shard)
+                if self._admission is not None:
+                    report.woken += await asyncio.to_thread(self._admission.release, unused, shard)
+                else:
+                    await asyncio.to_thread(self._ledger.slots.release, unused, shard)
         stopped = report.batch_refusal or report.paused or report.stopped
         report.waiting_for_slots = len(remaining) if not stopped else 0
+        if remaining and not stopped:
+            first = remaining[0]
+            report.cursor = ChunkCursor(record=first.record, offset=first.offset, line=first.line)
 
     async def _start_group(
         self,
@@ -375,11 +444,13 @@ class RunStarter:
         starts: StartLog,
         refused: list[RowResult],
     ) -> None:
-        async def start(job: RowJob) -> None:
+        limits = self._limits(batch)
+
+        async def start(job: RowJob) -> bool:
             if report.batch_refusal or report.paused:
                 await starts.add(job.record, job.attempt, NO_RUN, job.line)  # its intent resolved: no run
-                return
-            await self._start_row(client, batch, job, report, starts, refused)
+                return True
+            return await self._start_row(client, batch, job, report, starts, refused)
 
         for first in range(0, len(jobs), self._concurrency):
             if report.batch_refusal or report.paused or report.stopped:
@@ -394,8 +465,25 @@ class RunStarter:
                 report.deferred += len(jobs) - first
                 return
             group = jobs[first : first + self._concurrency]
-            await asyncio.to_thread(starts.intend, [job.record for job in group])
-            await asyncio.gather(*(start(job) for job in group))
+            # The budget is reserved before the creates are sent, so no fault can overspend it.
+            reservation = await asyncio.to_thread(
+                self._ledger.budget.reserve, batch.batch_id, len(group), limits, self._clock()
+            )
+            if reservation.runs == 0 and reservation.short_by is None:
+                report.deferred += len(jobs) - first  # the budget counters were too contended
+                return
+            group = group[: reservation.runs]
+            if group:
+                await asyncio.to_thread(starts.intend, [job.record for job in group])
+                no_new_run = sum(await asyncio.gather(*(start(job) for job in group)))
+                # Refused or 409: no run was made for these reservations.
+                await asyncio.to_thread(
+                    self._ledger.budget.give_back, batch.batch_id, no_new_run, limits, reservation.day
+                )
+            if reservation.short_by is not None:
+                # What it could afford is started; the rest waits for a resume (or the next day).
+                await asyncio.to_thread(self._pause_for_budget, batch, reservation, limits, report)
+                return
 
     async def _start_row(
         self,
@@ -405,11 +493,13 @@ class RunStarter:
         report: ChunkReport,
         starts: StartLog,
         refused: list[RowResult],
-    ) -> None:
+    ) -> bool:
+        """Whether the provider certainly made no new run for this create (its reservation is
+        given back); a create whose answer was lost may have made one and keeps it."""
         attempt = job.attempt
         request = CreateRunRequest(
             inputs=job.inputs,
-            callback_url=self._callback_url(batch.batch_id, job.row_id, attempt),
+            callback_url=self._callback_url(batch.batch_id, job.row_id, attempt, job.content_key),
             idempotency_key=idempotency_key_for(batch.batch_id, job.row_id, attempt),
         )
         sent_at = time.time()
@@ -419,31 +509,32 @@ class RunStarter:
             logger.warning("row deferred", extra={"row_id": job.row_id, "problem": str(exc)})
             report.deferred += 1
             await starts.add(job.record, attempt, NO_RUN, job.line)
-            return
+            return False
         if isinstance(outcome, RunCreated | RunAlreadyCreated):
             run_id = outcome.run.run_id if isinstance(outcome, RunCreated) else None
             await starts.add(job.record, attempt, run_id, job.line)
             if isinstance(outcome, RunCreated) and not _replayed(outcome, sent_at):
                 report.started += 1
-            else:
-                # A run an earlier delivery created (it died before its start page): its id is
-                # recorded now when the provider replays it, and it is not started twice (its
-                # slot is the dead delivery's).
-                report.already_started += 1
-            return
+                return False
+            # A run an earlier delivery created (it died before its start page, or a 409): its id
+            # is recorded now when the provider replays it, and it is not started twice (its slot
+            # and its reservation are the earlier create's).
+            report.already_started += 1
+            return True
         if outcome.batch_reason is not None:
             await asyncio.to_thread(self._refuse_batch, batch, outcome, report)
             await starts.add(job.record, attempt, NO_RUN, job.line)
-            return
+            return True
         if outcome.pauses_batch:
             await asyncio.to_thread(self._pause_batch, batch, outcome, report)
             await starts.add(job.record, attempt, NO_RUN, job.line)
-            return
+            return True
         report.refused += 1
         failure = RowOutcome(
             status=RowStatus.FAILED, error_code=outcome.code, error_message=outcome.message or None
         )
         refused.append(RowResult(job.record, attempt, failure, line=job.line, key=job.key))
+        return True
 
     def _status(self, batch_id: str) -> BatchStatus | None:
         batch = self._ledger.batches.get(batch_id)
@@ -459,6 +550,36 @@ class RunStarter:
         if self._ledger.batches.pause(batch.batch_id, "insufficient_credits", message):
             logger.warning("batch paused", extra={"reason": refusal.code})
 
+    def _limits(self, batch: BatchState) -> Limits:
+        """A provider with no price is not budgeted (run cost 0)."""
+        return Limits(
+            run_cost=batch.run_cost_micro_usd or 0,
+            batch_max=batch.max_cost_micro_usd,
+            daily_max=self._daily_max,
+        )
+
+    def _pause_for_budget(
+        self, batch: BatchState, reservation: Reservation, limits: Limits, report: ChunkReport
+    ) -> None:
+        """The batch cannot afford its next run: nothing more starts (runs started finish and
+        are recorded). `over_budget` resumes with a higher `max_cost_usd`; `daily_budget` by
+        itself the next UTC day (the safety net)."""
+        if report.paused:
+            return
+        report.paused = True
+        run_cost = limits.run_cost / 1_000_000
+        if reservation.short_by == "daily_budget":
+            ceiling = (limits.daily_max or 0) / 1_000_000
+            message = (
+                f"the stack's daily budget of ${ceiling:.2f} for {reservation.day} (UTC) allows no more runs"
+            )
+        else:
+            ceiling = (limits.batch_max or 0) / 1_000_000
+            message = f"the batch's budget of ${ceiling:.2f} allows no more runs of ${run_cost:.4f}"
+        reason = reservation.short_by or "over_budget"
+        if self._ledger.batches.pause(batch.batch_id, reason, message):
+            logger.warning("batch paused", extra={"reason": reason})
+
     def _refuse_batch(self, batch: BatchState, refusal: RunRefused, report: ChunkReport) -> None:
         if report.batch_refusal is not None:
             return
@@ -470,6 +591,6 @@ class RunStarter:
             f"provider answered {refusal.status_code} {refusal.code}",
         )
 
-    def _callback_url(self, batch_id: str, row_id: str, attempt: int) -> str:
-        token = self._signer.token(batch_id, row_id, attempt)
+    def _callback_url(self, batch_id: str, row_id: str, attempt: int, content_key: str | None = None) -> str:
+        token = self._signer.token(batch_id, row_id, attempt, content_key)
         return f"{self._callback_base}/callbacks/{batch_id}/{row_id}?token={token}"

@@ -20,14 +20,17 @@ import asyncio
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from aws_lambda_powertools import Logger
 
+from rowcall.admission import Admission
+from rowcall.batch_actions import BatchActions, WrongState
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.ledger import Ledger, StartedRun
+from rowcall.ledger.budget import utc_day
 from rowcall.ledger.keys import rows_pk
 from rowcall.models import (
     BatchState,
@@ -39,10 +42,12 @@ from rowcall.models import (
     RowState,
     RowStatus,
     RunObject,
+    to_micro_usd,
 )
 from rowcall.outcomes import RunNotFinished, fetched_outcome
 from rowcall.provider import ProviderConnection, ProviderUnavailable, RunNotFound
 from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue, DoneQueue
+from rowcall.saved_outputs import SaveMessage, SaveQueue
 
 logger = Logger(child=True)
 
@@ -84,15 +89,25 @@ class SweepReport:
     timed_out: int = 0
     recounted: int = 0
     chunks_resent: int = 0
+    saves_resent: int = 0
     on_dones_resent: int = 0
     ingests_failed: int = 0
     closed: int = 0
+    woken: int = 0
+    resumed: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
     def findings(self) -> int:
         return (
-            self.recorded + self.timed_out + self.chunks_resent + self.on_dones_resent + self.ingests_failed
+            self.recorded
+            + self.timed_out
+            + self.chunks_resent
+            + self.saves_resent
+            + self.on_dones_resent
+            + self.ingests_failed
+            + self.woken
+            + self.resumed
         )
 
 
@@ -107,7 +122,12 @@ class SafetyNet:
         provider: ProviderConnection,
         times: SafetyNetTimes,
         clock: Callable[[], float] = time.time,
+        save_queue: SaveQueue | None = None,
+        admission: Admission | None = None,
+        daily_budget_usd: float | None = None,
     ) -> None:
+        self._save_queue = save_queue
+        self._save_backlog: int | None = None
         self._ledger = ledger
         self._finisher = finisher
         self._chunk_queue = chunk_queue
@@ -115,16 +135,23 @@ class SafetyNet:
         self._provider = provider
         self._times = times
         self._clock = clock
+        self._admission = admission
+        self._daily_budget = to_micro_usd(daily_budget_usd) if daily_budget_usd is not None else None
+        self._waiting: set[tuple[str, int]] = set()
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
+        self._save_backlog = None  # read once per sweep, when a row waits to be saved
+        batches: dict[str, BatchState | None] = {}
+        # Chunks in the waiting list are not lost: slots given back wake them.
+        self._waiting = {(w.batch_id, w.chunk) for w in self._ledger.waiting.waiters()}
         open_chunks: dict[str, list[int]] = defaultdict(list)
         for batch_id, chunk in self._ledger.chunks.open_chunks():
             open_chunks[batch_id].append(chunk)
         for batch_id, chunks in open_chunks.items():
             report.open_chunks += len(chunks)
             try:
-                batch = self._ledger.batches.get(batch_id)
+                batch = batches[batch_id] = self._ledger.batches.get(batch_id)
                 # One query for a batch's open counters (a read unit per ~16 of them), not a
                 # GetItem each; the chunks settled in between are read too, and skipped.
                 counters = self._ledger.chunks.counters_between(batch_id, min(chunks), max(chunks))
@@ -144,7 +171,32 @@ class SafetyNet:
             except Exception as exc:
                 logger.exception("batch sweep failed", extra={"batch_id": batch_id})
                 report.problems.append(f"{batch_id}: {type(exc).__name__}")
+        self._resume_new_day(batches, report)
+        if self._admission is not None and self._waiting:
+            # Waiters while slots are free: a wake-up was lost (its waker died, or a wake found
+            # the list empty a moment before a chunk was listed and that chunk died too).
+            report.woken += self._admission.repair()
         return report
+
+    def _resume_new_day(self, batches: dict[str, BatchState | None], report: SweepReport) -> None:
+        """Batches paused `daily_budget` run again once today's budget affords their next run:
+        the next UTC day (or sooner, if the budget was raised)."""
+        today = utc_day(self._clock())
+        spent: int | None = None
+        for batch in batches.values():
+            if batch is None or batch.status is not BatchStatus.PAUSED or batch.reason != "daily_budget":
+                continue
+            if self._daily_budget is not None:
+                spent = self._ledger.budget.reserved_on(today) if spent is None else spent
+                run_cost = batch.run_cost_micro_usd or 0
+                if spent + run_cost > self._daily_budget:
+                    continue
+            try:
+                BatchActions(self._ledger, self._chunk_queue, self._finisher).resume(batch.batch_id)
+            except WrongState:
+                continue  # resumed by someone else meanwhile
+            logger.info("batch resumed: a new UTC day", extra={"batch_id": batch.batch_id})
+            report.resumed += 1
 
     # -- chunks ------------------------------------------------------------------------------
     def _sweep_chunk(
@@ -161,13 +213,18 @@ class SafetyNet:
             self._ledger.chunks.close(batch_id, chunk)  # nothing more will run here
             report.closed += 1
             return
+        now = self._clock()
         if counter.finished >= counter.rows:
             # Counted finished yet open: the recorder that counted its last outcome died before
             # settling it (or is settling it now; the settle is conditional). No need to wait.
             self._finisher.recount(batch_id, chunk)
             report.recounted += 1
+            if batch.spec.save_outputs and self._still(counter, now):
+                # Every row finished but the chunk still open: outputs may wait for a save
+                # message that was lost.
+                waiting = self._ledger.rows.progress_of_chunk(batch_id, chunk)
+                self._resend_saves(batch_id, chunk, waiting, now, report)
             return
-        now = self._clock()
         if not self._still(counter, now):
             return  # an outcome or a start within `reconcile_after_s`: nothing of it is stale yet
         report.looked_into += 1
@@ -179,6 +236,7 @@ class SafetyNet:
             rows = {row.record: row for row in self._ledger.rows.progress_of_chunk(batch_id, chunk)}
             starts = self._ledger.rows.starts(batch_id, chunk)
         finished = {record for record, row in rows.items() if row.finished}
+        self._resend_saves(batch_id, chunk, rows.values(), now, report)
         if len(finished) >= counter.rows:
             self._finisher.recount(batch_id, chunk)
             report.recounted += 1
@@ -201,13 +259,53 @@ class SafetyNet:
             # last of them finishes the batch (or the sweep of the batch itself does).
             return
         never_started = len(started.keys() | finished) < counter.rows
-        if never_started and self._stalled(counter, now) and batch.status is not BatchStatus.PAUSED:
+        if (
+            never_started
+            and self._stalled(counter, now)
+            and batch.status is not BatchStatus.PAUSED
+            and (batch_id, chunk) not in self._waiting
+        ):
             plan = {c.index: c for c in self._ledger.batches.chunk_plan(batch_id)}
             self._chunk_queue.send([ChunkMessage(batch_id=batch_id, chunk=plan[chunk])])
             report.chunks_resent += 1
         if counter.finished < len(finished) and self._quiet(counter, now):
             self._finisher.recount(batch_id, chunk)  # outcomes written but never counted
             report.recounted += 1
+
+    def _resend_saves(
+        self, batch_id: str, chunk: int, rows: Iterable[RowState], now: float, report: SweepReport
+    ) -> None:
+        """Rows whose outputs have waited `reconcile-after-s` to be saved: their save message was
+        lost (a recorder that died after the row write), dead-lettered, or its saver died. Sent
+        again marked `resent`, so the saver first records any copy already made."""
+        if self._save_queue is None:
+            return
+        candidates = [r for r in rows if r.save_pending]
+        if not candidates:
+            return
+        if self._save_backlog is None:
+            self._save_backlog = self._save_queue.backlog()
+        if self._save_backlog > 0:
+            # Saves still wait in the queue: these rows' messages are most likely among them,
+            # and sending them again would only lengthen the wait (measured: a chaos run's net
+            # sent 200 copies a sweep into a backlog). Looked at again once it has drained.
+            return
+        stalled = [
+            SaveMessage(
+                batch_id=batch_id,
+                chunk=chunk,
+                record=row.record,
+                attempt=row.attempt,
+                run_id=row.run_id,
+                resent=True,
+            )
+            for row in candidates
+            if row.run_id
+            and (row.updated_at is None or now - _epoch(row.updated_at) >= self._times.reconcile_after_s)
+        ]
+        if stalled:
+            self._save_queue.send(stalled)
+            report.saves_resent += len(stalled)
 
     def _still(self, counter: ChunkCounter, now: float) -> bool:
         """Nothing has moved the chunk's counter (an outcome, a run started, its creation) for
@@ -239,7 +337,13 @@ class SafetyNet:
             report.asked += 1
             outcome = self._answered(run, answer)
             if outcome is not None:
-                results.append(RowResult(run.record, run.attempt, outcome))
+                save = bool(
+                    self._save_queue is not None
+                    and batch.spec.save_outputs
+                    and outcome.status is RowStatus.COMPLETED
+                    and outcome.outputs
+                )
+                results.append(RowResult(run.record, run.attempt, outcome, save=save))
         newly_asked = {_asked_key(run): now for run in to_ask}
         deadline = self._times.callback_deadline_s
         for run in silent:
@@ -260,6 +364,19 @@ class SafetyNet:
             recorded = self._finisher.record_outcomes(batch.batch_id, chunk, results)
             self._finisher.release_slots(recorded)
             report.recorded += recorded
+            saves = [
+                SaveMessage(
+                    batch_id=batch.batch_id,
+                    chunk=chunk,
+                    record=r.record,
+                    attempt=r.attempt,
+                    run_id=r.outcome.run_id,
+                )
+                for r in results
+                if r.save and r.outcome.run_id
+            ]
+            if saves and self._save_queue is not None:
+                self._save_queue.send(saves)
 
     def _answered(self, run: StartedRun, answer: object) -> RowOutcome | None:
         """The run's outcome from the one GET; None while it is still going (asked once: its

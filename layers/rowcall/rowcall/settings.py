@@ -110,12 +110,25 @@ class UploadSettings(_BatchDefaults):
 
 class RecorderSettings(_EnvSettings):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    # Slots given back wake the chunks waiting for them (under MaxInFlight).
+    chunk_queue_url: str | None = Field(alias="CHUNK_QUEUE_URL", default=None)
     provider_url: str = Field(alias="PROVIDER_URL")
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
     # A completed row's content key is kept this long for `reuse` (template ReuseDays).
     reuse_days: int = Field(alias="REUSE_DAYS", default=30, gt=0)
     # Largest output copied into the bucket (template MaxOutputBytes).
     max_output_bytes: int = Field(alias="MAX_OUTPUT_BYTES", default=5 * 1024**3, gt=0)
+    # Where completed rows of batches with `save-outputs` on go to have their outputs saved.
+    save_queue_url: str | None = Field(alias="SAVE_QUEUE_URL", default=None)
+
+
+class SaverSettings(_EnvSettings):
+    done_queue_url: str = Field(alias="DONE_QUEUE_URL")
+    bucket_name: str = Field(alias="DATA_BUCKET")
+    max_output_bytes: int = Field(alias="MAX_OUTPUT_BYTES", gt=0)
+    # Output URLs are the provider's, but checked as any URL from outside: https to public
+    # addresses; the local stack's emulator is plain http on loopback.
+    allow_loopback_outputs: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
 
 
 class NotifierSettings(_EnvSettings):
@@ -132,6 +145,7 @@ class SafetyNetSettings(_EnvSettings):
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
     reconcile_after_s: float = Field(alias="RECONCILE_AFTER_SECONDS", gt=0)
     callback_deadline_s: float = Field(alias="CALLBACK_DEADLINE_SECONDS", gt=0)
+    save_queue_url: str | None = Field(alias="SAVE_QUEUE_URL", default=None)
     ingest_max_event_age_s: float = Field(alias="INGEST_MAX_EVENT_AGE_SECONDS", default=21600, gt=0)
     ingest_timeout_s: float = Field(alias="INGEST_TIMEOUT_SECONDS", default=900, gt=0)
     # A batch paused `daily_budget` goes on by itself the next UTC day (template DailyBudgetUsd).

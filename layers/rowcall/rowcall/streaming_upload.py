@@ -66,12 +66,15 @@ class StreamingUpload:
         self.size = 0
 
     def write(self, text: str) -> int:
-        data = text.encode("utf-8")
+        self.write_bytes(text.encode("utf-8"))
+        return len(text)
+
+    def write_bytes(self, data: bytes) -> None:
+        """Bytes as they are (a saved output): the same parts as text."""
         self._buffer.write(data)
         self.size += len(data)
         if self._buffer.tell() >= self._part_bytes:
             self._upload_part()
-        return len(text)
 
     def __enter__(self) -> StreamingUpload:
         return self

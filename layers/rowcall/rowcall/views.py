@@ -35,7 +35,7 @@ def batch_view(batch: BatchState, counters: list[ChunkCounter], now: datetime) -
         "name": batch.name,
         "source": batch.source.model_dump(),
         "technique_id": batch.spec.technique_id,
-        "status": batch.status.value,
+        "status": shown_status(batch).value,
         "total_count": batch.total_count,
         "completed_count": completed,
         "failed_count": failed,
@@ -59,6 +59,19 @@ def batch_view(batch: BatchState, counters: list[ChunkCounter], now: datetime) -
         "results": batch.results.model_dump(),
         "notification": batch.notification.model_dump(include={"status", "attempts", "delivered_at"}),
     }
+
+
+# Finished states a client may act on at once: each shows only once the results CSV is written.
+_RESULTS_FIRST = (BatchStatus.COMPLETED, BatchStatus.PARTIAL, BatchStatus.FAILED)
+
+
+def shown_status(batch: BatchState) -> BatchStatus:
+    """The status the contract shows (section 7): a finished batch stays `running` until the
+    notifier has written its results CSV and named it, so a client that sees `completed` can
+    download at once. A cancel shows at once; its results are named when written."""
+    if batch.status in _RESULTS_FIRST and batch.results.csv_key is None:
+        return BatchStatus.RUNNING
+    return batch.status
 
 
 def _estimate(batch: BatchState, finished: int, pending: int | None, now: datetime) -> str | None:

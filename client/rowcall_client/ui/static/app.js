@@ -8,6 +8,7 @@ const TOKEN = document.querySelector('meta[name="rowcall-token"]').content;
 const POLL_MS = 1000;
 const PAGE = 20;
 const DETAIL_ROWS = 50;
+const GALLERY_ROWS = 100;
 const TERMINAL = new Set(["completed", "partial", "failed", "canceled"]);
 const RUNNING = new Set(["validating", "ingesting", "running", "paused"]);
 
@@ -146,7 +147,12 @@ function card(batchId) {
   refs.details.hidden = true;
   refs.failedRows = el("div", { className: "failed-rows" });
   refs.rowErrors = el("div", { className: "row-errors" });
-  refs.details.append(el("h3", { text: "Failed rows" }), refs.failedRows, el("h3", { text: "Row errors (rows skipped)" }), refs.rowErrors);
+  refs.gallery = el("div", { className: "gallery" });
+  refs.details.append(
+    el("h3", { text: "Saved images" }), refs.gallery,
+    el("h3", { text: "Failed rows" }), refs.failedRows,
+    el("h3", { text: "Row errors (rows skipped)" }), refs.rowErrors,
+  );
   const counts = el("div", { className: "counts" }, [
     count("completed_count", "done"), " · ",
     count("failed_count", "failed", "failed-count"), " · ",
@@ -315,10 +321,12 @@ async function refreshDetails(batchId) {
   const entry = state.cards.get(batchId);
   if (!entry) return;
   const id = encodeURIComponent(batchId);
-  const [rows, errors] = await Promise.allSettled([
+  const [rows, errors, completed] = await Promise.allSettled([
     call("GET", `/api/batches/${id}/rows?status=failed&limit=${DETAIL_ROWS}`),
     call("GET", `/api/batches/${id}/row-errors?limit=${DETAIL_ROWS}`),
+    call("GET", `/api/batches/${id}/rows?status=completed&limit=${GALLERY_ROWS}`),
   ]);
+  renderGallery(entry, batchId, completed);
   const { failedRows, rowErrors } = entry.refs;
   if (rows.status === "fulfilled") {
     const items = rows.value.items || [];
@@ -350,6 +358,49 @@ async function refreshDetails(batchId) {
   } else {
     rowErrors.replaceChildren(el("p", { className: "error", text: String(errors.reason) }));
   }
+}
+
+// -- gallery: the batch's saved images, served by this page's server from the bucket ----------------
+
+function outputUrl(key) {
+  // outputs/{batch_id}/{row_name}/{file}: each part path-safe by construction (contract section 7).
+  const parts = key.split("/").slice(1).map(encodeURIComponent).join("/");
+  return `/output/${parts}?token=${encodeURIComponent(TOKEN)}`;
+}
+
+function renderGallery(entry, batchId, answer) {
+  const { gallery } = entry.refs;
+  if (answer.status !== "fulfilled") {
+    gallery.replaceChildren(el("p", { className: "error", text: String(answer.reason) }));
+    return;
+  }
+  const images = [];
+  for (const row of answer.value.items || []) {
+    for (const saved of row.saved_outputs || []) {
+      if (saved.key && String(saved.content_type || "").startsWith("image/")) images.push(saved.key);
+    }
+  }
+  const shown = images.join("\n");
+  if (gallery.dataset.shown === shown) return; // unchanged: the thumbnails are not loaded again
+  gallery.dataset.shown = shown;
+  if (images.length === 0) {
+    gallery.replaceChildren(el("p", { className: "none", text: "no saved images" }));
+    return;
+  }
+  gallery.replaceChildren(
+    ...images.map((key) => {
+      const rowName = key.split("/")[2];
+      const img = el("img");
+      img.src = outputUrl(key);
+      img.alt = rowName;
+      img.loading = "lazy";
+      const full = el("a", { title: key }, [img]);
+      full.href = outputUrl(key);
+      full.target = "_blank";
+      full.rel = "noopener";
+      return el("figure", { className: "thumb" }, [full, el("figcaption", { text: rowName })]);
+    }),
+  );
 }
 
 // -- actions ----------------------------------------------------------------------------------------

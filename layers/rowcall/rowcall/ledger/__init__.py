@@ -13,13 +13,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rowcall.ledger.batches import BatchLedger
+from rowcall.ledger.budget import BudgetLedger
 from rowcall.ledger.chunks import ChunkLedger
 from rowcall.ledger.notifications import NotificationLedger
+from rowcall.ledger.reuse import ReuseLedger, ReuseSource
 from rowcall.ledger.row_errors import RowErrorLedger
 from rowcall.ledger.rows import NO_RUN, RowLedger, StartedRun
 from rowcall.ledger.slots import SlotLedger, release_shard
 from rowcall.ledger.table import RetryPolicy, Table
 from rowcall.ledger.uploads import UploadIntentLedger
+from rowcall.ledger.waiting import WaitingList
 from rowcall.models import utcnow
 
 if TYPE_CHECKING:
@@ -41,21 +44,28 @@ class Ledger:
         self.row_errors = RowErrorLedger(self.table)
         self.notifications = NotificationLedger(self.table, clock)
         self.slots = SlotLedger(self.table)
+        self.waiting = WaitingList(self.table)
+        self.budget = BudgetLedger(self.table)
         self.upload_intents = UploadIntentLedger(self.table)
+        self.reuse = ReuseLedger(self.table)
 
 
 __all__ = [
     "NO_RUN",
     "BatchLedger",
+    "BudgetLedger",
     "ChunkLedger",
     "Ledger",
     "NotificationLedger",
     "RetryPolicy",
+    "ReuseLedger",
+    "ReuseSource",
     "RowErrorLedger",
     "RowLedger",
     "SlotLedger",
     "StartedRun",
     "Table",
     "UploadIntentLedger",
+    "WaitingList",
     "release_shard",
 ]

@@ -208,7 +208,7 @@ class BatchLedger:
             batch_id,
             "SET #status = :failed, #reason = :reason, #reason_message = :message, #finished_at = :now, "
             "#updated_at = :now, #notification = :notification, #open_pk = :open, #open_sk = :open_sk "
-            "ADD #finish_seq :one",
+            "ADD #finish_seq :one REMOVE #results",
             _NOT_FINISHED,
             {
                 ":failed": BatchStatus.FAILED.value,
@@ -346,7 +346,7 @@ class BatchLedger:
             values[":m"] = charged_micro_usd
         finished = self._transition(
             batch_id,
-            f"SET {sets} ADD #finish_seq :one REMOVE #cancel_pending",
+            f"SET {sets} ADD #finish_seq :one REMOVE #cancel_pending, #results",
             "#status = :canceled AND #cancel_pending = :true",
             values,
         )
@@ -409,7 +409,7 @@ class BatchLedger:
         finished = self._transition(
             batch_id,
             "SET #status = :status, #finished_at = :now, #updated_at = :now, #notification = :notification, "
-            "#open_pk = :open, #open_sk = :open_sk ADD #finish_seq :one",
+            "#open_pk = :open, #open_sk = :open_sk ADD #finish_seq :one REMOVE #results",
             "#status IN (:ingesting, :running) AND #chunks_settled = :chunks AND #chunk_count = :chunks",
             {
                 ":status": status.value,

@@ -74,15 +74,28 @@ class ChunkLedger:
             yield batch_id, int(chunk)
 
     def add_outcomes(
-        self, batch_id: str, chunk: int, *, completed: int, failed: int, charged_micro_usd: int = 0
+        self,
+        batch_id: str,
+        chunk: int,
+        *,
+        completed: int,
+        failed: int,
+        charged_micro_usd: int = 0,
+        saving: int = 0,
     ) -> ChunkCounter | None:
         """Count outcomes the caller's row writes moved, and what their runs were charged; the
-        counter as it now stands."""
+        counter as it now stands. `saving`: how many of the completed rows wait for their outputs
+        to be saved (a hint, as the counts are: the saver settles the chunk once it reaches 0,
+        the recount decides)."""
+        update = "ADD #completed :c, #failed :f, #charged_micro_usd :m SET #last_outcome_at = :now"
+        values: dict[str, Any] = {":c": completed, ":f": failed, ":m": charged_micro_usd, ":now": time.time()}
+        if saving:
+            update = (
+                "ADD #completed :c, #failed :f, #charged_micro_usd :m, #saving :s SET #last_outcome_at = :now"
+            )
+            values[":s"] = saving
         stored = self._table.update(
-            chunk_key(batch_id, chunk),
-            "ADD #completed :c, #failed :f, #charged_micro_usd :m SET #last_outcome_at = :now",
-            condition="attribute_exists(#rows)",
-            values={":c": completed, ":f": failed, ":m": charged_micro_usd, ":now": time.time()},
+            chunk_key(batch_id, chunk), update, condition="attribute_exists(#rows)", values=values
         )
         return _counter(stored) if stored else None
 
@@ -115,11 +128,14 @@ class ChunkLedger:
         """
         if counter.settled:
             return None
-        completed = failed = charged = 0
+        completed = failed = charged = reused = 0
+        saving = False
         for row in rows:
             completed += row.status is RowStatus.COMPLETED
             failed += row.status is RowStatus.FAILED
             charged += (row.charged_cost_micro_usd or 0) if row.finished else 0
+            saving |= row.save_pending
+            reused += row.status is RowStatus.COMPLETED and row.reused_from is not None
         if completed + failed < counter.rows:
             self._table.update(
                 chunk_key(batch_id, counter.index),
@@ -134,27 +150,40 @@ class ChunkLedger:
                 },
             )
             return False
+        if saving:
+            return False  # outputs still being saved: the saver settles it once they are
         settled = self._table.transact(
             [
                 self._table.update_item(
                     chunk_key(batch_id, counter.index),
-                    "SET #settled = :true, #completed = :c, #failed = :f, #charged_micro_usd = :m "
-                    "REMOVE #open_pk, #open_sk",
-                    condition="attribute_not_exists(#settled)",
-                    values={":true": True, ":c": completed, ":f": failed, ":m": charged},
+                    "SET #settled = :true, #completed = :c, #failed = :f, #charged_micro_usd = :m, "
+                    "#reused = :r REMOVE #open_pk, #open_sk",
+                    # `reused` is what the chunk's last settle added to the batch's reused_count:
+                    # a chunk settled again after a reprocess adds only the difference.
+                    condition="attribute_not_exists(#settled) AND "
+                    "(attribute_not_exists(#reused) OR #reused = :was_r)",
+                    values={
+                        ":true": True,
+                        ":c": completed,
+                        ":f": failed,
+                        ":m": charged,
+                        ":r": reused,
+                        ":was_r": counter.reused,
+                    },
                 ),
                 # A canceled batch's final counts are a recount made when it finishes; a chunk
                 # settling after that would count its rows twice.
                 self._table.update_item(
                     batch_key(batch_id),
                     "ADD #chunks_settled :one, #completed_count :c, #failed_count :f, "
-                    "#charged_cost_micro_usd :m SET #updated_at = :now",
+                    "#charged_cost_micro_usd :m, #reused_count :dr SET #updated_at = :now",
                     condition="#status <> :canceled",
                     values={
                         ":one": 1,
                         ":c": completed,
                         ":f": failed,
                         ":m": charged,
+                        ":dr": reused - counter.reused,
                         ":now": iso(self._clock()),
                         ":canceled": BatchStatus.CANCELED.value,
                     },

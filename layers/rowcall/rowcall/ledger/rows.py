@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from rowcall.ledger.keys import row_key, row_sk, rows_pk
+from rowcall.ledger.keys import batch_key, batch_pk, chunk_key, row_key, row_sk, rows_pk
 from rowcall.ledger.table import Table
 from rowcall.models import RowOutcome, RowState, RowStatus, iso, utcnow
 
@@ -25,7 +25,8 @@ _OUTCOME_ATTRIBUTES = (
 )
 
 # What the safety net needs of a row: finished or not, for which attempt.
-_PROGRESS_ATTRIBUTES = "#sk, #status, #attempt"
+# run_id, save_pending and updated_at: the safety net sends again a save that was lost.
+_PROGRESS_ATTRIBUTES = "#sk, #status, #attempt, #run_id, #save_pending, #updated_at"
 
 # Keeps a failed row's item under 1 KB (one write unit) whatever the provider says.
 MAX_ERROR_MESSAGE = 500
@@ -74,8 +75,10 @@ class RowLedger:
         attempt: int,
         line: int | None = None,
         key: str | None = None,
+        save_pending: bool = False,
     ) -> bool:
         """pending|running -> completed|failed for this attempt (and this run, once it has one).
+        `save_pending`: its outputs are to be saved before its chunk may settle.
 
         False when the row was finished already or is waiting for another attempt or run.
         """
@@ -94,7 +97,9 @@ class RowLedger:
             "line": line,
             "key": key,
             "run_id": outcome.run_id,
+            "save_pending": True if save_pending else None,
             "charged_cost_micro_usd": outcome.charged_cost_micro_usd,
+            "reused_from": outcome.reused_from,
         }
         for name, value in described.items():
             if value is not None:
@@ -118,7 +123,7 @@ class RowLedger:
             row_key(batch_id, chunk, record),
             "SET #status = :pending, #attempt = #attempt + :one, #reopen_seq = :seq, #reopened_at = :at, "
             "#updated_at = :now REMOVE #run_id, #outputs, #error_code, #error_message, "
-            "#charged_cost_micro_usd",
+            "#charged_cost_micro_usd, #saved_outputs, #save_pending, #reused_from",
             condition="#status IN (:completed, :failed) AND "
             "(attribute_not_exists(#reopen_seq) OR #reopen_seq < :seq)",
             values={
@@ -132,6 +137,59 @@ class RowLedger:
             },
         )
         return written is not None
+
+    def record_saved(
+        self,
+        batch_id: str,
+        chunk: int,
+        record: int,
+        saved: Sequence[dict[str, Any]],
+        *,
+        attempt: int,
+        run_id: str,
+        saved_count: int,
+        failed_count: int,
+    ) -> bool:
+        """A completed row's outputs saved (or given up): recorded once, with the batch's counts
+        and its chunk's hint in the same transaction, so a repeated save neither records nor
+        counts twice. False
+        when it was recorded already or the row moved on (a reprocess)."""
+        return self._table.transact(
+            [
+                self._table.update_item(
+                    row_key(batch_id, chunk, record),
+                    "SET #saved_outputs = :saved, #updated_at = :now REMOVE #save_pending",
+                    condition="#save_pending = :true AND #status = :completed AND #attempt = :attempt "
+                    "AND #run_id = :run_id",
+                    values={
+                        ":saved": list(saved),
+                        ":now": iso(self._clock()),
+                        ":true": True,
+                        ":completed": RowStatus.COMPLETED.value,
+                        ":attempt": attempt,
+                        ":run_id": run_id,
+                    },
+                ),
+                self._table.update_item(
+                    batch_key(batch_id),
+                    "ADD #outputs_saved_count :saved_n, #outputs_failed_count :failed_n",
+                    values={":saved_n": saved_count, ":failed_n": failed_count},
+                ),
+                # The chunk's hint of rows still saving (`ChunkLedger.add_outcomes`).
+                self._table.update_item(
+                    chunk_key(batch_id, chunk), "ADD #saving :minus_one", values={":minus_one": -1}
+                ),
+            ]
+        )
+
+    def claim_name(self, batch_id: str, name: str, *, chunk: int, record: int) -> bool:
+        """The row's claim on a saved-output directory name of the batch: True when the name is
+        this row's (claimed now or by this row before a crash), False when another row has it."""
+        claim = {"pk": f"{batch_pk(batch_id)}#NAME#{name}", "sk": "NAME", "chunk": chunk, "record": record}
+        if self._table.put(claim, condition="attribute_not_exists(pk)"):
+            return True
+        held = self._table.get({"pk": claim["pk"], "sk": "NAME"})
+        return held is not None and int(held["chunk"]) == chunk and int(held["record"]) == record
 
     def get(self, batch_id: str, chunk: int, record: int) -> RowState | None:
         stored = self._table.get(row_key(batch_id, chunk, record))

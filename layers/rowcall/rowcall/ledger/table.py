@@ -161,6 +161,24 @@ class Table:
             raise
         return plain(got.get("Attributes", {}))
 
+    def delete(self, key: Mapping[str, Any], *, condition: str | None = None) -> dict[str, Any] | None:
+        """The item as it was before this request deleted it, or None when the condition did not
+        hold (with `attribute_exists(pk)`: when another request deleted it first)."""
+        extra: dict[str, Any] = {"ConditionExpression": condition} if condition else {}
+        extra |= expression_arguments(condition)
+        try:
+            got = self.retried(
+                lambda: self.client.delete_item(
+                    TableName=self.name, Key=item(key), ReturnValues="ALL_OLD", **extra
+                )
+            )
+        except ClientError as exc:
+            if conditional_failure(exc):
+                return None
+            raise
+        stored = got.get("Attributes")
+        return plain(stored) if stored else None
+
     def update_item(
         self,
         key: Mapping[str, Any],
@@ -198,6 +216,30 @@ class Table:
                 time.sleep(self._retry.delay(attempt))
             if pending:
                 raise RuntimeError("DynamoDB left items unprocessed after every retry")
+
+    def get_many(
+        self, keys: Sequence[Mapping[str, Any]], *, projection: str | None = None
+    ) -> list[dict[str, Any]]:
+        """BatchGetItem in groups of 100 keys (its limit), eventually consistent, unprocessed
+        keys asked again; the items found, in no particular order. Keys must be distinct (DynamoDB
+        refuses a request naming one twice)."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {"Keys": [item(k) for k in keys[start : start + 100]]}
+            if projection:
+                request["ProjectionExpression"] = projection
+                request |= expression_arguments(projection)
+            pending: Any = {self.name: request}
+            for attempt in range(self._retry.attempts):
+                got = self.retried(partial(self.client.batch_get_item, RequestItems=pending))
+                found.extend(plain(i) for i in got.get("Responses", {}).get(self.name, []))
+                pending = got.get("UnprocessedKeys") or None
+                if not pending:
+                    break
+                time.sleep(self._retry.delay(attempt))
+            if pending:
+                raise RuntimeError("DynamoDB left keys unprocessed after every retry")
+        return found
 
     def query(
         self,

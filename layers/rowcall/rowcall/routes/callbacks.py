@@ -13,6 +13,7 @@ from rowcall.api import ApiError
 from rowcall.api_models import Accepted
 from rowcall.compose import callback_intake
 from rowcall.flora_signature import SIGNATURE_HEADER
+from rowcall.identity import content_key_in
 from rowcall.models import RunWebhook
 from rowcall.routes.errors import error_responses
 from rowcall.tracing import TRACED_MODULES
@@ -38,7 +39,8 @@ def run_callback(batch_id: str, row_id: str) -> Accepted:
     event = router.current_event
     intake = callback_intake()
     # Read here, not declared for validation: whatever is wrong with it is a 401, checked first.
-    attempt = intake.attempt_of(batch_id, row_id, event.get_query_string_value("token"))
+    token = event.get_query_string_value("token")
+    attempt = intake.attempt_of(batch_id, row_id, token)
     if attempt is None:
         raise _rejected(401, "invalid_token", "callback token is missing or does not match this row")
     raw = _raw_body(event.body, bool(event.is_base64_encoded))
@@ -52,7 +54,7 @@ def run_callback(batch_id: str, row_id: str) -> Accepted:
         raise _rejected(400, "invalid_body", "callback body is not a run webhook", _fields(exc)) from None
     if not intake.knows_batch(batch_id):
         raise _rejected(404, "batch_not_found", f"no batch {batch_id!r}")
-    intake.accept(batch_id, row_id, attempt, webhook)
+    intake.accept(batch_id, row_id, attempt, webhook, content_key_in(token or ""))
     metrics.add_metric(name="CallbacksAccepted", unit=MetricUnit.Count, value=1)
     return Accepted(accepted=True)
 
