@@ -16,17 +16,30 @@ import pytest
 from rowcall.batch_actions import BatchActions
 from rowcall.callbacks import CallbackIntake
 from rowcall.identity import CallbackSigner, content_key_in, row_id_for
+from rowcall.ingest import IngestLimits, Ingestor, ObjectCreated
 from rowcall.ledger import ReuseSource
-from rowcall.models import BatchStatus, DoneMessage, FinishedRun, RowState, RowStatus, RunInput, RunWebhook
+from rowcall.models import (
+    BatchState,
+    BatchStatus,
+    DoneMessage,
+    FinishedRun,
+    RowState,
+    RowStatus,
+    RunInput,
+    RunWebhook,
+    to_micro_usd,
+    usd_text,
+)
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
 from rowcall.reuse import DAY_S, RowReuse, content_key
 from rowcall.row_listing import row_charged_usd
 from rowcall.runs import RunStarter
 from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
+from rowcall_local.technique_catalog import DEFAULT_RUN_COST_USD
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
-from .conftest import Aws, chunk_messages, ingest
+from .conftest import LOOPBACK_ALLOWED, Aws, chunk_messages, ingest
 from .test_runs_to_on_done import (
     API_KEY,
     CALLBACK_SECRET,
@@ -335,3 +348,82 @@ def test_lookups_go_in_groups_of_a_hundred_distinct_keys(aws: Aws) -> None:
     assert sorted(found) == [f"k{n:03d}" for n in range(130)]
     assert calls == [100, 100, 50]
     assert found["k007"].outputs == [{"output_id": "o", "url": "https://x/7"}]
+
+
+def priced_ingest(aws: Aws, provider: ProviderEmulator, body: str, **meta: str) -> BatchState:
+    """Ingest with the pre-flight (the emulator prices the open technique at its run cost)."""
+    put = aws.s3.put_object(Bucket=aws.bucket, Key="uploads/priced.csv", Body=csv_bytes(body), Metadata=meta)
+    batch = Ingestor(
+        s3=aws.s3,
+        ledger=aws.ledger,
+        chunk_queue=aws.chunk_queue,
+        finisher=aws.finisher,
+        limits=IngestLimits(max_rows=1000, max_bytes=10**6, chunk_rows=4, default_technique_id="tech"),
+        destinations=LOOPBACK_ALLOWED,
+        provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
+    ).ingest(ObjectCreated(bucket=aws.bucket, key="uploads/priced.csv", version_id=put["VersionId"]))
+    assert batch is not None
+    return batch
+
+
+def test_the_estimate_leaves_out_reused_rows_so_a_budget_for_the_changed_rows_runs(
+    aws: Aws, provider: ProviderEmulator, callbacks: Receiver
+) -> None:
+    run(aws, provider, callbacks, ROWS, **{"key-column": "sku"})
+    run_cost = to_micro_usd(DEFAULT_RUN_COST_USD)
+    edited = "sku,prompt,style\n" + "".join(
+        f"K{n},{'prompt 3 edited' if n == 3 else f'prompt {n}'},plain\n" for n in range(6)
+    )
+    budget = {"key-column": "sku", "max-cost-usd": usd_text(DEFAULT_RUN_COST_USD)}  # one run's worth
+    # Without reuse every row would run: the same budget pauses the batch before any run.
+    off = priced_ingest(aws, provider, edited, reuse="off", **budget)
+    assert (off.status, off.reason, off.estimated_cost_micro_usd) == (
+        BatchStatus.PAUSED,
+        "over_budget",
+        6 * run_cost,
+    )
+    assert chunk_messages(aws) == []
+    creates = provider.stats()["creates"]
+    batch = priced_ingest(aws, provider, edited + "\n", **budget)  # another version of the object
+    assert batch.status is BatchStatus.RUNNING and batch.reason is None
+    assert batch.estimated_cost_micro_usd == run_cost * 1
+    for message in chunk_messages(aws):
+        starter(aws, provider, callbacks).start_chunk(message, lambda: 300.0)
+    assert provider.stats()["creates"] == creates + 1
+    record(aws, provider, callbacks.wait_for(lambda got: len(got) >= 7)[6:])
+    assert batch_status(aws, batch.batch_id) == (BatchStatus.COMPLETED, 6, 0, 5)
+
+
+def test_ingest_counts_reusable_rows_in_lookups_of_a_hundred_while_it_streams(
+    aws: Aws, provider: ProviderEmulator
+) -> None:
+    now = time.time()
+    body = "prompt\n" + "".join(f"p{n}\n" for n in range(150))
+    known = [n for n in range(150) if n % 3 == 0]  # 50 rows asked before
+    aws.ledger.reuse.remember(
+        ReuseSource(
+            content_key=content_key("flora", "tech", [RunInput(id="prompt", type="text", value=f"p{n}")]),
+            batch_id="b_1",
+            row_id=f"0-{n}",
+            run_id=f"r{n}",
+            completed_at=now,
+            expires_at=int(now) + 60,
+        )
+        for n in known
+    )
+    calls: list[int] = []
+    client = aws.ledger.table.client
+    original = client.batch_get_item
+
+    def counted(**kwargs: Any) -> Any:
+        calls.append(sum(len(r["Keys"]) for r in kwargs["RequestItems"].values()))
+        return original(**kwargs)
+
+    client.batch_get_item = counted  # type: ignore[method-assign]
+    try:
+        batch = priced_ingest(aws, provider, body)
+    finally:
+        client.batch_get_item = original  # type: ignore[method-assign]
+    assert calls == [100, 50]
+    assert batch.status is BatchStatus.RUNNING
+    assert batch.estimated_cost_micro_usd == to_micro_usd(DEFAULT_RUN_COST_USD) * (150 - len(known))

@@ -29,9 +29,16 @@ from rowcall.input_checks import (
     plan_inputs,
     row_checker,
 )
-from rowcall.ledger import Ledger
+from rowcall.ledger import Ledger, ReuseLedger
 from rowcall.ledger.batches import Preflight
-from rowcall.metadata import InvalidHeader, InvalidMetadata, SpecDefaults, check_header, spec_from_metadata
+from rowcall.metadata import (
+    InvalidHeader,
+    InvalidMetadata,
+    SpecDefaults,
+    check_header,
+    row_inputs,
+    spec_from_metadata,
+)
 from rowcall.models import (
     BatchSpec,
     BatchState,
@@ -48,6 +55,7 @@ from rowcall.models import (
 from rowcall.outbound import DestinationPolicy
 from rowcall.provider import ProviderConnection
 from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue
+from rowcall.reuse import content_key, reused_outcome
 from rowcall.source import head_source, read_source
 
 if TYPE_CHECKING:
@@ -98,10 +106,39 @@ class _Scan:
     chunks: list[ChunkPlan] = field(default_factory=list)
     rows_skipped: int = 0
     inputs: InputPlan | None = None
+    # Rows an earlier completed row will complete (`reuse`): they run nothing and cost nothing.
+    reusable: int = 0
 
     @property
     def rows(self) -> int:
         return sum(c.rows for c in self.chunks)
+
+
+# BatchGetItem takes at most 100 keys a request.
+REUSE_LOOKUP_GROUP = 100
+
+
+class _ReusableRows:
+    """Counts, while pass 1 streams, the rows the workers will complete from earlier ones: each
+    good row's content key (as `rowcall.runs` computes it), looked up 100 at a time."""
+
+    def __init__(self, ledger: ReuseLedger, header: list[str], spec: BatchSpec, now: float) -> None:
+        self._ledger, self._header, self._spec, self._now = ledger, header, spec, now
+        self._keys: list[str] = []
+        self.count = 0
+
+    def add(self, fields: list[str]) -> None:
+        inputs = row_inputs(self._header, fields, self._spec)
+        self._keys.append(content_key(self._spec.provider, self._spec.technique_id, inputs))
+        if len(self._keys) == REUSE_LOOKUP_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._keys:
+            return
+        sources = self._ledger.find(self._keys, now=self._now)
+        self.count += sum(1 for k in self._keys if k in sources and reused_outcome(sources[k]) is not None)
+        self._keys = []
 
 
 # Without a provider to ask (unit tests of the file handling), every technique is open and free.
@@ -132,6 +169,7 @@ class Ingestor:
     ) -> None:
         self._s3 = s3
         self._batches = ledger.batches
+        self._reuse = ledger.reuse
         self._intents = ledger.upload_intents
         self._row_errors = ledger.row_errors
         self._chunks = chunk_queue
@@ -287,9 +325,8 @@ class Ingestor:
         )
 
     def _rows_to_run(self, batch: BatchState, scan: _Scan) -> int:
-        """The rows the estimate prices. Hook for `reuse`: rows completed from earlier batches
-        run nothing and are left out here once they are known at ingest."""
-        return scan.rows
+        """The rows the estimate prices: rows completed from earlier batches (`reuse`) run nothing."""
+        return scan.rows - scan.reusable
 
     def _held_for_budget(self, batch_id: str) -> bool:
         """A batch whose estimate passes its budget (a budget smaller than one run included)
@@ -331,7 +368,12 @@ class Ingestor:
                 inputs = plan_inputs(definition, header, batch.spec)
             except InputsMismatch as exc:
                 raise FileRejected("inputs_mismatch", str(exc)) from None
-            scan = self._plan(batch.batch_id, header, records, row_checker(header, inputs.rules))
+            reusable = None
+            if batch.spec.reuse:
+                # The spec the workers will read: the pre-flight's input types recorded in it.
+                spec = batch.spec.model_copy(update={"input_types": inputs.input_types})
+                reusable = _ReusableRows(self._reuse, header, spec, utcnow().timestamp())
+            scan = self._plan(batch.batch_id, header, records, row_checker(header, inputs.rules), reusable)
             scan.inputs = inputs
             return scan
         except CsvEncodingError as exc:
@@ -343,6 +385,7 @@ class Ingestor:
         header: list[str],
         records: Iterator[CsvRecord],
         check: Callable[[CsvRecord], CsvRecord] | None = None,
+        reusable: _ReusableRows | None = None,
     ) -> _Scan:
         """Chunks are byte ranges from a chunk's first good record to its last; bad records in
         between are skipped by the worker with the same validation, so they need no gaps."""
@@ -370,6 +413,8 @@ class Ingestor:
                         "row_count_exceeded",
                         f"line {record.line} is data row {rows:,}; the limit is {self._limits.max_rows:,}",
                     )
+                if reusable is not None and record.fields is not None:
+                    reusable.add(record.fields)
                 first = first or record
                 last = record
                 rows_in_chunk += 1
@@ -383,6 +428,9 @@ class Ingestor:
                 self._row_errors.record(batch_id, errors)
         if first is not None and last is not None:
             scan.chunks.append(_chunk(len(scan.chunks), first, last, rows_in_chunk))
+        if reusable is not None:
+            reusable.flush()
+            scan.reusable = reusable.count
         logger.info(
             "file validated",
             extra={
@@ -390,6 +438,7 @@ class Ingestor:
                 "rows": rows,
                 "rows_skipped": scan.rows_skipped,
                 "chunks": len(scan.chunks),
+                "rows_reusable": scan.reusable,
             },
         )
         return scan
