@@ -71,7 +71,10 @@ def error(response: httpx.Response, status: int) -> str:
 def test_rows_through_pause_resume_and_completion(stack: LocalStack, api: httpx.Client) -> None:
     key = "uploads/api-rows.csv"
     stack.s3.put_object(
-        Bucket=stack.info["bucket"], Key=key, Body=CSV.encode(), Metadata={"key-column": "sku"}
+        Bucket=stack.info["bucket"],
+        Key=key,
+        Body=CSV.encode(),
+        Metadata={"reuse": "off", "key-column": "sku"},
     )
     batch_id = stack.batch_for(key)["batch_id"]
     paused = stack.wait_batch(batch_id, lambda b: b["status"] == "paused", 60)

@@ -48,7 +48,7 @@ def upload(stack: LocalStack, name: str, rows: int, hook: Receiver) -> str:
         Bucket=stack.info["bucket"],
         Key=key,
         Body=body.encode(),
-        Metadata={"key-column": "sku", "on-done-url": hook.url + "/done"},
+        Metadata={"reuse": "off", "key-column": "sku", "on-done-url": hook.url + "/done"},
     )
     return str(stack.batch_for(key)["batch_id"])
 

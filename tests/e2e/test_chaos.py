@@ -110,7 +110,12 @@ def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: L
             Bucket=bucket,
             Key=key,
             Body=out.getvalue().encode(),
-            Metadata={"key-column": "id", "on-done-url": hook.url + "/done", "save-outputs": "on"},
+            Metadata={
+                "reuse": "off",
+                "key-column": "id",
+                "on-done-url": hook.url + "/done",
+                "save-outputs": "on",
+            },
         )
         sqs = aws_client(chaos, "sqs")
         deliver_s3_event_again(sqs, bucket, key, len(out.getvalue()))
@@ -171,7 +176,7 @@ def test_a_budget_that_binds_is_never_passed_under_every_fault(chaos: LocalStack
         body = "id,prompt\n" + "".join(f"B{n},prompt {n}\n" for n in range(BUDGET_ROWS))
         key = "uploads/chaos-budget.csv"
         bucket = chaos.info["bucket"]
-        meta = {"key-column": "id", "on-done-url": hook.url + "/done", "max-cost-usd": "0.01"}
+        meta = {"reuse": "off", "key-column": "id", "on-done-url": hook.url + "/done", "max-cost-usd": "0.01"}
         chaos.s3.put_object(Bucket=bucket, Key=key, Body=body.encode(), Metadata=meta)
         sqs = aws_client(chaos, "sqs")
         deliver_s3_event_again(sqs, bucket, key, len(body))
@@ -249,7 +254,12 @@ def test_a_daily_budget_that_binds_is_never_passed_under_every_fault(
             bucket = stack.info["bucket"]
             # The batch's own budget affords every row: only the daily budget can stop it.
             batch_budget = DAILY_ROWS * DAILY_RUN_COST
-            meta = {"key-column": "id", "on-done-url": hook.url + "/done", "max-cost-usd": str(batch_budget)}
+            meta = {
+                "reuse": "off",
+                "key-column": "id",
+                "on-done-url": hook.url + "/done",
+                "max-cost-usd": str(batch_budget),
+            }
             stack.s3.put_object(Bucket=bucket, Key=key, Body=body.encode(), Metadata=meta)
             sqs = aws_client(stack, "sqs")
             deliver_s3_event_again(sqs, bucket, key, len(body))

@@ -117,7 +117,9 @@ def test_results_to_a_file_and_to_stdout(stack: LocalStack, small: tuple[str, Ra
     batch_id, _ = small
     key = api_get(stack, f"/batches/{batch_id}")["results"]["csv_key"]
     stored = stack.s3.get_object(Bucket=stack.info["bucket"], Key=key)["Body"].read().decode()
-    assert stored.splitlines()[0] == "id,prompt,status,run_id,outputs,error_code,error_message"
+    assert stored.splitlines()[0] == (
+        "id,prompt,status,run_id,outputs,error_code,error_message,charged_cost_usd,reused_from,saved_outputs"
+    )
     target = tmp_path / "results.csv"
     assert run(stack, "results", batch_id, "-o", str(target)).code == 0
     assert target.read_bytes().decode() == stored

@@ -28,7 +28,10 @@ def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 def upload(stack: LocalStack, key: str, rows: int) -> str:
     body = "sku,prompt\n" + "".join(f"{key[-9:-4]}{n},prompt {n}\n" for n in range(rows))
     stack.s3.put_object(
-        Bucket=stack.info["bucket"], Key=key, Body=body.encode(), Metadata={"key-column": "sku"}
+        Bucket=stack.info["bucket"],
+        Key=key,
+        Body=body.encode(),
+        Metadata={"reuse": "off", "key-column": "sku"},
     )
     return str(stack.batch_for(key)["batch_id"])
 

@@ -84,7 +84,7 @@ def test_duplicates_retries_and_failures_still_give_exact_counts_and_one_on_done
             Bucket=bucket,
             Key=key,
             Body=out.getvalue().encode(),
-            Metadata={"key-column": "id", "on-done-url": hook.url + "/done"},
+            Metadata={"reuse": "off", "key-column": "id", "on-done-url": hook.url + "/done"},
         )
         sqs = aws_client(faulty, "sqs")
         # S3 is at-least-once: deliver the same ObjectCreated again through the real event source.

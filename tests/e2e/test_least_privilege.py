@@ -30,7 +30,14 @@ from .conftest import LocalStack, running_stack
 pytestmark = pytest.mark.e2e
 
 ROWS = 200
-FUNCTIONS = {"IngestFunction", "WorkerFunction", "WebhookFunction", "RecorderFunction", "NotifierFunction"}
+FUNCTIONS = {
+    "IngestFunction",
+    "WorkerFunction",
+    "WebhookFunction",
+    "RecorderFunction",
+    "NotifierFunction",
+    "SaverFunction",
+}
 # The runtime's log line for an invocation that ended in an error (function_pool.FunctionRuntime).
 FUNCTION_ERROR = re.compile(r"\w+Function [0-9a-f-]{36} failed: ")
 
@@ -61,7 +68,7 @@ def test_a_faulty_batch_runs_with_each_function_on_its_own_role(enforced: LocalS
             Bucket=enforced.info["bucket"],
             Key=key,
             Body=out.getvalue().encode(),
-            Metadata={"key-column": "id", "on-done-url": hook.url + "/done"},
+            Metadata={"reuse": "off", "key-column": "id", "on-done-url": hook.url + "/done"},
         )
         batch = enforced.batch_for(key)
         done = enforced.wait_terminal(batch["batch_id"], timeout_s=240)

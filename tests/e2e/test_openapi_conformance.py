@@ -44,7 +44,9 @@ def known(stack: LocalStack) -> dict[str, str]:
     """A finished batch with rows and a row error, so generated requests can name real ids."""
     key = "uploads/openapi.csv"
     body = b"sku,prompt\nA,a\nB,b\nbad\nC,c\n"
-    stack.s3.put_object(Bucket=stack.info["bucket"], Key=key, Body=body, Metadata={"key-column": "sku"})
+    stack.s3.put_object(
+        Bucket=stack.info["bucket"], Key=key, Body=body, Metadata={"reuse": "off", "key-column": "sku"}
+    )
     batch_id = stack.batch_for(key)["batch_id"]
     stack.wait_terminal(batch_id, timeout_s=60)
     with stack.api as api:

@@ -34,7 +34,7 @@ def test_a_batch_pauses_when_credits_run_out_and_resumes_after_a_top_up(broke: L
             Bucket=broke.info["bucket"],
             Key=key,
             Body=body.encode(),
-            Metadata={"key-column": "sku", "on-done-url": hook.url + "/done"},
+            Metadata={"reuse": "off", "key-column": "sku", "on-done-url": hook.url + "/done"},
         )
         batch_id = broke.batch_for(key)["batch_id"]
         paused = broke.wait_batch(batch_id, lambda b: b["status"] == "paused", 60)

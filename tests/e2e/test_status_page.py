@@ -102,7 +102,10 @@ def page(browser: Browser, ui_url: str) -> Iterator[Page]:
 
 def _upload(stack: LocalStack, key: str, body: str) -> str:
     stack.s3.put_object(
-        Bucket=stack.info["bucket"], Key=key, Body=body.encode(), Metadata={"key-column": "sku"}
+        Bucket=stack.info["bucket"],
+        Key=key,
+        Body=body.encode(),
+        Metadata={"reuse": "off", "key-column": "sku"},
     )
     return str(stack.batch_for(key)["batch_id"])
 
