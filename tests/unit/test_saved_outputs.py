@@ -597,3 +597,27 @@ def test_the_safety_net_sends_again_a_save_that_was_lost(
         assert net.sweep().saves_resent == 0
     finally:
         provider.stop()
+
+
+@pytest.mark.parametrize("size", [3000, 12 * 1024 * 1024])
+def test_two_savers_of_one_output_store_it_once(aws: Aws, size: int) -> None:
+    """A duplicate save message (or a retried write whose answer was lost) is not marked
+    redelivered: the create-only write makes the second saver find the first one's copy
+    instead of storing a second version, for a single PUT and for a multipart upload alike."""
+    provider = start_provider(output_bytes=size)
+    try:
+        created = httpx.post(
+            f"{provider.url}/techniques/t/runs",
+            json={"inputs": [], "mode": "async", "idempotency_key": f"twice-{size}"},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ).json()
+        output = _wait_completed(provider, created["run_id"])["outputs"][0]
+        first = _saver(aws).save_output("b_x", "row", output, False)
+        second = _saver(aws).save_output("b_x", "row", output, False)
+        assert "error" not in first and first == second
+        assert first["sha256"] == Media(f"{created['run_id']}/output_0", "imageUrl", size).digest()
+        versions = aws.s3.list_object_versions(Bucket=aws.bucket, Prefix="outputs/b_x/").get("Versions", [])
+        assert [v["Key"] for v in versions] == [first["key"]]
+        assert not aws.s3.list_multipart_uploads(Bucket=aws.bucket).get("Uploads")
+    finally:
+        provider.stop()

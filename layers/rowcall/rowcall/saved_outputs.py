@@ -366,13 +366,27 @@ class OutputSaver:
                 key = object_key(batch_id, row_name, output_id, content_type)
                 digest = hashlib.sha256()
                 size = 0
-                with StreamingUpload(self._s3, self._bucket, key, content_type=content_type) as upload:
+                # Create-only: two savers of one output (a duplicate message, a retry of a write
+                # whose answer was lost) store it once; the second finds the first's copy.
+                with StreamingUpload(
+                    self._s3, self._bucket, key, content_type=content_type, create_only=True
+                ) as upload:
                     for piece in response.iter_bytes(DOWNLOAD_CHUNK):
                         size += len(piece)
                         if size > self._max_bytes:
                             raise GiveUp(f"the output is over MaxOutputBytes ({self._max_bytes} bytes)")
                         digest.update(piece)
                         upload.write_bytes(piece)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "PreconditionFailed":
+                found = self._already_saved(batch_id, row_name, output_id)
+                if found is not None:
+                    return found
+                raise TryAgain("the output's key is taken by an object of another type") from exc
+            if code == "ConditionalRequestConflict":  # another writer of this key at that moment
+                raise TryAgain("S3 answered 409 ConditionalRequestConflict") from exc
+            raise
         except ForbiddenDestination as exc:
             raise GiveUp(f"the output URL is refused: {exc}") from exc
         except httpx.HTTPError as exc:

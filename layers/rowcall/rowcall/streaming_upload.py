@@ -51,7 +51,11 @@ class StreamingUpload:
         *,
         content_type: str,
         part_bytes: int = PART_BYTES,
+        create_only: bool = False,
     ) -> None:
+        """`create_only`: the object is written only if its key has no object yet (S3's
+        conditional write, `If-None-Match: *` on PutObject / CompleteMultipartUpload); a second
+        writer gets `PreconditionFailed` (412) and nothing is stored twice."""
         if part_bytes < MIN_PART_BYTES:
             raise ValueError(f"S3 refuses parts under {MIN_PART_BYTES} bytes unless last")
         self._s3 = s3
@@ -59,6 +63,7 @@ class StreamingUpload:
         self._key = key
         self._content_type = content_type
         self._part_bytes = part_bytes
+        self._create_only = create_only
         self._buffer = io.BytesIO()
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
@@ -129,16 +134,36 @@ class StreamingUpload:
             body, self._buffer = self._buffer, io.BytesIO()
             self.part_sizes.append(body.tell())
             body.seek(0)
-            self._s3.put_object(Bucket=self._bucket, Key=self._key, Body=body, ContentType=self._content_type)
+            if self._create_only:
+                self._s3.put_object(
+                    Bucket=self._bucket,
+                    Key=self._key,
+                    Body=body,
+                    ContentType=self._content_type,
+                    IfNoneMatch="*",
+                )
+            else:
+                self._s3.put_object(
+                    Bucket=self._bucket, Key=self._key, Body=body, ContentType=self._content_type
+                )
             return
         if self._buffer.tell():
             self._upload_part()
-        self._s3.complete_multipart_upload(
-            Bucket=self._bucket,
-            Key=self._key,
-            UploadId=self._upload_id,
-            MultipartUpload={"Parts": self._parts},
-        )
+        if self._create_only:
+            self._s3.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+                IfNoneMatch="*",
+            )
+        else:
+            self._s3.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
         self._upload_id = None
 
     def _abort(self) -> None:
