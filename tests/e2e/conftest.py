@@ -58,6 +58,12 @@ class LocalStack:
         stats: dict[str, int] = httpx.get(self.info["provider_url"] + "/_stats", timeout=10).json()
         return stats
 
+    def technique_stats(self, technique_id: str) -> dict[str, Any]:
+        """One technique's runs alone (contract section 5: `GET /_stats?technique_id=T`)."""
+        url = self.info["provider_url"] + "/_stats"
+        stats: dict[str, Any] = httpx.get(url, params={"technique_id": technique_id}, timeout=10).json()
+        return stats
+
     def batch_for(self, key: str, timeout_s: float = 60) -> dict[str, Any]:
         with self.api as api:
             return BatchWatcher(api, poll_s=0.1).find(key, timeout_s)

@@ -102,7 +102,7 @@ def test_bad_uploads_beside_a_good_one_each_get_their_outcome_and_the_good_one_c
         list(
             pool.map(
                 lambda u: stack.s3.put_object(
-                    Bucket=stack.info["bucket"], Key=u[0], Body=u[1], Metadata=u[2]
+                    Bucket=stack.info["bucket"], Key=u[0], Body=u[1], Metadata={"reuse": "off", **u[2]}
                 ),
                 uploads,
             )
