@@ -306,6 +306,8 @@ def price(
         "aws_requests_by_caller": dict(requests.by_caller),
         "aws_requests_by_caller_action": dict(requests.by_caller_action),
         "sqs_event_source_receives": {"local": requests.runtime_receives, "priced": modelled},
+        "dynamodb_writes_by_operation": capacity.get("writes_by_operation", {}),
+        "dynamodb_reads_by_operation": capacity.get("reads_by_operation", {}),
     }
 
 
@@ -340,6 +342,13 @@ def report(result: dict[str, Any]) -> None:
         f"  DynamoDB: {result['dynamodb_wru_per_row']:.3f} WRU/row,"
         f" {result['dynamodb_rru_per_row']:.3f} RRU/row"
     )
+    for kind, unit in (("writes", "write_units"), ("reads", "read_units")):
+        ops = result.get(f"dynamodb_{kind}_by_operation", {})
+        if ops:
+            print(
+                f"  DynamoDB {kind} per row by operation: "
+                + ", ".join(f"{op} {v[unit] / rows:.3f}" for op, v in sorted(ops.items(), key=lambda kv: -kv[1][unit]))
+            )
     callers = result.get("aws_requests_by_caller", {})
     print(
         f"  {'function':24s} {'invocations/row':>15s} {'billed ms/inv':>13s} {'memory MB':>9s}"

@@ -2,13 +2,15 @@
 
 Between the provider accepting a run and our write naming its run id there is always a window:
 a worker killed inside it leaves a run whose id only its webhook will tell (a retry of the row
-gets `409 idempotency_duplicate`, which carries no run id). Writing a page as soon as the last
-write is done keeps that window to one write's time, at a write unit per page, not per row.
+gets `409 idempotency_duplicate`, which carries no run id). The intent page written before each
+group of creates covers that window (a retry waits for the row's webhook until the intent is
+stale), so the start page of a group waits for the next group's intent page and rides in the same
+BatchWriteItem: one request per group of creates, not one per page (the last group's starts are
+written by `flush`). The window is a group's creates long, not one write's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from rowcall.ledger import RowLedger, StartedRun
@@ -24,33 +26,40 @@ class StartLog:
         self._holder = holder
         self._pending: list[StartedRun] = []
         self._pages = 0
-        self._writing: asyncio.Lock | None = None
         self.recorded = 0
 
     async def add(self, record: int, attempt: int, run_id: str | None, line: int) -> None:
-        """Returns once the start is durable: written by this caller or by a page in flight."""
+        """Kept until the next intent page or `flush` writes it (the row's intent covers it until then)."""
         self._pending.append(StartedRun(record, attempt, run_id, line, time.time()))
-        if self._writing is None:
-            self._writing = asyncio.Lock()
-        async with self._writing:
-            while self._pending:
-                page, self._pending = self._pending[:PAGE_ROWS], self._pending[PAGE_ROWS:]
-                await asyncio.to_thread(self._write, page)
 
     def intend(self, records: list[int]) -> None:
-        """Before their creates are sent (one page per group of rows)."""
+        """Before their creates are sent: the intent page of the group, with the start pages of
+        the groups before it, in one request."""
+        starts = self._take_pages()
         self._pages += 1
-        self._rows.record_intents(
-            self._batch_id, self._chunk, records, f"{self._holder}-{self._pages:05d}", time.time()
+        self._rows.record_pages(
+            self._batch_id,
+            self._chunk,
+            starts,
+            intents=records,
+            intent_page_id=self._page_id(self._pages),
+            at=time.time(),
         )
+        self.recorded += sum(len(page) for _, page in starts)
 
     def flush(self) -> None:
-        """What is still pending (outside the event loop, e.g. after it was cut short)."""
+        """What is still pending (after the last group, or after the event loop was cut short)."""
+        for page_id, page in self._take_pages():
+            self._rows.record_starts(self._batch_id, self._chunk, page, page_id)
+            self.recorded += len(page)
+
+    def _take_pages(self) -> list[tuple[str, list[StartedRun]]]:
+        pages = []
         while self._pending:
             page, self._pending = self._pending[:PAGE_ROWS], self._pending[PAGE_ROWS:]
-            self._write(page)
+            self._pages += 1
+            pages.append((self._page_id(self._pages), page))
+        return pages
 
-    def _write(self, page: list[StartedRun]) -> None:
-        self._pages += 1
-        self._rows.record_starts(self._batch_id, self._chunk, page, f"{self._holder}-{self._pages:05d}")
-        self.recorded += len(page)
+    def _page_id(self, n: int) -> str:
+        return f"{self._holder}-{n:05d}"

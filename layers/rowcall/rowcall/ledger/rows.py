@@ -53,6 +53,26 @@ class StartedRun:
         return self.run_id != NO_RUN
 
 
+def _start_page(batch_id: str, chunk: int, started: Sequence[StartedRun], page_id: str) -> dict[str, Any]:
+    runs = [[s.record, s.attempt, s.run_id, s.line, round(s.started_at, 3)] for s in started]
+    return {
+        "pk": rows_pk(batch_id, chunk),
+        "sk": f"START#{page_id}",
+        "runs": json.dumps(runs, separators=(",", ":")),
+    }
+
+
+def _intent_page(
+    batch_id: str, chunk: int, records: Sequence[int], page_id: str, at: float
+) -> dict[str, Any]:
+    return {
+        "pk": rows_pk(batch_id, chunk),
+        "sk": f"INTENT#{page_id}",
+        "records": json.dumps(list(records)),
+        "at": round(at, 3),
+    }
+
+
 def _row_state(stored: dict[str, Any]) -> RowState:
     batch_id, chunk = stored["pk"].removeprefix("BATCH#").split("#CHUNK#")
     return RowState.model_validate(
@@ -223,18 +243,8 @@ class RowLedger:
     def record_starts(self, batch_id: str, chunk: int, started: Sequence[StartedRun], page_id: str) -> None:
         """One item per page of started runs, so a chunk's starts cost a few write units, not one
         per row. The safety net reads them to ask the provider about a run that went silent."""
-        if not started:
-            return
-        runs = [[s.record, s.attempt, s.run_id, s.line, round(s.started_at, 3)] for s in started]
-        self._table.put_many(
-            [
-                {
-                    "pk": rows_pk(batch_id, chunk),
-                    "sk": f"START#{page_id}",
-                    "runs": json.dumps(runs, separators=(",", ":")),
-                }
-            ]
-        )
+        if started:
+            self._table.put_many([_start_page(batch_id, chunk, started, page_id)])
 
     def record_intents(
         self, batch_id: str, chunk: int, records: Sequence[int], page_id: str, at: float
@@ -243,16 +253,25 @@ class RowLedger:
         page leaves rows that may or may not have a run. Their retry waits instead of asking again
         (which FLORA would answer 409 without the run id) until the intent is stale."""
         if records:
-            self._table.put_many(
-                [
-                    {
-                        "pk": rows_pk(batch_id, chunk),
-                        "sk": f"INTENT#{page_id}",
-                        "records": json.dumps(list(records)),
-                        "at": round(at, 3),
-                    }
-                ]
-            )
+            self._table.put_many([_intent_page(batch_id, chunk, records, page_id, at)])
+
+    def record_pages(
+        self,
+        batch_id: str,
+        chunk: int,
+        starts: Sequence[tuple[str, Sequence[StartedRun]]],
+        *,
+        intents: Sequence[int],
+        intent_page_id: str,
+        at: float,
+    ) -> None:
+        """Start pages (page id, runs) and an intent page in one BatchWriteItem (distinct sort
+        keys: a request may not name an item twice; 25 items a request, split by `put_many`)."""
+        items = [_start_page(batch_id, chunk, page, page_id) for page_id, page in starts if page]
+        if intents:
+            items.append(_intent_page(batch_id, chunk, intents, intent_page_id, at))
+        if items:
+            self._table.put_many(items)
 
     def intents(self, batch_id: str, chunk: int) -> dict[int, float]:
         """Each row's latest intent to create a run, and when."""
