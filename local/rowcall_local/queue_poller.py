@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence["MessageTypeDef"]], None]
-WAIT_TIME_S = 1  # long poll; also bounds how long stopping takes
+# Lambda's pollers long-poll for 20 s (the SQS maximum): an idle queue costs 3 receives a minute
+# per poller, not 60 (bench/cost_model.py prices the same). A receive returns as soon as a message
+# arrives, so this is no latency. Stopping does not wait for it (see `join`).
+WAIT_TIME_S = 20
 
 
 class QueuePoller:
@@ -49,9 +52,9 @@ class QueuePoller:
         self._stop.set()
 
     def join(self, deadline: float) -> None:
-        """Wait until `deadline` (time.monotonic()) for the poll loop and busy handlers to end."""
-        if self._thread.is_alive():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+        """Wait until `deadline` (time.monotonic()) for busy handlers to end. The poll loop is not
+        waited for: it may sit in a long poll for up to WAIT_TIME_S, ends when it returns (or when
+        the embedded AWS it asks is gone) and hands nothing over once stopping."""
         concurrent.futures.wait(list(self._busy), timeout=max(0.0, deadline - time.monotonic()))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -73,7 +76,9 @@ class QueuePoller:
                     log.warning("%s: receive failed: %s", self.name, exc)
                     self._stop.wait(1.0)
                 continue
-            if not messages:
+            if not messages or self._stop.is_set():
+                # Received while stopping: left to come back after their visibility timeout,
+                # as Lambda leaves a batch it did not process.
                 self._slots.release()
                 continue
             future = self._executor.submit(self._run, messages)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -62,6 +63,8 @@ LEASE_S = 30.0
 # Under the cap a chunk starts at most cap / 4 rows per delivery before yielding to others; a
 # chunk that finds no free slot waits in the ledger's waiting list until slots are given back.
 FAIR_SHARE_DIVISOR = 4
+# Past any record number (row sort keys have 9 digits): the top of a from-the-cursor range.
+LAST_RECORD = 999_999_999
 
 
 def _replayed(created: RunCreated, sent_at: float) -> bool:
@@ -120,6 +123,7 @@ class ChunkReport:
     paused: bool = False
     not_open: str | None = None
     waiting_for_slots: int = 0
+    """Rows it read and left waiting for slots (it reads no further than its share and one more)."""
     stopped: str | None = None
     """The batch left the running state (canceled, paused, failed) while this chunk started."""
     cursor: ChunkCursor | None = None
@@ -253,10 +257,16 @@ class RunStarter:
         if batch.reprocess is not None and str(chunk) in batch.reprocess.chunks:
             self._reopen(batch, chunk, batch.reprocess)
             cursor = None  # rows before any cursor may have been reopened
-        rows = {r.record: r for r in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk)}
+        # From a cursor, only what is at or after it: the rows, start and intent pages the rows
+        # this delivery may start can be named by (before it, the delivery that wrote it dealt).
+        first = cursor.record if cursor is not None else None
+        if first is None:
+            rows = {r.record: r for r in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk)}
+        else:
+            rows = self._ledger.rows.rows_between(batch.batch_id, chunk, first, LAST_RECORD)
         attempts = {record: row.attempt for record, row in rows.items()}
         known = {record for record, row in rows.items() if row.finished}
-        starts = self._ledger.rows.starts(batch.batch_id, chunk)
+        starts = self._ledger.rows.starts(batch.batch_id, chunk, first)
         known.update(
             record
             for record, entry in starts.items()
@@ -266,7 +276,7 @@ class RunStarter:
         # have runs: leave them to their webhooks until the intent is stale, then create (a
         # 409 then says the run exists). An intent from before a row was reopened is not its.
         fresh_after = time.time() - self._intent_valid_s
-        for record, at in self._ledger.rows.intents(batch.batch_id, chunk).items():
+        for record, at in self._ledger.rows.intents(batch.batch_id, chunk, first).items():
             since = starts.get(record)
             reopened = rows[record].reopened_at if record in rows else None
             if (
@@ -275,19 +285,30 @@ class RunStarter:
                 and (reopened is None or at > reopened)
             ):
                 known.add(record)
-        jobs = []
-        for job in self._jobs(batch, plan, attempts, cursor):
-            if job.record in known:
-                report.skipped_known += 1
-            else:
-                jobs.append(job)
-        # Outcomes to record after the lease is let go, like refused rows.
-        jobs = self._take_reused(batch, jobs, report, refused)
+
+        def unknown(job: RowJob) -> bool:
+            report.skipped_known += job.record in known
+            return job.record not in known
+
+        candidates = filter(unknown, self._jobs(batch, plan, attempts, cursor))
+        # Under the cap a delivery starts at most its fair share: it parses no further than
+        # that (reused rows taken on the way need no slot, so it reads on past them).
+        limit = max(1, self._cap // FAIR_SHARE_DIVISOR) if self._cap else None
+        jobs: list[RowJob] = []
+        while True:
+            taken = list(itertools.islice(candidates, None if limit is None else limit - len(jobs)))
+            # Outcomes to record after the lease is let go, like refused rows.
+            jobs += self._take_reused(batch, taken, report, refused)
+            if limit is None or not taken or len(jobs) >= limit:
+                break
+        upcoming = next(candidates, None) if limit is not None else None
         if jobs:
             started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
             try:
                 lease = _Lease(self._ledger, batch.batch_id, chunk, holder)
-                asyncio.run(self._start_all(batch, jobs, report, time_left_s, started, refused, lease))
+                asyncio.run(
+                    self._start_all(batch, jobs, report, time_left_s, started, refused, lease, upcoming)
+                )
             finally:
                 started.flush()
 
@@ -383,13 +404,16 @@ class RunStarter:
         starts: StartLog,
         refused: list[RowResult],
         lease: _Lease,
+        upcoming: RowJob | None = None,
     ) -> None:
         renewing = asyncio.create_task(lease.keep())
         try:
             async with self._provider.http() as http:
                 client = self._provider.client(http)
                 if self._cap:
-                    await self._start_under_cap(client, batch, jobs, report, time_left_s, starts, refused)
+                    await self._start_under_cap(
+                        client, batch, jobs, report, time_left_s, starts, refused, upcoming
+                    )
                 else:
                     await self._start_group(client, batch, jobs, report, time_left_s, starts, refused)
         finally:
@@ -404,9 +428,11 @@ class RunStarter:
         time_left_s: Callable[[], float],
         starts: StartLog,
         refused: list[RowResult],
+        upcoming: RowJob | None = None,
     ) -> None:
         """Slots first, a grant at a time; a chunk takes at most a fair share of the cap per
-        delivery and then goes to the back of the waiting list, behind the other chunks."""
+        delivery and then goes to the back of the waiting list, behind the other chunks.
+        `upcoming`: the chunk's next row past the ones this delivery took, not read yet."""
         share = max(1, self._cap // FAIR_SHARE_DIVISOR)
         remaining = list(jobs)
         taken = 0
@@ -430,6 +456,9 @@ class RunStarter:
                     await asyncio.to_thread(self._ledger.slots.release, unused, shard)
         stopped = report.batch_refusal or report.paused or report.stopped
         report.waiting_for_slots = len(remaining) if not stopped else 0
+        if not remaining and upcoming is not None and not stopped:
+            remaining = [upcoming]  # its share taken, the chunk waits for its next rows' slots
+            report.waiting_for_slots = 1
         if remaining and not stopped:
             first = remaining[0]
             report.cursor = ChunkCursor(record=first.record, offset=first.offset, line=first.line)

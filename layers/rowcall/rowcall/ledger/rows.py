@@ -35,6 +35,10 @@ MAX_ERROR_MESSAGE = 500
 # A start page entry saying the row's create did not make a run (refused for now: 402, the
 # provider unavailable, the batch refused): it resolves the row's intent without a run.
 NO_RUN = ""
+START = "START#"
+INTENT = "INTENT#"
+# Past any record's 9 digits and the `#` after them: the top of a page key range.
+_PAGES_END = "9" * 9 + "$"
 
 
 @dataclass(frozen=True)
@@ -53,11 +57,17 @@ class StartedRun:
         return self.run_id != NO_RUN
 
 
+def _page_sk(kind: str, records: Sequence[int], page_id: str) -> str:
+    """`START#`/`INTENT#`, the page's highest record, its id: the pages that may name a record at
+    or after a cursor are one key range (`pages_from`), whatever else they name."""
+    return f"{kind}{max(records):09d}#{page_id}"
+
+
 def _start_page(batch_id: str, chunk: int, started: Sequence[StartedRun], page_id: str) -> dict[str, Any]:
     runs = [[s.record, s.attempt, s.run_id, s.line, round(s.started_at, 3)] for s in started]
     return {
         "pk": rows_pk(batch_id, chunk),
-        "sk": f"START#{page_id}",
+        "sk": _page_sk(START, [s.record for s in started], page_id),
         "runs": json.dumps(runs, separators=(",", ":")),
     }
 
@@ -67,7 +77,7 @@ def _intent_page(
 ) -> dict[str, Any]:
     return {
         "pk": rows_pk(batch_id, chunk),
-        "sk": f"INTENT#{page_id}",
+        "sk": _page_sk(INTENT, records, page_id),
         "records": json.dumps(list(records)),
         "at": round(at, 3),
     }
@@ -273,21 +283,36 @@ class RowLedger:
         if items:
             self._table.put_many(items)
 
-    def intents(self, batch_id: str, chunk: int) -> dict[int, float]:
-        """Each row's latest intent to create a run, and when."""
+    def intents(self, batch_id: str, chunk: int, from_record: int | None = None) -> dict[int, float]:
+        """Each row's latest intent to create a run, and when (`from_record`: the pages that name
+        a record at or after it, which may name earlier ones too)."""
         found: dict[int, float] = {}
-        for page in self._table.prefixed(rows_pk(batch_id, chunk), "INTENT#"):
+        for page in self._pages(batch_id, chunk, INTENT, from_record):
             for record in json.loads(page["records"]):
                 found[record] = max(found.get(record, 0.0), float(page["at"]))
         return found
 
-    def starts(self, batch_id: str, chunk: int) -> dict[int, StartedRun]:
+    def starts(self, batch_id: str, chunk: int, from_record: int | None = None) -> dict[int, StartedRun]:
         """The latest entry of each row of the chunk that the worker recorded (runs, and rows
-        whose create made none: see `StartedRun.has_run`)."""
+        whose create made none: see `StartedRun.has_run`); `from_record` as for `intents`."""
         found: dict[int, StartedRun] = {}
-        for page in self._table.prefixed(rows_pk(batch_id, chunk), "START#"):
+        for page in self._pages(batch_id, chunk, START, from_record):
             for record, attempt, run_id, line, at in json.loads(page["runs"]):
                 previous = found.get(record)
                 if previous is None or (attempt, at) >= (previous.attempt, previous.started_at):
                     found[record] = StartedRun(record, attempt, run_id, line, at)
         return found
+
+    def _pages(
+        self, batch_id: str, chunk: int, kind: str, from_record: int | None
+    ) -> Iterator[dict[str, Any]]:
+        if from_record is None:
+            return self._table.prefixed(rows_pk(batch_id, chunk), kind)
+        return self._table.query_all(
+            "pk = :pk AND sk BETWEEN :first AND :last",
+            {
+                ":pk": rows_pk(batch_id, chunk),
+                ":first": f"{kind}{from_record:09d}",
+                ":last": kind + _PAGES_END,
+            },
+        )
