@@ -345,9 +345,10 @@ def report(result: dict[str, Any]) -> None:
     for kind, unit in (("writes", "write_units"), ("reads", "read_units")):
         ops = result.get(f"dynamodb_{kind}_by_operation", {})
         if ops:
+            ordered = sorted(ops.items(), key=lambda kv: -kv[1][unit])
             print(
                 f"  DynamoDB {kind} per row by operation: "
-                + ", ".join(f"{op} {v[unit] / rows:.3f}" for op, v in sorted(ops.items(), key=lambda kv: -kv[1][unit]))
+                + ", ".join(f"{op} {v[unit] / rows:.3f}" for op, v in ordered)
             )
     callers = result.get("aws_requests_by_caller", {})
     print(
