@@ -71,7 +71,14 @@ def _upload(stack: LocalStack, key: str, body: bytes, on_done_url: str) -> None:
         Bucket=stack.info["bucket"],
         Key=key,
         Body=body,
-        Metadata={"key-column": "sku", "input-types": "reference=imageUrl", "on-done-url": on_done_url},
+        # Outputs not saved: the figures this bench reports (aws_ops_per_row) are set for that case;
+        # bench/saved_outputs_bench.py and cost.py's "saved outputs" run measure saving.
+        Metadata={
+            "key-column": "sku",
+            "input-types": "reference=imageUrl",
+            "on-done-url": on_done_url,
+            "save-outputs": "off",
+        },
     )
 
 
