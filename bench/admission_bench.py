@@ -79,8 +79,9 @@ class _Bench:
             Bucket=self.stack.info["bucket"],
             Key=key,
             Body=body,
-            # As bench/e2e_throughput.py's uncapped figure it is set beside: outputs not saved.
-            Metadata={"key-column": "sku", "save-outputs": "off"},
+            # As bench/e2e_throughput.py's uncapped figure it is set beside: outputs not saved. Reuse
+            # off: the batches ask the same prompts, and a reused row takes no slot (nothing to measure).
+            Metadata={"key-column": "sku", "save-outputs": "off", "reuse": "off"},
         )
 
     def batch(self, key: str) -> dict[str, Any]:
