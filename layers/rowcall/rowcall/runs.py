@@ -292,8 +292,12 @@ class RunStarter:
 
         candidates = filter(unknown, self._jobs(batch, plan, attempts, cursor))
         # Under the cap a delivery starts at most its fair share: it parses no further than
-        # that (reused rows taken on the way need no slot, so it reads on past them).
-        limit = max(1, self._cap // FAIR_SHARE_DIVISOR) if self._cap else None
+        # that (reused rows taken on the way need no slot, so it reads on past them). The share
+        # is there to let waiting chunks in: with none waiting, it takes what the cap leaves.
+        limit = None
+        if self._cap:
+            alone = not self._ledger.waiting.anyone()
+            limit = self._cap if alone else max(1, self._cap // FAIR_SHARE_DIVISOR)
         jobs: list[RowJob] = []
         while True:
             taken = list(itertools.islice(candidates, None if limit is None else limit - len(jobs)))
@@ -307,7 +311,9 @@ class RunStarter:
             try:
                 lease = _Lease(self._ledger, batch.batch_id, chunk, holder)
                 asyncio.run(
-                    self._start_all(batch, jobs, report, time_left_s, started, refused, lease, upcoming)
+                    self._start_all(
+                        batch, jobs, report, time_left_s, started, refused, lease, upcoming, limit
+                    )
                 )
             finally:
                 started.flush()
@@ -405,6 +411,7 @@ class RunStarter:
         refused: list[RowResult],
         lease: _Lease,
         upcoming: RowJob | None = None,
+        share: int | None = None,
     ) -> None:
         renewing = asyncio.create_task(lease.keep())
         try:
@@ -412,7 +419,7 @@ class RunStarter:
                 client = self._provider.client(http)
                 if self._cap:
                     await self._start_under_cap(
-                        client, batch, jobs, report, time_left_s, starts, refused, upcoming
+                        client, batch, jobs, report, time_left_s, starts, refused, upcoming, share
                     )
                 else:
                     await self._start_group(client, batch, jobs, report, time_left_s, starts, refused)
@@ -429,11 +436,13 @@ class RunStarter:
         starts: StartLog,
         refused: list[RowResult],
         upcoming: RowJob | None = None,
+        share: int | None = None,
     ) -> None:
         """Slots first, a grant at a time; a chunk takes at most a fair share of the cap per
-        delivery and then goes to the back of the waiting list, behind the other chunks.
-        `upcoming`: the chunk's next row past the ones this delivery took, not read yet."""
-        share = max(1, self._cap // FAIR_SHARE_DIVISOR)
+        delivery (`share`, by default a quarter of it) and then goes to the back of the waiting
+        list, behind the other chunks. `upcoming`: the chunk's next row past the ones this
+        delivery took, not read yet."""
+        share = share or max(1, self._cap // FAIR_SHARE_DIVISOR)
         remaining = list(jobs)
         taken = 0
         while remaining and not (report.batch_refusal or report.paused or report.stopped):

@@ -59,6 +59,11 @@ class WaitingList:
                 break
         return taken
 
+    def anyone(self) -> bool:
+        """Whether any chunk is listed (one read of at most one key)."""
+        items, _ = self._table.query("pk = :pk", {":pk": WAITING}, limit=1, projection="sk")
+        return bool(items)
+
     def waiters(self) -> Iterator[Waiter]:
         for listed in self._table.query_all("pk = :pk", {":pk": WAITING}, projection="sk"):
             since, rest = str(listed["sk"]).split("#", 1)
