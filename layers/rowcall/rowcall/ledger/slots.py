@@ -36,12 +36,12 @@ class SlotLedger:
         self._table = table
 
     def held(self) -> tuple[int, int]:
-        """(acquired, released) as last written."""
-        acquired = self._table.get(_acquired_key()) or {}
-        released = 0
-        for shard in range(RELEASE_SHARDS):
-            released += (self._table.get(_released_key(shard)) or {}).get("n", 0)
-        return int(acquired.get("n", 0)), int(released)
+        """(acquired, released) as last written: the five counters in one strongly consistent
+        BatchGetItem (one request, the read units of five GetItems)."""
+        keys = [_acquired_key(), *(_released_key(shard) for shard in range(RELEASE_SHARDS))]
+        counts = {c["pk"]: int(c.get("n", 0)) for c in self._table.get_many(keys, consistent=True)}
+        acquired = counts.get(_acquired_key()["pk"], 0)
+        return acquired, sum(counts.get(_released_key(shard)["pk"], 0) for shard in range(RELEASE_SHARDS))
 
     def acquire(self, wanted: int, cap: int) -> int:
         """Up to `wanted` slots, as many as the cap leaves free now (0: wait for some)."""

@@ -218,14 +218,16 @@ class Table:
                 raise RuntimeError("DynamoDB left items unprocessed after every retry")
 
     def get_many(
-        self, keys: Sequence[Mapping[str, Any]], *, projection: str | None = None
+        self, keys: Sequence[Mapping[str, Any]], *, projection: str | None = None, consistent: bool = False
     ) -> list[dict[str, Any]]:
-        """BatchGetItem in groups of 100 keys (its limit), eventually consistent, unprocessed
-        keys asked again; the items found, in no particular order. Keys must be distinct (DynamoDB
-        refuses a request naming one twice)."""
+        """BatchGetItem in groups of 100 keys (its limit), eventually consistent unless
+        `consistent`, unprocessed keys asked again; the items found, in no particular order. Keys
+        must be distinct (DynamoDB refuses a request naming one twice)."""
         found: list[dict[str, Any]] = []
         for start in range(0, len(keys), 100):
             request: dict[str, Any] = {"Keys": [item(k) for k in keys[start : start + 100]]}
+            if consistent:
+                request["ConsistentRead"] = True
             if projection:
                 request["ProjectionExpression"] = projection
                 request |= expression_arguments(projection)
