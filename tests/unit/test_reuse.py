@@ -92,7 +92,10 @@ def record(aws: Aws, provider: ProviderEmulator, received: list[Any]) -> None:
 
 
 def run(aws: Aws, provider: ProviderEmulator, callbacks: Receiver, body: str, **meta: str) -> str:
-    """Ingest, start every chunk, record every webhook that comes; the batch id."""
+    """Ingest, start every chunk, record every webhook that comes; the batch id. Outputs are not
+    saved unless asked (no saver here: a row reused in a saving batch needs its source's copies,
+    tests/unit/test_saved_outputs.py)."""
+    meta.setdefault("save-outputs", "off")
     before = len(callbacks.got)
     creates = provider.stats()["creates"]
     batch_id = ingest(aws, csv_bytes(body), **meta)
@@ -289,7 +292,7 @@ def test_a_redelivered_chunk_reuses_each_row_once(
     aws: Aws, provider: ProviderEmulator, callbacks: Receiver
 ) -> None:
     run(aws, provider, callbacks, ROWS)
-    second = ingest(aws, csv_bytes(ROWS))
+    second = ingest(aws, csv_bytes(ROWS), **{"save-outputs": "off"})
     messages = chunk_messages(aws)
     work = starter(aws, provider, callbacks)
     first_chunk, second_chunk = messages
@@ -308,7 +311,7 @@ def test_a_source_past_reuse_days_is_not_reused(
 ) -> None:
     run(aws, provider, callbacks, ROWS)
     later = time.time() + (KEEP_DAYS + 1) * DAY_S  # TTL deletes late: the reader checks too
-    second = ingest(aws, csv_bytes(ROWS))
+    second = ingest(aws, csv_bytes(ROWS), **{"save-outputs": "off"})
     for message in chunk_messages(aws):
         assert (
             starter(aws, provider, callbacks, clock=lambda: later).start_chunk(message, lambda: 300.0).reused
@@ -374,7 +377,11 @@ def test_the_estimate_leaves_out_reused_rows_so_a_budget_for_the_changed_rows_ru
     edited = "sku,prompt,style\n" + "".join(
         f"K{n},{'prompt 3 edited' if n == 3 else f'prompt {n}'},plain\n" for n in range(6)
     )
-    budget = {"key-column": "sku", "max-cost-usd": usd_text(DEFAULT_RUN_COST_USD)}  # one run's worth
+    budget = {  # one run's worth
+        "key-column": "sku",
+        "max-cost-usd": usd_text(DEFAULT_RUN_COST_USD),
+        "save-outputs": "off",
+    }
     # Without reuse every row would run: the same budget pauses the batch before any run.
     off = priced_ingest(aws, provider, edited, reuse="off", **budget)
     assert (off.status, off.reason, off.estimated_cost_micro_usd) == (

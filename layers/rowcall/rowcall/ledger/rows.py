@@ -25,8 +25,12 @@ _OUTCOME_ATTRIBUTES = (
 )
 
 # What the safety net needs of a row: finished or not, for which attempt.
-# run_id, save_pending and updated_at: the safety net sends again a save that was lost.
-_PROGRESS_ATTRIBUTES = "#sk, #status, #attempt, #run_id, #save_pending, #updated_at"
+# run_id, save_pending and updated_at: the safety net sends again a save that was lost (reused_from:
+# a reused row's copies have no run of their own).
+_PROGRESS_ATTRIBUTES = "#sk, #status, #attempt, #run_id, #save_pending, #updated_at, #reused_from"
+
+# What a reused row needs of its source row: its saved copies, for the run it was reused from.
+_SAVED_ATTRIBUTES = "#pk, #sk, #status, #run_id, #save_pending, #saved_outputs"
 
 # Keeps a failed row's item under 1 KB (one write unit) whatever the provider says.
 MAX_ERROR_MESSAGE = 500
@@ -153,22 +157,30 @@ class RowLedger:
         """A completed row's outputs saved (or given up): recorded once, with the batch's counts
         and its chunk's hint in the same transaction, so a repeated save neither records nor
         counts twice. False
-        when it was recorded already or the row moved on (a reprocess)."""
+        when it was recorded already or the row moved on (a reprocess).
+
+        `run_id` empty: a reused row, which has no run of its own (its copies come from the
+        earlier row's, `rowcall.saved_outputs.ReusedOutputs`)."""
+        values: dict[str, Any] = {
+            ":saved": list(saved),
+            ":now": iso(self._clock()),
+            ":true": True,
+            ":completed": RowStatus.COMPLETED.value,
+            ":attempt": attempt,
+        }
+        if run_id:
+            same_run = "#run_id = :run_id"
+            values[":run_id"] = run_id
+        else:
+            same_run = "attribute_not_exists(#run_id)"
         return self._table.transact(
             [
                 self._table.update_item(
                     row_key(batch_id, chunk, record),
                     "SET #saved_outputs = :saved, #updated_at = :now REMOVE #save_pending",
                     condition="#save_pending = :true AND #status = :completed AND #attempt = :attempt "
-                    "AND #run_id = :run_id",
-                    values={
-                        ":saved": list(saved),
-                        ":now": iso(self._clock()),
-                        ":true": True,
-                        ":completed": RowStatus.COMPLETED.value,
-                        ":attempt": attempt,
-                        ":run_id": run_id,
-                    },
+                    f"AND {same_run}",
+                    values=values,
                 ),
                 self._table.update_item(
                     batch_key(batch_id),
@@ -190,6 +202,14 @@ class RowLedger:
             return True
         held = self._table.get({"pk": claim["pk"], "sk": "NAME"})
         return held is not None and int(held["chunk"]) == chunk and int(held["record"]) == record
+
+    def saved_of(self, rows: Sequence[tuple[str, int, int]]) -> dict[tuple[str, int, int], RowState]:
+        """The saved copies of rows (batch id, chunk, record) of any batches: one BatchGetItem per
+        100 rows, only what a reuse needs of each."""
+        wanted = list(dict.fromkeys(rows))
+        found = self._table.get_many([row_key(*r) for r in wanted], projection=_SAVED_ATTRIBUTES)
+        states = map(_row_state, found)
+        return {(s.batch_id, s.chunk, s.record): s for s in states}
 
     def get(self, batch_id: str, chunk: int, record: int) -> RowState | None:
         stored = self._table.get(row_key(batch_id, chunk, record))
