@@ -800,3 +800,52 @@ def test_a_worker_that_died_before_recording_its_copies_leaves_them_to_the_safet
         assert all(row.saved_outputs[0]["key"].startswith(f"outputs/{second}/") for row in _rows(aws, second))
     finally:
         provider.stop()
+
+
+def test_a_reprocessed_rows_outputs_are_counted_once(
+    aws: Aws, callbacks: Receiver, save_queue_url: str
+) -> None:
+    """outputs_saved_count is the batch's current saved outputs: a row reprocessed and saved
+    again counts its new copy, not both."""
+    from rowcall.batch_actions import BatchActions
+    from rowcall.identity import row_id_for
+
+    provider = start_provider(output_bytes=300)
+    try:
+        batch_id = _run_and_record(aws, provider, callbacks, save_queue_url, b"p\none\ntwo\n", 2)
+        assert _saver(aws).save(_saves(aws, save_queue_url)).saved == 2
+        batch = aws.ledger.batches.get(batch_id)
+        assert batch is not None and (batch.status, batch.outputs_saved_count) == (BatchStatus.COMPLETED, 2)
+        BatchActions(aws.ledger, aws.chunk_queue, aws.finisher).reprocess(batch_id, [row_id_for(0, 1)])
+        before = len(callbacks.got)
+        for message in chunk_messages(aws):
+            starter(aws, provider, callbacks).start_chunk(message, lambda: 300.0)
+        batch = aws.ledger.batches.get(batch_id)
+        assert batch is not None and batch.outputs_saved_count == 1  # the reopened row's copy left
+        received = callbacks.wait_for(lambda got: len(got) == before + 1)[before:]
+        intake = CallbackIntake(
+            finished_runs=aws.finished_runs,
+            callback_secrets=lambda: [CALLBACK_SECRET],
+            provider_signing_secrets=lambda: [PROVIDER_SECRET],
+        )
+        for call in received:
+            parts = urlsplit(call.path)
+            _, _, b, row_id = parts.path.split("/")
+            attempt = intake.attempt_of(b, row_id, parse_qs(parts.query)["token"][0])
+            assert attempt == 2
+            intake.accept(b, row_id, attempt, RunWebhook.model_validate_json(call.body))
+        recorder = OutcomeRecorder(
+            ledger=aws.ledger,
+            finisher=aws.finisher,
+            provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
+            save_queue=SaveQueue(aws.sqs, save_queue_url),
+        )
+        messages = [FinishedRun.model_validate_json(b) for b in aws.drain(aws.finished_run_queue_url)]
+        assert not recorder.record([(str(n), m) for n, m in enumerate(messages)]).failed
+        assert _saver(aws).save(_saves(aws, save_queue_url)).saved == 1
+        batch = aws.ledger.batches.get(batch_id)
+        assert batch is not None and batch.status is BatchStatus.COMPLETED
+        assert (batch.outputs_saved_count, batch.outputs_failed_count) == (2, 0)
+        assert sum(len(row.saved_outputs) for row in _rows(aws, batch_id)) == 2
+    finally:
+        provider.stop()

@@ -328,7 +328,15 @@ class RunStarter:
         for row in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk):
             wanted = row.status is RowStatus.FAILED if named is None else row.record in named
             if wanted and row.finished and row.reopen_seq < plan.seq:
-                self._ledger.rows.reopen(batch.batch_id, chunk, row.record, seq=plan.seq, at=now)
+                saved = sum(bool(entry.get("key")) for entry in row.saved_outputs)
+                self._ledger.rows.reopen(
+                    batch.batch_id,
+                    chunk,
+                    row.record,
+                    seq=plan.seq,
+                    at=now,
+                    saved_counts=(saved, len(row.saved_outputs) - saved),
+                )
         rows = list(self._ledger.rows.rows_of_chunk(batch.batch_id, chunk))
         completed = sum(r.status is RowStatus.COMPLETED for r in rows)
         failed = sum(r.status is RowStatus.FAILED for r in rows)

@@ -120,27 +120,54 @@ class RowLedger:
         )
         return written is not None
 
-    def reopen(self, batch_id: str, chunk: int, record: int, *, seq: int, at: float) -> bool:
+    def reopen(
+        self,
+        batch_id: str,
+        chunk: int,
+        record: int,
+        *,
+        seq: int,
+        at: float,
+        saved_counts: tuple[int, int] = (0, 0),
+    ) -> bool:
         """completed|failed -> pending at the next attempt, once per reprocess `seq`. The new
-        attempt is what refuses a late outcome of the earlier one (`finish` checks it)."""
-        written = self._table.update(
-            row_key(batch_id, chunk, record),
+        attempt is what refuses a late outcome of the earlier one (`finish` checks it).
+
+        `saved_counts`: the row's saved and given-up outputs (`record_saved` added them to the
+        batch), which leave the batch's counts in the same transaction as the row's copies leave
+        the row: the batch counts its rows' current outputs, not every attempt's. Its chunk is
+        settled, so no save of the row is pending meanwhile."""
+        key = row_key(batch_id, chunk, record)
+        update = (
             "SET #status = :pending, #attempt = #attempt + :one, #reopen_seq = :seq, #reopened_at = :at, "
             "#updated_at = :now REMOVE #run_id, #outputs, #error_code, #error_message, "
-            "#charged_cost_micro_usd, #saved_outputs, #save_pending, #reused_from",
-            condition="#status IN (:completed, :failed) AND "
-            "(attribute_not_exists(#reopen_seq) OR #reopen_seq < :seq)",
-            values={
-                ":pending": RowStatus.PENDING.value,
-                ":one": 1,
-                ":seq": seq,
-                ":at": round(at, 3),
-                ":now": iso(self._clock()),
-                ":completed": RowStatus.COMPLETED.value,
-                ":failed": RowStatus.FAILED.value,
-            },
+            "#charged_cost_micro_usd, #saved_outputs, #save_pending, #reused_from"
         )
-        return written is not None
+        condition = (
+            "#status IN (:completed, :failed) AND (attribute_not_exists(#reopen_seq) OR #reopen_seq < :seq)"
+        )
+        values = {
+            ":pending": RowStatus.PENDING.value,
+            ":one": 1,
+            ":seq": seq,
+            ":at": round(at, 3),
+            ":now": iso(self._clock()),
+            ":completed": RowStatus.COMPLETED.value,
+            ":failed": RowStatus.FAILED.value,
+        }
+        saved, failed = saved_counts
+        if not (saved or failed):
+            return self._table.update(key, update, condition=condition, values=values) is not None
+        return self._table.transact(
+            [
+                self._table.update_item(key, update, condition=condition, values=values),
+                self._table.update_item(
+                    batch_key(batch_id),
+                    "ADD #outputs_saved_count :saved_n, #outputs_failed_count :failed_n",
+                    values={":saved_n": -saved, ":failed_n": -failed},
+                ),
+            ]
+        )
 
     def record_saved(
         self,
