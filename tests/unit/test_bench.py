@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -242,3 +243,33 @@ def test_requests_are_counted_by_the_function_that_signed_them() -> None:
     assert counted.by_caller_action["RecorderFunction dynamodb UpdateItem"] == 2
     assert counted.by_caller_action["WebhookFunction sqs SendMessage"] == 1
     assert counted.runtime_receives == 1
+
+
+def test_the_cost_with_outputs_saved_adds_what_saving_asks_of_aws_to_the_figure_without() -> None:
+    from bench import cost, cost_model
+
+    def run(lines: dict[str, float]) -> dict[str, Any]:
+        rowcall = {"lambda": 1.0, "standing": 0.2, **lines}
+        rowcall["total"] = sum(rowcall.values())
+        return {
+            "rows": 2000,
+            "outputs_saved": 2000,
+            "breakdown": {"rowcall": rowcall},
+            "lambda": {},
+            "aws_requests_by_caller_action": {"SaverFunction s3 PUT": 2000, "WorkerFunction s3 GET": 40},
+        }
+
+    off = run({"dynamodb": 0.5, "sqs": 0.3, "s3": 0.01, "sns": 0.0, "api_gateway": 1.0})
+    # The "on" run's Lambda line is noise (3.0): only the saver's own time is added.
+    on = run({"lambda": 3.0, "dynamodb": 0.9, "sqs": 0.5, "s3": 5.02, "sns": 0.0, "api_gateway": 1.0})
+    on["lambda"] = {"SaverFunction": {"invocations": 200, "billed_ms": 100_000, "memory_mb": 1024}}
+    figures = cost.with_outputs_saved(off, on)
+    saver = 200 * 0.20 / 1e6 + 100 * 1.0 * 0.0000133334
+    idle = 5 * 180 * 730 * 0.40 / 1e6
+    assert figures["added_usd"]["s3"] == pytest.approx(5.01)
+    assert figures["added_usd"]["saver_lambda"] == pytest.approx(saver * 1e6 / 2000, rel=1e-3)
+    assert figures["added_usd"]["standing"] == pytest.approx(idle * 1e6 / cost_model.MONTHLY_ROWS)
+    expected = off["breakdown"]["rowcall"]["total"] + 0.4 + 0.2 + 5.01 + saver * 500 + idle
+    assert figures["with_usd"] == pytest.approx(expected, rel=1e-3)
+    assert figures["saver_aws_requests_per_output"] == {"s3 PUT": 1.0}
+    assert figures["saver_billed_ms_per_output"] == 50
