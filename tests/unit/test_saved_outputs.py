@@ -849,3 +849,26 @@ def test_a_reprocessed_rows_outputs_are_counted_once(
         assert sum(len(row.saved_outputs) for row in _rows(aws, batch_id)) == 2
     finally:
         provider.stop()
+
+
+def test_a_copy_refused_403_runs_the_row_only_when_its_source_is_not_listed() -> None:
+    """S3 answers a missing source 403 to a caller that may not list the bucket unconditionally
+    (the worker lists outputs/ alone): the source's listing tells a deletion from a refusal."""
+    from botocore.exceptions import ClientError
+
+    class Refusing:
+        def __init__(self, listed: list[str]) -> None:
+            self.listed = listed
+
+        def copy_object(self, **kwargs: Any) -> None:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "CopyObject")
+
+        def list_objects_v2(self, **kwargs: Any) -> dict[str, Any]:
+            return {"Contents": [{"Key": k} for k in self.listed if k.startswith(kwargs["Prefix"])]}
+
+    saved = [{"output_id": "o", "key": "outputs/b_old/k/o.png", "content_type": "image/png"}]
+    gone = Refusing([])
+    assert copy_saved_outputs(gone, "bucket", saved, batch_id="b", row_name="k") is None  # type: ignore[arg-type]
+    there = Refusing(["outputs/b_old/k/o.png"])
+    with pytest.raises(ClientError):
+        copy_saved_outputs(there, "bucket", saved, batch_id="b", row_name="k")  # type: ignore[arg-type]

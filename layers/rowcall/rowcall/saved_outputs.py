@@ -465,10 +465,20 @@ def copy_saved_outputs(
             code = exc.response.get("Error", {}).get("Code")
             if code in ("NoSuchKey", "404", "NotFound"):
                 return None
+            # S3 answers a missing source 404 only to a caller that may list the bucket (the
+            # worker may list outputs/ alone, under an s3:prefix condition a read cannot meet):
+            # a 403 whose source is not listed is a source deleted meanwhile, not a refusal.
+            if code in ("AccessDenied", "403") and not _listed(s3, bucket, source):
+                return None
             if code != "PreconditionFailed":
                 raise
         copied.append({**entry, "key": target})
     return copied
+
+
+def _listed(s3: S3Client, bucket: str, key: str) -> bool:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    return any(entry["Key"] == key for entry in listed.get("Contents", []))
 
 
 class ReusedOutputs:
