@@ -514,19 +514,26 @@ class ReusedOutputs:
         names = claim_row_names(
             self._ledger, batch, chunk, {r.record: (r.line or r.record, r.key) for r in copying}
         )
-        run_instead: set[int] = set()
-        for result in copying:
+
+        def copies_of(result: RowResult) -> list[dict[str, Any]] | None:
             where = sources[result.record]
             earlier = found.get(where) if where is not None else None
-            copies = None
-            if earlier is not None and _saved_from(earlier, result):
-                copies = copy_saved_outputs(
-                    self._s3,
-                    batch.source.bucket,
-                    earlier.saved_outputs,
-                    batch_id=batch.batch_id,
-                    row_name=names[result.record],
-                )
+            if earlier is None or not _saved_from(earlier, result):
+                return None
+            return copy_saved_outputs(
+                self._s3,
+                batch.source.bucket,
+                earlier.saved_outputs,
+                batch_id=batch.batch_id,
+                row_name=names[result.record],
+            )
+
+        # A chunk's rows copied ROWS_AT_ONCE at a time: a thousand reused rows take seconds,
+        # well inside the chunk's lease, not a thousand copies' time one after another.
+        with ThreadPoolExecutor(min(len(copying), ROWS_AT_ONCE), thread_name_prefix="copy") as pool:
+            copied = list(pool.map(copies_of, copying))
+        run_instead: set[int] = set()
+        for result, copies in zip(copying, copied, strict=True):
             if copies is None:
                 run_instead.add(result.record)
             else:
@@ -535,23 +542,27 @@ class ReusedOutputs:
 
     def record(self, batch_id: str, chunk: int, moved: Sequence[RowResult], finisher: BatchFinisher) -> int:
         """The copies of the reused rows whose write won, recorded as saved; how many outputs."""
-        outputs = 0
-        for result in moved:
-            if result.saved is None:
-                continue
-            if self._ledger.rows.record_saved(
+
+        def recorded(result: RowResult) -> int:
+            saved = result.saved or []
+            won = self._ledger.rows.record_saved(
                 batch_id,
                 chunk,
                 result.record,
-                result.saved,
+                saved,
                 attempt=result.attempt,
                 run_id="",
-                saved_count=len(result.saved),
+                saved_count=len(saved),
                 failed_count=0,
-            ):
-                outputs += len(result.saved)
-        if any(result.saved is not None for result in moved):
-            finisher.after_saves(batch_id, chunk)
+            )
+            return len(saved) if won else 0
+
+        copied = [result for result in moved if result.saved is not None]
+        if not copied:
+            return 0
+        with ThreadPoolExecutor(min(len(copied), ROWS_AT_ONCE), thread_name_prefix="copied") as pool:
+            outputs = sum(pool.map(recorded, copied))
+        finisher.after_saves(batch_id, chunk)
         return outputs
 
 
