@@ -20,6 +20,10 @@ from rowcall.models import ChunkMessage
 from rowcall.outbound import DestinationPolicy
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue
 from rowcall_local import moto_fidelity
+from rowcall_local.provider_emulator import ProviderEmulator
+from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
+
+from .loopback_runs import start_provider
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 # The tests' on-done receivers listen on 127.0.0.1 over http, as on the local stack.
@@ -148,3 +152,20 @@ def aws() -> Iterator[Aws]:
             )["QueueUrl"],
             topic_arn=sns.create_topic(Name="on-done")["TopicArn"],
         )
+
+
+@pytest.fixture
+def callbacks() -> Iterator[Receiver]:
+    """A webhook receiver on loopback: the callback base URL runs are started with."""
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def provider() -> Iterator[ProviderEmulator]:
+    """The FLORA emulator on loopback, short delays, no faults (files needing a scripted provider
+    or faults define their own `provider`)."""
+    emulator = start_provider()
+    yield emulator
+    emulator.stop()
