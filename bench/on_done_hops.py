@@ -6,7 +6,11 @@ From the provider sending a batch's last run webhook to the signed on-done arriv
     webhook fn                  signature check, until the finished-run message is sent (FIFO)
     finished-run queue          the message waiting for the recorder's event source (long poll)
     recorder                    outputs fetched, the row written, the chunk counted, the batch
-                                settled and finished, until the done message is sent
+                                settled and finished, until the done message is sent (with
+                                outputs saved: until the row's save message is sent, then)
+    save queue                  (outputs saved) the save message waiting for the saver
+    saver                       (outputs saved) the outputs copied, the batch settled and finished,
+                                until the done message is sent
     done queue                  the done message waiting for the notifier's event source
     notifier -> POST received   the results CSV written, SNS published, the on-done POSTed
 
@@ -36,6 +40,7 @@ from typing import Any, Protocol
 from bench.e2e_throughput import percentile
 
 WEBHOOK, RECORDER, NOTIFIER = "WebhookFunction", "RecorderFunction", "NotifierFunction"
+SAVER = "SaverFunction"
 HOPS = (
     "callback -> webhook fn",
     "webhook fn",
@@ -44,6 +49,10 @@ HOPS = (
     "done queue",
     "notifier -> POST received",
 )
+# With outputs saved (`save-outputs` on, the default) the batch finishes after its last save: the
+# recorder queues the saves, the saver copies them and sends the done message. Then the "recorder"
+# hop ends at the save message's send and these two come before the done queue.
+SAVE_HOPS = ("save queue", "saver")
 
 
 class Span(Protocol):
@@ -125,13 +134,21 @@ def hops(spans: Sequence[Span], last_callback_at: float, received_at: float) -> 
     notifier = _notifier(spans, last_callback_at, received_at)
     if notifier is None:
         return None
-    recorders = [s for s in after if s.function_id == RECORDER and s.started_at <= notifier.started_at]
     webhooks = [s for s in after if s.function_id == WEBHOOK]
-    if not recorders or not webhooks or not notifier.sent_at:
+    if not webhooks or not notifier.sent_at:
         return None
     done_sent = max(notifier.sent_at)
-    # The recorder that sent the done message: the last one to start before it was sent.
-    recorder = [s for s in recorders if s.started_at <= done_sent][-1:]
+    # What sent the done message: the last recorder or saver to start before it was sent.
+    sender = [s for s in after if s.function_id in (RECORDER, SAVER) and s.started_at <= done_sent][-1:]
+    if not sender or not sender[0].sent_at:
+        return None
+    saved: dict[str, float] = {}
+    recorder_until = done_sent
+    if sender[0].function_id == SAVER:
+        saver = sender[0]
+        recorder_until = max(saver.sent_at)  # the last save message, queued by the recorder
+        saved = {SAVE_HOPS[0]: saver.started_at - recorder_until, SAVE_HOPS[1]: done_sent - saver.started_at}
+    recorder = [s for s in after if s.function_id == RECORDER and s.started_at <= recorder_until][-1:]
     if not recorder or not recorder[0].sent_at:
         return None
     finished_sent = max(recorder[0].sent_at)
@@ -140,16 +157,22 @@ def hops(spans: Sequence[Span], last_callback_at: float, received_at: float) -> 
         HOPS[0]: webhook.started_at - last_callback_at,
         HOPS[1]: finished_sent - webhook.started_at,
         HOPS[2]: recorder[0].started_at - finished_sent,
-        HOPS[3]: done_sent - recorder[0].started_at,
+        HOPS[3]: recorder_until - recorder[0].started_at,
+        **saved,
         HOPS[4]: notifier.started_at - done_sent,
         HOPS[5]: received_at - notifier.started_at,
     }
 
 
+def in_order() -> tuple[str, ...]:
+    """Every hop and step name in the order of the chain (the saves before the done queue)."""
+    return (*HOPS[:4], *SAVE_HOPS, *HOPS[4:], *NOTIFIER_STEPS)
+
+
 def summarize(samples: Sequence[dict[str, float]]) -> dict[str, float]:
     """Per hop, p50 and p95 in ms (nearest rank, as the total's)."""
     out: dict[str, float] = {}
-    for hop in (*HOPS, *NOTIFIER_STEPS):
+    for hop in in_order():
         values = [s[hop] for s in samples if hop in s]
         if values:
             out[f"on_done_hop_ms.{hop}.p50"] = 1000 * percentile(values, 50)
@@ -159,7 +182,7 @@ def summarize(samples: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def table(results: dict[str, float], prefix: str = "e2e_on_done_hop_ms.") -> str:
     lines = [f"{'on-done hop, 10-row batches one at a time':44s} {'p50 ms':>8s} {'p95 ms':>8s}"]
-    for hop in (*HOPS, *NOTIFIER_STEPS):
+    for hop in in_order():
         p50, p95 = results.get(f"{prefix}{hop}.p50"), results.get(f"{prefix}{hop}.p95")
         if p50 is not None and p95 is not None:
             indent = "    " if hop in NOTIFIER_STEPS else "  "  # the notifier hop's own steps

@@ -219,6 +219,18 @@ def test_on_done_hops_follow_the_chain_and_add_up_to_the_latency() -> None:
     assert on_done_hops.hops(spans[:3], cb, 100.5) is None  # no notifier: nothing guessed
     summary = on_done_hops.summarize([got, got])
     assert summary["on_done_hop_ms.recorder.p95"] == pytest.approx(80)
+    # Outputs saved: the saver sends the done message; the recorder's hop ends at its save message.
+    saving = [
+        *spans[:4],
+        InvocationSpan("RecorderFunction", 100.210, 100.250, (100.055,)),
+        InvocationSpan("SaverFunction", 100.260, 100.300, (100.240,)),  # its save message sent at 240
+        InvocationSpan("NotifierFunction", 100.320, 100.600, (100.290,)),
+    ]
+    got = on_done_hops.hops(saving, cb, received_at=100.500)
+    assert got is not None
+    split = [round(1000 * got[h]) for h in on_done_hops.in_order() if h in got]
+    assert split == [10, 45, 155, 30, 20, 30, 30, 180]  # ... recorder, save queue, saver, done queue ...
+    assert sum(got.values()) == pytest.approx(0.5)
 
 
 def test_the_notifier_hop_splits_into_results_sns_and_post_by_its_xray_subsegments(tmp_path: Path) -> None:
