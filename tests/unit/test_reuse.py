@@ -7,7 +7,6 @@ the ledger's rows say what each row was completed from.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,14 +39,14 @@ from rowcall_local.technique_catalog import DEFAULT_RUN_COST_USD
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import LOOPBACK_ALLOWED, Aws, chunk_messages, ingest
-from .test_runs_to_on_done import (
+from .loopback_runs import (
     API_KEY,
     CALLBACK_SECRET,
     FAST_RETRY,
     PROVIDER_SECRET,
     start_provider,
 )
-from .test_runs_to_on_done import starter as shared_starter
+from .loopback_runs import starter as shared_starter
 
 KEEP_DAYS = 30
 # Two chunks (the unit ingest's chunk size is four rows), six rows.
@@ -119,20 +118,6 @@ def batch_status(aws: Aws, batch_id: str) -> tuple[BatchStatus, int, int, int]:
     batch = aws.ledger.batches.get(batch_id)
     assert batch is not None
     return batch.status, batch.completed_count, batch.failed_count, batch.reused_count
-
-
-@pytest.fixture
-def callbacks() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
-
-
-@pytest.fixture
-def provider() -> Iterator[ProviderEmulator]:
-    emulator = start_provider()
-    yield emulator
-    emulator.stop()
 
 
 def test_the_content_key_is_what_the_row_asks_not_how_the_file_lays_it_out() -> None:

@@ -37,7 +37,7 @@ from rowcall_local.provider_emulator import ProviderEmulator
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import LOOPBACK_ALLOWED, Aws, chunk_messages, ingest
-from .test_runs_to_on_done import (
+from .loopback_runs import (
     API_KEY,
     CALLBACK_SECRET,
     FAST_RETRY,
@@ -183,13 +183,6 @@ def _eventually(condition: Any, timeout_s: float) -> None:
 
 
 # -- the saver over the pipeline -----------------------------------------------------------------
-
-
-@pytest.fixture
-def callbacks() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
 
 
 @pytest.fixture
