@@ -36,7 +36,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rowcall.flora_signature import EVENT_HEADER, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, signature_header
-from rowcall_local.emulated_media import EXTENSIONS, Media
+from rowcall_local.emulated_media import Media, MediaRef
 from rowcall_local.technique_catalog import DEFAULT_RUN_COST_USD, Catalog, Technique, input_problems
 
 log = logging.getLogger(__name__)
@@ -681,24 +681,25 @@ class _Provider:
 
     def media_url(self, run_id: str, output_id: str, output_type: str) -> str:
         """Where an output is served: by the emulator itself, no auth (contract section 5)."""
-        return f"{self.base_url}/_media/{run_id}/{output_type}/{output_id}{EXTENSIONS.get(output_type, '')}"
+        return self.base_url + MediaRef(run_id, output_type, output_id).path
 
     def media(self, path: str) -> Media | _Reply:
         """The output a `/_media/...` path names, while its run's outputs are still served."""
-        segments = [unquote(part) for part in urlsplit(path).path.split("/") if part]
+        ref = MediaRef.parse(path)
         with self._lock:
             self._stats["media_gets"] += 1
-            if len(segments) != 4:
-                return _error(404, "not_found", "no such output")
-            _, run_id, output_type, name = segments
-            record = self._runs.get(run_id)
-            output_id = name.removesuffix(EXTENSIONS.get(output_type, ""))
+            record = self._runs.get(ref.run_id) if ref is not None else None
             run = record.run if record is not None else None
-            if run is None or run.status != "completed" or all(o.output_id != output_id for o in run.outputs):
+            if (
+                ref is None
+                or run is None
+                or run.status != "completed"
+                or all(o.output_id != ref.output_id for o in run.outputs)
+            ):
                 return _error(404, "not_found", "no such output")
             if self._faults.output_expired(run.completed_at, _now_ms()):
                 return _error(404, "not_found", "the output has expired")
-        return Media(f"{run_id}/{output_id}", output_type, self._faults.output_bytes)
+        return ref.media(self._faults.output_bytes)
 
     def _reset_stats_window(self) -> _Reply:
         self.reset_window()
