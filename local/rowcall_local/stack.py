@@ -58,6 +58,12 @@ PROVIDER_WEBHOOK_SECRET_PARAMETER = "ProviderWebhookSecretParameter"
 REPLICATE_URL_PARAMETER = "ReplicateBaseUrl"
 REPLICATE_TOKEN_PARAMETER = "ReplicateApiTokenParameter"
 REPLICATE_WEBHOOK_SECRET_PARAMETER = "ReplicateWebhookSecretParameter"
+# The template leaves these empty (Replicate not configured); with its emulator running the local
+# stack configures it, under names like FLORA's defaults.
+REPLICATE_SSM_NAMES = {
+    REPLICATE_TOKEN_PARAMETER: "/rowcall/replicate-api-token",
+    REPLICATE_WEBHOOK_SECRET_PARAMETER: "/rowcall/replicate-webhook-secret",
+}
 # The on-done receivers of the demo and the tests listen on 127.0.0.1 over http, which the
 # functions refuse unless the template is told, through this parameter, that loopback is fine.
 ALLOW_LOOPBACK_PARAMETER = "AllowLoopbackWebhooks"
@@ -343,6 +349,7 @@ class LocalStack:
             # The emulator speaks plain http on loopback; on AWS the parameter takes only https.
             PROVIDER_URL_PARAMETER: self.provider.url if self.provider else None,
             REPLICATE_URL_PARAMETER: self.replicate.url if self.replicate else None,
+            **(REPLICATE_SSM_NAMES if self.replicate else {}),
             BUCKET_PREFIX_PARAMETER: self.options.stack_name,
             CALLBACK_URL_PARAMETER: self._http.url,
             MAX_ROWS_PARAMETER: self.options.max_rows,
