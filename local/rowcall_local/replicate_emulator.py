@@ -22,7 +22,6 @@ import json
 import random
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +39,8 @@ from rowcall_local.provider_emulator import (
     InFlightMeter,
     LoopbackEmulator,
     ProviderFaults,
+    _CreditsRequest,
+    _now_ms,
     _Reply,
     _Request,
     _Scheduler,
@@ -109,10 +110,6 @@ def _iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class CreatePrediction(BaseModel):
     """The body of both create routes, as the client's `_create_prediction_body` builds it."""
 
@@ -145,12 +142,6 @@ class Prediction(BaseModel):
     urls: dict[str, str]
     source: Literal["api"] = "api"
     data_removed: bool = False
-
-
-class _CreditsRequest(BaseModel):
-    model_config = ConfigDict(strict=True)
-
-    add: int = Field(ge=0)
 
 
 @dataclass
