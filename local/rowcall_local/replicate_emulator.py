@@ -265,7 +265,8 @@ class _Replicate:
         with self._lock:
             self._stats["media_gets"] += 1
             record = self._records.get(ref.run_id) if ref is not None else None
-            if ref is None or record is None or record.status != "succeeded":
+            outputs = self._outputs(record.output) if record is not None else []
+            if ref is None or record is None or not any(url.endswith(ref.path) for url in outputs):
                 return problem(404, "no such output")
             if self._faults.output_expired(record.completed_ms, _now_ms()):
                 return problem(404, "the output has expired")
@@ -520,9 +521,22 @@ class _Replicate:
                 record.error = "the model failed to generate an output (injected fault)"
             else:
                 record.status = "succeeded"
-                ref = MediaRef(record.id, "imageUrl", "output_0")
-                record.output = [self.base_url + ref.path]
+                record.output = self._output(record)
             self._end_locked(record)
+
+    def _output(self, record: _Record) -> Any:
+        """What a model answers, by the end of its name: `-text` a string, `-json` an object,
+        `-url` one image URL, `-images` two; any other model a list of one image URL (Replicate's
+        image models' usual answer)."""
+        name = record.model.rpartition("/")[2]
+        if name.endswith("-text"):
+            return f"emulated text of prediction {record.id}"
+        if name.endswith("-json"):
+            return {"caption": f"prediction {record.id}", "score": 0.5}
+        urls = [self.base_url + MediaRef(record.id, "imageUrl", f"output_{n}").path for n in range(2)]
+        if name.endswith("-url"):
+            return urls[0]
+        return urls if name.endswith("-images") else urls[:1]
 
     def _end_locked(self, record: _Record) -> None:
         record.completed_ms = _now_ms()

@@ -275,6 +275,34 @@ def test_a_webhook_without_completed_in_its_filter_is_not_sent(receiver: Callbac
         assert [d.path for d in receiver.received()] == ["/callbacks/b1/r1?token=t"]
 
 
+def test_a_models_name_says_the_shape_of_its_output() -> None:
+    """`output` may be a URL, a list of URLs, a string or any JSON (§5b): one model for each."""
+    with emulator(ProviderFaults(delay_ms=(0, 0), output_bytes=100)) as replicate_emulator:
+        api = client(replicate_emulator.url)
+        made = {
+            name: api.predictions.create(model=f"acme/{name}", input={}).id
+            for name in ("painter", "painter-url", "painter-images", "writer-text", "scorer-json")
+        }
+        wait_until(
+            lambda: all(api.predictions.get(i).status == "succeeded" for i in made.values()), "all succeeded"
+        )
+        output = {name: api.predictions.get(i).output for name, i in made.items()}
+        media = f"{replicate_emulator.url}/_media"
+        assert output["painter"] == [f"{media}/{made['painter']}/imageUrl/output_0.png"]
+        assert output["painter-url"] == f"{media}/{made['painter-url']}/imageUrl/output_0.png"
+        assert output["painter-images"] == [
+            f"{media}/{made['painter-images']}/imageUrl/output_{n}.png" for n in range(2)
+        ]
+        assert output["writer-text"] == f"emulated text of prediction {made['writer-text']}"
+        assert output["scorer-json"] == {"caption": f"prediction {made['scorer-json']}", "score": 0.5}
+        for url in [output["painter-url"], *output["painter-images"]]:
+            assert httpx.get(url).status_code == 200
+        # Only the outputs a prediction has are served.
+        assert httpx.get(f"{media}/{made['painter']}/imageUrl/output_1.png").status_code == 404
+        assert httpx.get(f"{media}/{made['writer-text']}/imageUrl/output_0.png").status_code == 404
+        assert [m.length for m in replicate_emulator.expected_media(made["painter-images"])] == [100, 100]
+
+
 def test_outputs_input_and_logs_vanish_after_the_output_ttl() -> None:
     with emulator(ProviderFaults(delay_ms=(0, 0), output_ttl_s=0.5)) as replicate_emulator:
         api = client(replicate_emulator.url)
