@@ -14,11 +14,13 @@ import pytest
 from rowcall.callbacks import CallbackIntake
 from rowcall.ingest import IngestLimits, Ingestor, ObjectCreated
 from rowcall.models import BatchStatus, FinishedRun, RowStatus
+from rowcall.outbound import webhook_client
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
 from rowcall.providers.port import RetryPolicy
 from rowcall.providers.replicate import ReplicateConnection, ReplicateDeliveries
 from rowcall.runs import RunStarter
+from rowcall.saved_outputs import OutputSaver
 
 from .conftest import LOOPBACK_ALLOWED, Aws, chunk_messages
 from .test_replicate_provider import SECRET, TOKEN, VERSION, FakeReplicate, prediction_body, signed
@@ -276,3 +278,26 @@ def test_a_signed_prediction_is_recorded_with_its_outputs_and_nothing_is_fetched
     assert row.outputs == [
         {"output_id": "output_0", "type": "imageUrl", "url": "https://r.delivery/x/out-0.webp"}
     ]
+
+
+def test_a_text_output_is_saved_as_a_txt_object_once(aws: Aws) -> None:
+    """Replicate's `output` that is no URL (a language model's answer) is one `text` output: its
+    value is stored as it is, create-only like every copy."""
+    saver = OutputSaver(
+        s3=aws.s3,
+        bucket=aws.bucket,
+        ledger=aws.ledger,
+        finisher=aws.finisher,
+        http=webhook_client(LOOPBACK_ALLOWED),
+        max_output_bytes=1024,
+        sleep=lambda attempt: None,
+    )
+    output = {"output_id": "output_0", "type": "text", "value": "a cat, in words"}
+    saved = saver.save_output("b_text", "row-1", output, redelivered=False)
+    assert saved["key"] == "outputs/b_text/row-1/output_0.txt" and saved["bytes"] == 15
+    got = aws.s3.get_object(Bucket=aws.bucket, Key=saved["key"])
+    assert got["Body"].read() == b"a cat, in words" and got["ContentType"] == "text/plain"
+    again = saver.save_output("b_text", "row-1", output, redelivered=True)
+    assert (again["key"], again["sha256"]) == (saved["key"], saved["sha256"])
+    too_big = saver.save_output("b_text", "row-2", output | {"value": "x" * 2000}, redelivered=False)
+    assert "error" in too_big
