@@ -339,6 +339,15 @@ class RowLedger:
                 found[record] = max(found.get(record, 0.0), float(page["at"]))
         return found
 
+    def intent_times(self, batch_id: str, chunk: int) -> dict[int, list[float]]:
+        """Every intent of each row, and when (a provider without idempotency keys looks for the
+        runs made since the earliest of an attempt's intents)."""
+        found: dict[int, list[float]] = {}
+        for page in self._table.prefixed(rows_pk(batch_id, chunk), INTENT):
+            for record in json.loads(page["records"]):
+                found.setdefault(record, []).append(float(page["at"]))
+        return found
+
     def starts(self, batch_id: str, chunk: int, from_record: int | None = None) -> dict[int, StartedRun]:
         """The latest entry of each row of the chunk that the worker recorded (runs, and rows
         whose create made none: see `StartedRun.has_run`); `from_record` as for `intents`."""
