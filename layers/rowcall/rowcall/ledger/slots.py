@@ -9,6 +9,7 @@ held count look higher: the cap may be under-used for a moment, never exceeded.
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 from rowcall.ledger.table import Table
 
@@ -21,6 +22,11 @@ ACQUIRE_TRIES = 5
 # share a partition's ~1,000 write units a second.
 def _acquired_key() -> dict[str, str]:
     return {"pk": f"{SLOTS}#ACQUIRED", "sk": SLOTS}
+
+
+def acquired_key() -> dict[str, str]:
+    """The item that takes slots (and, `ledger/grants.py`, remembers each grant until settled)."""
+    return _acquired_key()
 
 
 def _released_key(shard: int) -> dict[str, str]:
@@ -42,6 +48,15 @@ class SlotLedger:
         for shard in range(RELEASE_SHARDS):
             released += (self._table.get(_released_key(shard)) or {}).get("n", 0)
         return int(acquired.get("n", 0)), int(released)
+
+    def read(self, *, released: bool = True) -> tuple[dict[str, Any], int]:
+        """The `ACQUIRED` item as written and the released slots (0 unless asked for)."""
+        item = self._table.get(_acquired_key()) or {}
+        given_back = 0
+        if released:
+            for shard in range(RELEASE_SHARDS):
+                given_back += int((self._table.get(_released_key(shard)) or {}).get("n", 0))
+        return item, given_back
 
     def acquire(self, wanted: int, cap: int) -> int:
         """Up to `wanted` slots, as many as the cap leaves free now (0: wait for some)."""
