@@ -53,7 +53,10 @@ def test_slots_taken_by_a_killed_worker_come_back_and_the_batch_finishes(crashed
     key = "uploads/lost-slots.csv"
     body = "sku,prompt\n" + "".join(f"s{n},prompt {n}\n" for n in range(ROWS))
     crashed.s3.put_object(
-        Bucket=crashed.info["bucket"], Key=key, Body=body.encode(), Metadata={"reuse": "off", "key-column": "sku"}
+        Bucket=crashed.info["bucket"],
+        Key=key,
+        Body=body.encode(),
+        Metadata={"reuse": "off", "key-column": "sku"},
     )
     batch_id = str(crashed.batch_for(key)["batch_id"])
     # Its lease, the sweep's period, the chunk resent once quiet, and six runs one at a time on a
