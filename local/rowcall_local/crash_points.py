@@ -4,8 +4,9 @@ DynamoDB write whose request names TEXT succeeded, once per stack.
 A crash at a point in a function's conversation with AWS, not at a moment: `--crash-once` kills
 whatever is running after N seconds, which cannot aim at a window of a few milliseconds such as
 the one between a worker taking slots and sending its creates. Installed in the instance process
-(botocore's own event hooks on the default session, before the handler's clients exist), so the
-handler's code is the code deployed; the marker file makes it once across instances.
+(botocore's own event hooks, among the handlers every session starts with, before the handler's
+clients exist), so the handler's code is the code deployed; the marker file makes it once across
+instances.
 """
 
 from __future__ import annotations
@@ -15,17 +16,13 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import boto3
+from botocore.handlers import BUILTIN_HANDLERS
 
 WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
 _FLAG = "rowcall_crash_point"
 
 
 def install(text: str, marker: Path) -> None:
-    boto3.setup_default_session()
-    session = boto3.DEFAULT_SESSION
-    assert session is not None
-
     def before(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         body = params.get("body") or b""
         if isinstance(body, bytes):
@@ -42,5 +39,5 @@ def install(text: str, marker: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     for operation in WRITES:
-        session.events.register(f"before-call.dynamodb.{operation}", before)
-        session.events.register(f"after-call.dynamodb.{operation}", after)
+        BUILTIN_HANDLERS.append((f"before-call.dynamodb.{operation}", before))
+        BUILTIN_HANDLERS.append((f"after-call.dynamodb.{operation}", after))
