@@ -20,7 +20,7 @@ from rowcall_local.provider_emulator import ProviderEmulator
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import Aws, chunk_messages, ingest
-from .test_runs_to_on_done import API_KEY, FAST_RETRY, SIGNER, start_provider
+from .loopback_runs import API_KEY, FAST_RETRY, SIGNER, start_provider
 
 ROWS = b"prompt\n" + b"".join(f"row {n}\n".encode() for n in range(1, 9))
 CAP = 4
