@@ -272,6 +272,7 @@ def list_batches(
     table.add_column("batch_id", no_wrap=True)
     table.add_column("name", overflow="fold")
     table.add_column("status", no_wrap=True)
+    table.add_column("provider", no_wrap=True)
     table.add_column("done/failed/total", no_wrap=True)
     table.add_column("created_at", no_wrap=True)
     for batch in page.get("items", []):
@@ -279,6 +280,7 @@ def list_batches(
             batch.get("batch_id"),
             batch.get("name"),
             batch.get("status"),
+            batch.get("provider") or "-",
             _progress(batch),
             batch.get("created_at"),
         )

@@ -15,6 +15,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 BLOCK_BYTES = 64 * 1024
 # A PNG chunk's length is a 4-byte field; padding larger than this is split over several chunks.
@@ -135,3 +136,29 @@ class Media:
         for piece in self.chunks():
             h.update(piece)
         return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """What an emulator's `/_media/{run_id}/{output_type}/{output_id}{ext}` URL names."""
+
+    run_id: str
+    output_type: str
+    output_id: str
+
+    @property
+    def path(self) -> str:
+        extension = EXTENSIONS.get(self.output_type, "")
+        return f"/_media/{self.run_id}/{self.output_type}/{self.output_id}{extension}"
+
+    @classmethod
+    def parse(cls, path: str) -> MediaRef | None:
+        segments = [unquote(part) for part in urlsplit(path).path.split("/") if part]
+        if len(segments) != 4 or segments[0] != "_media":
+            return None
+        _, run_id, output_type, name = segments
+        return cls(run_id, output_type, name.removesuffix(EXTENSIONS.get(output_type, "")))
+
+    def media(self, size: int) -> Media:
+        """The bytes served: the same for one run's output whichever emulator serves it."""
+        return Media(f"{self.run_id}/{self.output_id}", self.output_type, size)

@@ -215,6 +215,16 @@ def _json_access_denied(service: str, principal: str, action: str, resource: str
     return AccessDenied(description=json.dumps({"__type": kind, "message": message}))
 
 
+def _without_no_value(value: Any) -> Any:
+    """CloudFormation drops a list element that resolves to `AWS::NoValue` (a grant under an unmet
+    condition, e.g. Replicate's token when none is configured); moto's CloudFormation leaves None."""
+    if isinstance(value, dict):
+        return {k: _without_no_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_no_value(v) for v in value if v is not None]
+    return value
+
+
 def _policy_documents_as_json() -> None:
     """moto's CloudFormation stores a role's inline policies as dicts; its evaluator wants JSON."""
     from moto.iam.access_control import AssumedRoleAccessKey
@@ -222,7 +232,10 @@ def _policy_documents_as_json() -> None:
     collect = AssumedRoleAccessKey.collect_policies
 
     def collect_policies(self: Any) -> list[Any]:
-        return [json.dumps(p) if isinstance(p, dict) and "Statement" in p else p for p in collect(self)]
+        return [
+            json.dumps(_without_no_value(p)) if isinstance(p, dict) and "Statement" in p else p
+            for p in collect(self)
+        ]
 
     AssumedRoleAccessKey.collect_policies = collect_policies  # type: ignore[method-assign]
 

@@ -29,14 +29,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, Self, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rowcall.flora_signature import EVENT_HEADER, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, signature_header
-from rowcall_local.emulated_media import EXTENSIONS, Media
+from rowcall_local.emulated_media import Media, MediaRef
 from rowcall_local.technique_catalog import DEFAULT_RUN_COST_USD, Catalog, Technique, input_problems
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,32 @@ class ProviderFaults:
             raise ValueError("output_ttl_s must be > 0")
         if not self.run_cost_usd >= 0:
             raise ValueError("run_cost_usd must be >= 0")
+
+    # The draws every emulated provider makes, in one place so each provider injects the same faults.
+
+    def create_fault(self, rng: random.Random) -> tuple[int, dict[str, str]] | None:
+        """The status (and headers) a create is refused with, or None: 429 with Retry-After, or 503."""
+        if rng.random() < self.rate_429:
+            return 429, {"Retry-After": rng.choice(("0", "1"))}
+        if rng.random() < self.rate_5xx:
+            return 503, {}
+        return None
+
+    def run_seconds(self, rng: random.Random) -> float:
+        return rng.randint(*self.delay_ms) / 1000
+
+    def run_fails(self, rng: random.Random) -> bool:
+        return rng.random() < self.fail_rate
+
+    def callback_copies(self, rng: random.Random) -> int:
+        """How many times a finished run's callback is sent: 0 (dropped), 1, or 2 (duplicated)."""
+        if rng.random() < self.drop_callback_rate:
+            return 0
+        return 2 if rng.random() < self.duplicate_callback_rate else 1
+
+    def output_expired(self, completed_at_ms: int | None, now_ms: int) -> bool:
+        ttl = self.output_ttl_s
+        return ttl is not None and completed_at_ms is not None and now_ms > completed_at_ms + ttl * 1000
 
 
 NO_FAULTS = ProviderFaults()
@@ -457,6 +483,93 @@ class _Scheduler:
             self._pending.discard(future)
 
 
+class InFlightMeter:
+    """Runs started and not yet finished: now, at most, and time-averaged since a window's start
+    (how full a cap was kept, seen from the provider). Its owner calls it under its own lock."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self._window_start = self._area_at = time.monotonic()
+        self._area = 0.0
+
+    def change(self, by: int) -> None:
+        at = time.monotonic()
+        self._area += self.now * (at - self._area_at)
+        self._area_at = at
+        self.now += by
+        self.most = max(self.most, self.now)
+
+    def average(self) -> float:
+        at = time.monotonic()
+        area = self._area + self.now * (at - self._area_at)
+        elapsed = at - self._window_start
+        return round(area / elapsed, 4) if elapsed > 0 else float(self.now)
+
+    def reset_window(self) -> None:
+        self._window_start = self._area_at = time.monotonic()
+        self._area = 0.0
+
+
+class CallbackSender:
+    """Posts a finished run's webhook, retried after each of `backoff_s` until answered 2xx, then
+    given up; counts every attempt in `stats` (under `lock`). Each attempt is signed afresh by
+    `headers(unix seconds)`, so a retry carries a current timestamp."""
+
+    def __init__(
+        self,
+        scheduler: _Scheduler,
+        client: httpx.Client,
+        backoff_s: Sequence[float],
+        lock: threading.Lock,
+        stats: dict[str, int],
+        stopping: threading.Event,
+    ) -> None:
+        self._scheduler = scheduler
+        self._client = client
+        self._backoff_s = tuple(backoff_s)
+        self._lock = lock
+        self._stats = stats
+        self._stopping = stopping
+
+    def send_copies(
+        self, copies: int, url: str, body: bytes, headers: Callable[[int], dict[str, str]]
+    ) -> None:
+        """A duplicated delivery is the same delivery (same id) sent twice, as a retry race would."""
+        for copy in range(copies):
+            self._scheduler.call_later(
+                copy * DUPLICATE_CALLBACK_GAP_S, partial(self._send, url, body, headers, 0)
+            )
+
+    def _send(self, url: str, body: bytes, headers: Callable[[int], dict[str, str]], attempt: int) -> None:
+        if self._stopping.is_set():
+            return
+        signed = headers(int(time.time()))
+        sent_at_ms = int(time.time() * 1000)
+        delivered = self._post(url, body, signed)
+        retry = not delivered and attempt < len(self._backoff_s)
+        with self._lock:
+            self._stats["callbacks_sent"] += 1
+            if delivered:  # when the last accepted delivery was sent: the start of a batch's on-done wait
+                last = self._stats["last_callback_sent_at_ms"]
+                self._stats["last_callback_sent_at_ms"] = max(last, sent_at_ms)
+            if not delivered:
+                self._stats["callbacks_failed"] += 1
+                if not retry:
+                    self._stats["deliveries_given_up"] += 1
+        if retry:
+            self._scheduler.call_later(
+                self._backoff_s[attempt], partial(self._send, url, body, headers, attempt + 1)
+            )
+
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
+        try:
+            response = self._client.post(url, content=body, headers=headers)
+        except (httpx.HTTPError, httpx.InvalidURL):
+            return False
+        return response.is_success
+
+
 class _Provider:
     """The provider's state and HTTP semantics, independent of the socket server."""
 
@@ -473,7 +586,6 @@ class _Provider:
         self._api_key = api_key.encode()
         self._faults = faults
         self._scheduler = scheduler
-        self._client = client
         self._webhook_secrets = (webhook_secret,)
         self._allow_loopback = allow_loopback_callbacks
         self.workspace_id = _stable_id("ws", api_key)
@@ -488,27 +600,23 @@ class _Provider:
         # key -> (run id, when, the create's body as parsed, the original reply's body)
         self._keys: dict[str, tuple[str, float, str, dict[str, Any]]] = {}
         self._credits = faults.credits
-        self._in_flight = 0
-        # Runs in flight integrated over time since `_window_start`: in_flight_avg is this area
-        # over the window's length (how full a cap was kept, seen from the provider).
-        self._window_start = self._area_at = time.monotonic()
-        self._in_flight_area = 0.0
+        self._in_flight = InFlightMeter()
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._catalog = Catalog(faults.techniques, faults.run_cost_usd)
         self._charged_micro = 0
         self._by_technique: dict[str, dict[str, int]] = {}
         self._stopping = threading.Event()
+        self._sender = CallbackSender(
+            scheduler, client, CALLBACK_BACKOFF_S, self._lock, self._stats, self._stopping
+        )
 
     def stats(self) -> dict[str, int | float]:
         with self._lock:
-            now = time.monotonic()
-            area = self._in_flight_area + self._in_flight * (now - self._area_at)
-            elapsed = now - self._window_start
             return {
                 **self._stats,
                 "charged_cost_usd": self._charged_micro / MICRO_USD,
-                "in_flight": self._in_flight,
-                "in_flight_avg": round(area / elapsed, 4) if elapsed > 0 else float(self._in_flight),
+                "in_flight": self._in_flight.now,
+                "in_flight_avg": self._in_flight.average(),
             }
 
     def set_delay_ms(self, delay_ms: tuple[int, int]) -> None:
@@ -519,14 +627,7 @@ class _Provider:
     def reset_window(self) -> None:
         """`POST /_stats/reset`: in_flight_avg is measured from now (the counts are kept)."""
         with self._lock:
-            self._window_start = self._area_at = time.monotonic()
-            self._in_flight_area = 0.0
-
-    def _in_flight_changes_locked(self, by: int) -> None:
-        now = time.monotonic()
-        self._in_flight_area += self._in_flight * (now - self._area_at)
-        self._area_at = now
-        self._in_flight += by
+            self._in_flight.reset_window()
 
     def technique_stats(self, technique_id: str) -> dict[str, Any]:
         """One technique's runs alone (`GET /_stats?technique_id=T`)."""
@@ -553,6 +654,9 @@ class _Provider:
     def stop(self) -> None:
         self._stopping.set()
 
+    def error_reply(self, status: int, code: str, message: str) -> _Reply:
+        return _error(status, code, message)
+
     def handle(self, request: _Request) -> _Reply:
         parts = urlsplit(request.target)
         segments = [unquote(part) for part in parts.path.split("/") if part]
@@ -577,25 +681,25 @@ class _Provider:
 
     def media_url(self, run_id: str, output_id: str, output_type: str) -> str:
         """Where an output is served: by the emulator itself, no auth (contract section 5)."""
-        return f"{self.base_url}/_media/{run_id}/{output_type}/{output_id}{EXTENSIONS.get(output_type, '')}"
+        return self.base_url + MediaRef(run_id, output_type, output_id).path
 
     def media(self, path: str) -> Media | _Reply:
         """The output a `/_media/...` path names, while its run's outputs are still served."""
-        segments = [unquote(part) for part in urlsplit(path).path.split("/") if part]
+        ref = MediaRef.parse(path)
         with self._lock:
             self._stats["media_gets"] += 1
-            if len(segments) != 4:
-                return _error(404, "not_found", "no such output")
-            _, run_id, output_type, name = segments
-            record = self._runs.get(run_id)
-            output_id = name.removesuffix(EXTENSIONS.get(output_type, ""))
+            record = self._runs.get(ref.run_id) if ref is not None else None
             run = record.run if record is not None else None
-            if run is None or run.status != "completed" or all(o.output_id != output_id for o in run.outputs):
+            if (
+                ref is None
+                or run is None
+                or run.status != "completed"
+                or all(o.output_id != ref.output_id for o in run.outputs)
+            ):
                 return _error(404, "not_found", "no such output")
-            ttl = self._faults.output_ttl_s
-            if ttl is not None and run.completed_at is not None and _now_ms() > run.completed_at + ttl * 1000:
+            if self._faults.output_expired(run.completed_at, _now_ms()):
                 return _error(404, "not_found", "the output has expired")
-        return Media(f"{run_id}/{output_id}", output_type, self._faults.output_bytes)
+        return ref.media(self._faults.output_bytes)
 
     def _reset_stats_window(self) -> _Reply:
         self.reset_window()
@@ -655,12 +759,13 @@ class _Provider:
 
     def _injected_fault(self) -> _Reply | None:
         with self._lock:
-            if self._rng.random() < self._faults.rate_429:
-                retry_after = self._rng.choice(("0", "1"))
-                return _error(429, "rate_limited", "too many requests", {"Retry-After": retry_after})
-            if self._rng.random() < self._faults.rate_5xx:
-                return _error(503, "unavailable", "the provider is temporarily unavailable")
-        return None
+            fault = self._faults.create_fault(self._rng)
+        if fault is None:
+            return None
+        status, headers = fault
+        if status == 429:
+            return _error(429, "rate_limited", "too many requests", headers)
+        return _error(503, "unavailable", "the provider is temporarily unavailable")
 
     def _admit(
         self, technique_id: str, callback_url: str | None, key: str | None, fingerprint: str
@@ -683,7 +788,7 @@ class _Provider:
             if self._credits is not None and self._credits <= 0:
                 return _error(402, "insufficient_credits", "the account has no credits left")
             run = self._record_run_locked(technique_id, callback_url, key, now, fingerprint)
-            delay_s = self._rng.randint(*self._faults.delay_ms) / 1000
+            delay_s = self._faults.run_seconds(self._rng)
         # The emulator picks a run up at once; it then runs for delay_s.
         self._scheduler.call_later(0, partial(self._start, run.run_id), inline=True)
         self._scheduler.call_later(delay_s, partial(self._finish, run.run_id), inline=True)
@@ -717,8 +822,8 @@ class _Provider:
             self._stats["unique_idempotency_keys"] += 1
         if self._credits is not None:
             self._credits -= 1
-        self._in_flight_changes_locked(+1)
-        self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
+        self._in_flight.change(+1)
+        self._stats["max_in_flight"] = self._in_flight.most
         return run
 
     # -- run lifecycle -----------------------------------------------------------------------
@@ -733,25 +838,25 @@ class _Provider:
         with self._lock:
             record = self._runs[run_id]
             record.run = self._finished_locked(record.run, record.technique_id)
-            self._in_flight_changes_locked(-1)
+            self._in_flight.change(-1)
             self._count_locked(record.technique_id, record.run.status)
             charged = round((record.run.charged_cost or 0.0) * MICRO_USD)
             self._charged_micro += charged
             self._count_locked(record.technique_id, "charged_micro", charged)
             url = record.callback_url
-            copies = self._callback_copies_locked() if url is not None else 0
+            copies = self._faults.callback_copies(self._rng) if url is not None else 0
             event = self._event_locked(record.run) if copies else None
         if url is None or event is None:
             return  # no callback_url, or the delivery is dropped (an injected fault)
         delivery = WebhookDelivery.of(url, event)
-        # A duplicated delivery is the same delivery (same id) sent twice, as a retry race would.
-        for copy in range(copies):
-            self._scheduler.call_later(copy * DUPLICATE_CALLBACK_GAP_S, partial(self._deliver, delivery, 0))
+        self._sender.send_copies(
+            copies, delivery.url, delivery.body, partial(delivery.signed_headers, self._webhook_secrets)
+        )
 
     def _finished_locked(self, run: RunObject, technique_id: str) -> RunObject:
         now = _now_ms()
         times = {"started_at": run.started_at or now, "completed_at": now}
-        if self._rng.random() < self._faults.fail_rate:
+        if self._faults.run_fails(self._rng):
             message = "the technique failed to generate an output (injected fault)"
             failure = {"status": "failed", "error_code": "generation_failed", "error_message": message}
             return run.model_copy(update={**times, **failure, "charged_cost": 0.0})
@@ -779,41 +884,6 @@ class _Provider:
                 error_message=run.error_message,
             ),
         )
-
-    def _callback_copies_locked(self) -> int:
-        if self._rng.random() < self._faults.drop_callback_rate:
-            return 0
-        return 2 if self._rng.random() < self._faults.duplicate_callback_rate else 1
-
-    # -- webhook delivery --------------------------------------------------------------------
-
-    def _deliver(self, delivery: WebhookDelivery, attempt: int) -> None:
-        if self._stopping.is_set():
-            return
-        headers = delivery.signed_headers(self._webhook_secrets, int(time.time()))
-        sent_at_ms = int(time.time() * 1000)
-        delivered = self._post(delivery.url, delivery.body, headers)
-        retry = not delivered and attempt < len(CALLBACK_BACKOFF_S)
-        with self._lock:
-            self._stats["callbacks_sent"] += 1
-            if delivered:  # when the last accepted delivery was sent: the start of a batch's on-done wait
-                last = self._stats["last_callback_sent_at_ms"]
-                self._stats["last_callback_sent_at_ms"] = max(last, sent_at_ms)
-            if not delivered:
-                self._stats["callbacks_failed"] += 1
-                if not retry:
-                    self._stats["deliveries_given_up"] += 1
-        if retry:
-            self._scheduler.call_later(
-                CALLBACK_BACKOFF_S[attempt], partial(self._deliver, delivery, attempt + 1)
-            )
-
-    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
-        try:
-            response = self._client.post(url, content=body, headers=headers)
-        except (httpx.HTTPError, httpx.InvalidURL):
-            return False
-        return response.is_success
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -907,13 +977,29 @@ def _idempotency_key(in_body: str | None, in_header: str | None) -> str | _Reply
     return in_body if in_body is not None else in_header
 
 
+class ServedApi(Protocol):
+    """What the loopback server serves: an emulated provider's routes, media and error shape."""
+
+    base_url: str
+
+    def handle(self, request: _Request) -> _Reply: ...
+
+    def media(self, path: str) -> Media | _Reply: ...
+
+    def error_reply(self, status: int, code: str, message: str) -> _Reply:
+        """An error in the provider's own shape, for what the server refuses before routing."""
+        ...
+
+    def stop(self) -> None: ...
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # socketserver's default listen backlog is 5: a recorder opening ten connections at once had
     # SYNs dropped and retried by TCP a second later (recorder invocations took 1.1 s at p50).
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], provider: _Provider) -> None:
+    def __init__(self, address: tuple[str, int], provider: ServedApi) -> None:
         super().__init__(address, _Handler)
         self.provider = provider
         self._connections: set[socket.socket] = set()
@@ -978,13 +1064,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("provider emulator: " + format, *args)
 
+    def _error(self, status: int, code: str, message: str) -> _Reply:
+        return cast(_Server, self.server).provider.error_reply(status, code, message)
+
     def _reject_method(self) -> None:
         # The body must still be consumed, or it would be read as the next keep-alive request.
         body = self._read_body()
         if isinstance(body, _Reply):
             self._write(body)
             return
-        self._write(_error(405, "method_not_allowed", f"{self.command} is not supported"))
+        self._write(self._error(405, "method_not_allowed", f"{self.command} is not supported"))
 
     def _serve(self) -> None:
         if self.path.startswith("/_media/") and self.command in ("GET", "HEAD"):
@@ -1006,7 +1095,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = provider.handle(request)
         except Exception:
             log.exception("provider emulator failed on %s %s", self.command, self.path)
-            reply = _error(500, "internal", "the emulator failed")
+            reply = self._error(500, "internal", "the emulator failed")
         self._write(reply)
 
     def _serve_media(self) -> None:
@@ -1033,10 +1122,10 @@ class _Handler(BaseHTTPRequestHandler):
             length = -1
         if length < 0:
             self.close_connection = True
-            return _error(400, "bad_request", "invalid Content-Length")
+            return self._error(400, "bad_request", "invalid Content-Length")
         if length > MAX_BODY_BYTES:
             self.close_connection = True
-            return _error(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+            return self._error(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
         return self.rfile.read(length)
 
     def _write(self, reply: _Reply) -> None:
@@ -1051,8 +1140,67 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
 
-class ProviderEmulator:
-    """Serves the provider on loopback until stop(); start once, stop any number of times.
+class LoopbackEmulator:
+    """Serves one emulated provider's API on loopback until stop(); start once, stop any number
+    of times. A subclass builds its API (a ServedApi) over `_scheduler` and `_client`."""
+
+    _api: ServedApi
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host = host
+        self._port = port
+        self._scheduler = _Scheduler(CALLBACK_WORKERS)
+        self._client = httpx.Client(timeout=CALLBACK_TIMEOUT)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def start(self) -> str:
+        if self._server is not None or self._stopped:
+            raise RuntimeError(f"the {type(self).__name__} can only be started once")
+        server = _Server((self._host, self._port), self._api)
+        self._server = server
+        self._api.base_url = self.url
+        self._scheduler.start()
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": SERVER_POLL_S},
+            name=f"{type(self).__name__}-http",
+            daemon=True,
+        )
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server.close_connections()
+        if self._thread is not None:
+            self._thread.join(STOP_TIMEOUT_S)
+        self._api.stop()
+        self._scheduler.stop(STOP_TIMEOUT_S)
+        self._client.close()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError(f"the {type(self).__name__} is not started")
+        return f"http://{self._host}:{self._server.server_port}"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class ProviderEmulator(LoopbackEmulator):
+    """Serves the FLORA provider on loopback until stop(); start once, stop any number of times.
 
     `webhook_secret` signs every delivery (`Flora-Signature`). FLORA refuses callback URLs on
     internal hosts; `allow_loopback_callbacks` lets the local stack's 127.0.0.1 receiver in.
@@ -1070,11 +1218,8 @@ class ProviderEmulator:
     ) -> None:
         if not webhook_secret:
             raise ValueError("webhook_secret must not be empty")
-        self._host = host
-        self._port = port
-        self._scheduler = _Scheduler(CALLBACK_WORKERS)
-        self._client = httpx.Client(timeout=CALLBACK_TIMEOUT)
-        self._provider = _Provider(
+        super().__init__(host, port)
+        self._provider = self._api = _Provider(
             api_key,
             faults,
             self._scheduler,
@@ -1082,45 +1227,6 @@ class ProviderEmulator:
             webhook_secret=webhook_secret,
             allow_loopback_callbacks=allow_loopback_callbacks,
         )
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-
-    def start(self) -> str:
-        if self._server is not None or self._stopped:
-            raise RuntimeError("the provider emulator can only be started once")
-        server = _Server((self._host, self._port), self._provider)
-        self._server = server
-        self._provider.base_url = self.url
-        self._scheduler.start()
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": SERVER_POLL_S},
-            name="provider-emulator-http",
-            daemon=True,
-        )
-        self._thread.start()
-        return self.url
-
-    def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server.close_connections()
-        if self._thread is not None:
-            self._thread.join(STOP_TIMEOUT_S)
-        self._provider.stop()
-        self._scheduler.stop(STOP_TIMEOUT_S)
-        self._client.close()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the provider emulator is not started")
-        return f"http://{self._host}:{self._server.server_port}"
 
     @property
     def workspace_id(self) -> str:
@@ -1141,10 +1247,3 @@ class ProviderEmulator:
     def finished_runs(self) -> list[tuple[str | None, int]]:
         """(callback URL, completed_at in unix ms) of every finished run: when each run ended."""
         return self._provider.finished_runs()
-
-    def __enter__(self) -> ProviderEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

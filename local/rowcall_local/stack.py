@@ -27,6 +27,7 @@ from rowcall_local.http_api import HttpApi, HttpApiServer
 from rowcall_local.moto_process import MotoProcess
 from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
 from rowcall_local.queue_poller import QueuePoller
+from rowcall_local.replicate_emulator import ReplicateEmulator
 from rowcall_local.s3_event_source import S3EventSource, connect_bucket
 from rowcall_local.sam_template import SamTemplate
 from rowcall_local.schedule_source import ScheduleSource
@@ -53,6 +54,16 @@ PROVIDER_KEY_PARAMETER = "ProviderApiKeyParameter"
 CALLBACK_SECRET_PARAMETER = "CallbackSecretParameter"
 WEBHOOK_SECRET_PARAMETER = "WebhookSecretParameter"
 PROVIDER_WEBHOOK_SECRET_PARAMETER = "ProviderWebhookSecretParameter"
+# The second provider (contract §5b): its emulator's root URL, API token and webhook signing secret.
+REPLICATE_URL_PARAMETER = "ReplicateBaseUrl"
+REPLICATE_TOKEN_PARAMETER = "ReplicateApiTokenParameter"
+REPLICATE_WEBHOOK_SECRET_PARAMETER = "ReplicateWebhookSecretParameter"
+# The template leaves these empty (Replicate not configured); with its emulator running the local
+# stack configures it, under names like FLORA's defaults.
+REPLICATE_SSM_NAMES = {
+    REPLICATE_TOKEN_PARAMETER: "/rowcall/replicate-api-token",
+    REPLICATE_WEBHOOK_SECRET_PARAMETER: "/rowcall/replicate-webhook-secret",
+}
 # The on-done receivers of the demo and the tests listen on 127.0.0.1 over http, which the
 # functions refuse unless the template is told, through this parameter, that loopback is fine.
 ALLOW_LOOPBACK_PARAMETER = "AllowLoopbackWebhooks"
@@ -75,6 +86,9 @@ STACK_JSON_KEYS = (
     "webhook_secret",
     "provider_api_key",
     "provider_webhook_secret",
+    "replicate_url",
+    "replicate_api_token",
+    "replicate_webhook_secret",
 )
 
 
@@ -130,6 +144,10 @@ class StackSecrets:
     api_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     provider_webhook_secret: str = field(default_factory=_whsec)
     """The provider emulator signs its run webhooks with it (`Flora-Signature`)."""
+    replicate_api_token: str = field(default_factory=lambda: "r8_" + secrets.token_urlsafe(28))
+    """The bearer token the Replicate emulator takes (Replicate's tokens start `r8_`)."""
+    replicate_webhook_secret: str = field(default_factory=_whsec)
+    """The Replicate emulator's account secret: it signs prediction webhooks (Standard Webhooks)."""
 
 
 def instance_count(function: FunctionWiring, wiring: StackWiring) -> int:
@@ -183,6 +201,8 @@ def put_secret_parameters(
         CALLBACK_SECRET_PARAMETER: stack_secrets.callback_secret,
         WEBHOOK_SECRET_PARAMETER: stack_secrets.webhook_secret,
         PROVIDER_WEBHOOK_SECRET_PARAMETER: stack_secrets.provider_webhook_secret,
+        REPLICATE_TOKEN_PARAMETER: stack_secrets.replicate_api_token,
+        REPLICATE_WEBHOOK_SECRET_PARAMETER: stack_secrets.replicate_webhook_secret,
     }
     stored = {}
     for parameter, value in values.items():
@@ -223,6 +243,7 @@ class LocalStack:
         self.wiring: StackWiring | None = None
         self.aws = AwsEndpoint("", self.options.region)
         self.provider: ProviderEmulator | None = None
+        self.replicate: ReplicateEmulator | None = None
         self.runtime: FunctionRuntime | None = None
         self._moto: MotoProcess | None = None
         self._http: HttpApiServer | None = None
@@ -293,6 +314,14 @@ class LocalStack:
                 allow_loopback_callbacks=True,
             )
             self.provider.start()
+            # Replicate beside it, with the same faults; its webhooks come to the same loopback API.
+            self.replicate = ReplicateEmulator(
+                self.secrets.replicate_api_token,
+                opts.provider_faults,
+                webhook_secret=self.secrets.replicate_webhook_secret,
+                allow_loopback_webhooks=True,
+            )
+            self.replicate.start()
         upload_placeholder_artifacts(self.aws, code_bucket, sam.local_artifacts())
         parameters = self._parameters(sam)
         physical = deploy_stack(self.aws, opts.stack_name, cfn, parameters)
@@ -322,6 +351,8 @@ class LocalStack:
         wanted: dict[str, str | int | float | None] = {
             # The emulator speaks plain http on loopback; on AWS the parameter takes only https.
             PROVIDER_URL_PARAMETER: self.provider.url if self.provider else None,
+            REPLICATE_URL_PARAMETER: self.replicate.url if self.replicate else None,
+            **(REPLICATE_SSM_NAMES if self.replicate else {}),
             BUCKET_PREFIX_PARAMETER: self.options.stack_name,
             CALLBACK_URL_PARAMETER: self._http.url,
             MAX_ROWS_PARAMETER: self.options.max_rows,
@@ -459,6 +490,9 @@ class LocalStack:
             "webhook_secret": self.secrets.webhook_secret,
             "provider_api_key": self.secrets.provider_api_key,
             "provider_webhook_secret": self.secrets.provider_webhook_secret,
+            "replicate_url": self.replicate.url if self.replicate else "",
+            "replicate_api_token": self.secrets.replicate_api_token,
+            "replicate_webhook_secret": self.secrets.replicate_webhook_secret,
         }
         assert tuple(info) == STACK_JSON_KEYS
         return info
@@ -491,6 +525,9 @@ class LocalStack:
         if self.provider is not None:
             self.provider.stop()
             self.provider = None
+        if self.replicate is not None:
+            self.replicate.stop()
+            self.replicate = None
         if self._xray is not None:
             self._xray.stop()
             self._xray = None

@@ -204,6 +204,8 @@ def test_logs_hold_no_secrets(stack: LocalStack) -> None:
     secrets = {
         "provider_api_key": stack.info["provider_api_key"],
         "provider_webhook_secret": stack.info["provider_webhook_secret"],
+        "replicate_api_token": stack.info["replicate_api_token"],
+        "replicate_webhook_secret": stack.info["replicate_webhook_secret"],
         "webhook_secret": stack.info["webhook_secret"],
         "callback_secret": callback_secret,
         "api_token": stack.info["api_token"],

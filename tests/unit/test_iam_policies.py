@@ -77,6 +77,20 @@ def _roles_by_function(cfn: Json) -> dict[str, Json]:
     return {k: cfn["Resources"][_role_of(cfn, f)] for k, f in _of_type(cfn, "AWS::Lambda::Function").items()}
 
 
+def _resources(value: Any) -> list[Any]:
+    """The resources a statement may name: both sides of a `!If [Condition, X, !Ref AWS::NoValue]`
+    (a grant that exists only where a parameter is set, e.g. Replicate's token) count as granted."""
+    found = []
+    for resource in _as_list(value):
+        if isinstance(resource, dict) and "Fn::If" in resource:
+            found += [
+                r for side in resource["Fn::If"][1:] for r in _resources(side) if r != {"Ref": "AWS::NoValue"}
+            ]
+        else:
+            found.append(resource)
+    return found
+
+
 def _grants(role: Json) -> list[tuple[str, Any]]:
     """(action, resource) for every Allow in the role."""
     return [
@@ -84,7 +98,7 @@ def _grants(role: Json) -> list[tuple[str, Any]]:
         for st in _statements(role)
         if st["Effect"] == "Allow"
         for action in _as_list(st["Action"])
-        for resource in _as_list(st["Resource"])
+        for resource in _resources(st["Resource"])
     ]
 
 

@@ -246,12 +246,24 @@ def test_stack_json_is_written_with_the_contract_keys(stack: LocalStack) -> None
         "webhook_secret",
         "provider_api_key",
         "provider_webhook_secret",
+        "replicate_url",
+        "replicate_api_token",
+        "replicate_webhook_secret",
     ]
     assert written["bucket"] == "rowcall-test-data-123456789012"
     assert written["webhook_secret"].startswith("whsec_")
     assert written["provider_webhook_secret"].startswith("whsec_")
     assert written["provider_webhook_secret"] != written["webhook_secret"]
     assert written["provider_api_key"] == stack.secrets.provider_api_key
+    # This stack runs no provider emulator, so no Replicate one either; its secrets are the stack's.
+    assert written["replicate_url"] == ""
+    assert written["replicate_api_token"] == stack.secrets.replicate_api_token
+    assert written["replicate_webhook_secret"] == stack.secrets.replicate_webhook_secret
+    assert written["replicate_webhook_secret"].startswith("whsec_")
+    assert written["replicate_webhook_secret"] not in (
+        written["webhook_secret"],
+        written["provider_webhook_secret"],
+    )
 
 
 def test_sqs_partial_batch_failures_are_redelivered_and_successes_deleted(

@@ -13,7 +13,13 @@ from rowcall_local.aws_clients import AwsEndpoint
 from rowcall_local.cfn_deploy import deploy_stack, upload_placeholder_artifacts
 from rowcall_local.moto_process import MotoProcess
 from rowcall_local.sam_template import SamTemplate
-from rowcall_local.stack import PROJECT_ROOT, StackSecrets, instance_count, put_secret_parameters
+from rowcall_local.stack import (
+    PROJECT_ROOT,
+    REPLICATE_SSM_NAMES,
+    StackSecrets,
+    instance_count,
+    put_secret_parameters,
+)
 from rowcall_local.template_wiring import StackWiring, read_wiring
 
 STACK = "rowcall-local"
@@ -198,6 +204,25 @@ def test_secrets_are_stored_where_the_template_names_them(deployed: Deployed) ->
     provider_webhook_secret = value("ProviderWebhookSecretParameter")
     assert provider_webhook_secret == secrets.provider_webhook_secret != webhook_secret
     assert len(base64.b64decode(provider_webhook_secret.removeprefix("whsec_"))) == 32
+
+
+def test_replicate_is_configured_only_where_the_local_stack_names_its_parameters(deployed: Deployed) -> None:
+    """The template leaves Replicate's token and secret parameters empty (not configured); the
+    local stack names them when its Replicate emulator runs, and stores both there."""
+    secrets = StackSecrets()
+    unnamed = put_secret_parameters(deployed.aws, deployed.sam, {}, secrets)
+    assert not set(REPLICATE_SSM_NAMES) & set(unnamed)
+    stored = put_secret_parameters(deployed.aws, deployed.sam, REPLICATE_SSM_NAMES, secrets)
+    ssm = deployed.aws.ssm()
+    for parameter, value in [
+        ("ReplicateApiTokenParameter", secrets.replicate_api_token),
+        ("ReplicateWebhookSecretParameter", secrets.replicate_webhook_secret),
+    ]:
+        assert stored[parameter] == REPLICATE_SSM_NAMES[parameter]
+        found = ssm.get_parameter(Name=stored[parameter], WithDecryption=True)["Parameter"]
+        assert (found["Type"], found["Value"]) == ("SecureString", value)
+    assert secrets.replicate_api_token.startswith("r8_")
+    assert len(base64.b64decode(secrets.replicate_webhook_secret.removeprefix("whsec_"))) == 32
 
 
 def test_sqs_settings_aws_would_refuse_are_refused_here_too() -> None:

@@ -80,6 +80,11 @@ class BatchView(BaseModel):
     reused_count: int = Field(description="rows completed from an earlier batch's rows")
     outputs_saved_count: int
     outputs_failed_count: int
+    duplicate_runs: int = Field(
+        default=0,
+        description="runs a provider without idempotency keys (Replicate) made twice for one row attempt, "
+        "found and reported (their second outcomes change nothing)",
+    )
     results: ResultsView
     notification: NotificationView
 

@@ -23,6 +23,7 @@ from rowcall.ondone import OnDoneDelivery
 from rowcall.outbound import DestinationPolicy, webhook_client
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
+from rowcall.providers.replicate import ReplicateConnection
 from rowcall.queues import ChunkQueue, DoneQueue, FinishedRunQueue, RedeliverySchedule
 from rowcall.reuse import RowReuse
 from rowcall.row_listing import RowListing
@@ -84,6 +85,18 @@ def _sns() -> SNSClient:
     return boto3.client("sns")
 
 
+def _replicate(
+    settings: IngestSettings | WorkerSettings | RecorderSettings | SafetyNetSettings,
+) -> ReplicateConnection | None:
+    """Replicate's API where this stack has its token (contract §5b), else None: its batches fail
+    provider_unauthorized at ingest."""
+    if settings.replicate_api_token_param is None:
+        return None
+    return ReplicateConnection(
+        base_url=settings.replicate_base_url, api_token=secret_source(settings.replicate_api_token_param)
+    )
+
+
 def _ledger(table: str) -> Ledger:
     return Ledger(_dynamodb(), table)
 
@@ -130,6 +143,7 @@ def ingestor() -> Ingestor:
             base_url=settings.provider_url, api_key=secret_source(settings.provider_api_key_param)
         ),
         techniques=TechniqueCache(),
+        replicate=_replicate(settings),
     )
 
 
@@ -152,6 +166,7 @@ def run_starter() -> RunStarter:
         intent_valid_s=settings.reconcile_after_s,
         daily_budget_usd=settings.daily_budget_usd,
         reuse=RowReuse(ledger.reuse, clock=time.time),
+        replicate=_replicate(settings),
     )
 
 
@@ -164,11 +179,19 @@ def _secrets(name: str) -> Callable[[], list[str]]:
 def callback_intake() -> CallbackIntake:
     settings = WebhookSettings.from_env()
     batches = _ledger(settings.table_name).batches
+
+    def batch_provider(batch_id: str) -> str | None:
+        batch = batches.get(batch_id)
+        return None if batch is None else batch.spec.provider
+
+    replicate_secret = settings.replicate_webhook_secret_param
     return CallbackIntake(
         batch_exists=lambda batch_id: batches.get(batch_id) is not None,
+        batch_provider=batch_provider,
         finished_runs=FinishedRunQueue(_sqs(), settings.finished_run_queue_url),
         callback_secrets=_secrets(settings.callback_secret_param),
         provider_signing_secrets=_secrets(settings.provider_webhook_secret_param),
+        replicate_signing_secrets=_secrets(replicate_secret) if replicate_secret else None,
     )
 
 
@@ -207,6 +230,7 @@ def outcome_recorder() -> OutcomeRecorder:
         ),
         reuse=RowReuse(ledger.reuse, clock=time.time, keep_days=settings.reuse_days),
         save_queue=SaveQueue(_sqs(), settings.save_queue_url) if settings.save_queue_url else None,
+        replicate=_replicate(settings),
     )
 
 
@@ -280,6 +304,7 @@ def safety_net() -> SafetyNet:
             else None
         ),
         daily_budget_usd=settings.daily_budget_usd,
+        replicate=_replicate(settings),
     )
 
 

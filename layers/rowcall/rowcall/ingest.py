@@ -53,7 +53,7 @@ from rowcall.models import (
     utcnow,
 )
 from rowcall.outbound import DestinationPolicy
-from rowcall.provider import ProviderConnection
+from rowcall.providers.port import ProviderConnector
 from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue
 from rowcall.reuse import content_key, reused_outcome
 from rowcall.source import head_source, read_source
@@ -164,8 +164,9 @@ class Ingestor:
         finisher: BatchFinisher,
         limits: IngestLimits,
         destinations: DestinationPolicy | None = None,
-        provider: ProviderConnection | None = None,
+        provider: ProviderConnector | None = None,
         techniques: TechniqueCache | None = None,
+        replicate: ProviderConnector | None = None,
     ) -> None:
         self._s3 = s3
         self._batches = ledger.batches
@@ -179,6 +180,9 @@ class Ingestor:
         self._destinations = destinations or DestinationPolicy()
         self._provider = provider
         self._techniques = techniques or TechniqueCache()
+        # Replicate's, when this stack has its token (contract §5b); its techniques cached apart.
+        self._replicate = replicate
+        self._replicate_techniques = TechniqueCache()
 
     def ingest(self, created: ObjectCreated) -> BatchState | None:
         """Make (or resume) the batch of one uploaded object; None when the object is gone or is
@@ -194,19 +198,20 @@ class Ingestor:
             try:
                 if spec_error is not None:
                     raise FileRejected("invalid_metadata", str(spec_error))
-                if batch.spec.provider == "replicate":
+                if batch.spec.provider == "replicate" and self._replicate is None:
                     raise FileRejected(
                         "provider_unauthorized",
                         "provider: replicate is not configured on this stack (no Replicate token or "
                         "adapter); use provider flora",
                     )
+                self._check_budget_supported(batch)
                 if size > self._limits.max_bytes:  # decided from HEAD: not one byte is read
                     limit = self._limits.max_bytes
                     raise FileRejected("file_too_large", f"the file is {size:,} bytes; at most {limit:,}")
                 # Before one byte of the file is read: a technique that does not exist or a key
                 # the provider refuses fails the batch without a run. A provider that does not
                 # answer raises: the invocation fails and is retried, the batch waits.
-                definition = self._technique(batch.spec.technique_id)
+                definition = self._technique(batch.spec.technique_id, batch.spec.provider)
                 scan = self._scan(batch, definition)
             except FileRejected as rejected:
                 return self._reject(batch, rejected)
@@ -293,22 +298,41 @@ class Ingestor:
         return batch, head.get("ContentLength", created.size or 0), spec_error
 
     # -- pre-flight ------------------------------------------------------------------------------
-    def _technique(self, technique_id: str) -> TechniqueDefinition:
+    def _check_budget_supported(self, batch: BatchState) -> None:
+        """A provider that publishes no price per run (Replicate) cannot keep a budget: a batch
+        with one (its own max-cost-usd or the stack's MaxBatchCostUsd) fails before any run."""
+        provider = self._replicate if batch.spec.provider == "replicate" else self._provider
+        if batch.max_cost_micro_usd is None or provider is None or provider.info.publishes_prices:
+            return
+        budget = usd_text(batch.max_cost_micro_usd / 1e6)
+        raise FileRejected(
+            "budget_unsupported",
+            f"a budget of ${budget} (max-cost-usd, or the stack's MaxBatchCostUsd) cannot be kept: provider "
+            f"{batch.spec.provider} publishes no price per run; upload without one on a stack without "
+            "MaxBatchCostUsd",
+        )
+
+    def _technique(self, technique_id: str, provider_name: str = "flora") -> TechniqueDefinition:
         """The technique's definition: from this container's cache, else one GET of the provider."""
-        if self._provider is None:
+        provider, techniques = (
+            (self._replicate, self._replicate_techniques)
+            if provider_name == "replicate"
+            else (self._provider, self._techniques)
+        )
+        if provider is None:
             return _OPEN_TECHNIQUE
-        cached = self._techniques.get(technique_id)
+        cached = techniques.get(technique_id)
         if cached is not None:
             return cached
-        answer = asyncio.run(self._ask_technique(self._provider, technique_id))
+        answer = asyncio.run(self._ask_technique(provider, technique_id))
         if isinstance(answer, TechniqueRefused):
             raise FileRejected(answer.reason, f"technique {technique_id}: {answer.message}")
-        self._techniques.put(answer)
+        techniques.put(answer)
         return answer
 
     @staticmethod
     async def _ask_technique(
-        provider: ProviderConnection, technique_id: str
+        provider: ProviderConnector, technique_id: str
     ) -> TechniqueDefinition | TechniqueRefused:
         async with provider.http() as http:
             return await provider.client(http).get_technique(technique_id)

@@ -7,7 +7,15 @@ from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 
 def utcnow() -> datetime:
@@ -288,6 +296,17 @@ class FinishedRun(BaseModel):
     error_message: str | None = None
     # What the row asked (`rowcall.reuse`), from its callback token: a completion leaves it behind.
     content_key: str | None = None
+    # The finished run itself where the provider's webhook is one (Replicate's prediction, its
+    # outputs mapped): the recorder asks nothing. None for FLORA, whose envelope has no outputs.
+    run: RunObject | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_run(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """FLORA's messages stay as they were: `run` only where a webhook carried one."""
+        dumped: dict[str, Any] = handler(self)
+        if dumped.get("run", 0) is None:
+            del dumped["run"]
+        return dumped
 
 
 class CreateRunRequest(BaseModel):
@@ -382,6 +401,9 @@ class BatchState(BaseModel):
     reused_count: int = 0
     outputs_saved_count: int = 0
     outputs_failed_count: int = 0
+    # Runs made twice for one row attempt by a provider without idempotency keys (Replicate),
+    # found and reported rather than prevented (`rowcall.runs`).
+    duplicate_runs: int = 0
     row_rules: RowRules | None = None
     # The failure threshold's counts (kept only for a batch with one), and what they were at the
     # last resume: it judges the rows finished since.

@@ -2,14 +2,16 @@
 
 FLORA's webhook says that a run ended, not what it made: the outputs come from the run itself
 (its `poll_url`), asked for once, after its terminal webhook, never polled. A failed run's error
-comes from the webhook, so it costs the provider nothing.
+comes from the webhook, so it costs the provider nothing. Replicate's webhook is the finished
+prediction itself: its outputs come with the message and nothing is asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aws_lambda_powertools import Logger
@@ -17,7 +19,14 @@ from aws_lambda_powertools import Logger
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.ledger import Ledger, ReuseSource
 from rowcall.models import FinishedRun, RowOutcome, RowStatus, RunObject, to_micro_usd
-from rowcall.provider import ProviderClient, ProviderConnection, ProviderUnavailable, RunNotFound
+from rowcall.providers.port import (
+    ProviderConnector,
+    ProviderNotConfigured,
+    Providers,
+    ProviderUnavailable,
+    RunNotFound,
+    RunProvider,
+)
 from rowcall.reuse import RowReuse
 from rowcall.saved_outputs import SaveMessage, SaveQueue
 
@@ -42,6 +51,8 @@ class RecordReport:
     dropped: int = 0
     remembered: int = 0
     """Content-key items written for completed rows (`rowcall.reuse`)."""
+    duplicates: int = 0
+    """Outcomes of a second run of one row attempt (a provider without idempotency keys)."""
 
 
 def fetched_outcome(run: RunObject | RunNotFound, run_id: str) -> RowOutcome:
@@ -92,15 +103,18 @@ class OutcomeRecorder:
         *,
         ledger: Ledger,
         finisher: BatchFinisher,
-        provider: ProviderConnection,
+        provider: ProviderConnector,
         reuse: RowReuse | None = None,
         save_queue: SaveQueue | None = None,
+        replicate: ProviderConnector | None = None,
     ) -> None:
         self._ledger = ledger
         self._finisher = finisher
-        self._provider = provider
+        self._providers = Providers({"flora": provider} | ({"replicate": replicate} if replicate else {}))
         self._reuse = reuse
         self._techniques: OrderedDict[str, str] = OrderedDict()
+        # Each batch's provider, read with its technique.
+        self._provider_of: dict[str, str] = {}
         # Batches whose outputs are saved (`save-outputs`), read with the technique.
         self._saving: dict[str, bool] = {}
         self._save_queue = save_queue
@@ -136,6 +150,7 @@ class OutcomeRecorder:
                 report.recorded += self._finisher.record_outcomes(
                     batch_id, chunk, [r for _, r in group], moved_out=moved
                 )
+                self._count_duplicates(batch_id, chunk, [r for _, r in group], moved, report)
                 self._send_saves(batch_id, chunk, [r for _, r in group])
                 if self._reuse is not None:
                     completions += self._reuse.sources(batch_id, chunk, moved)
@@ -147,6 +162,37 @@ class OutcomeRecorder:
         self._finisher.release_slots(report.recorded)
         self._remember(completions, report)
         return report
+
+    def _count_duplicates(
+        self,
+        batch_id: str,
+        chunk: int,
+        results: list[RowResult],
+        moved: list[RowResult],
+        report: RecordReport,
+    ) -> None:
+        """A provider without idempotency keys (Replicate) may have made a second run for a row
+        attempt the worker could not prevent (its create's answer lost, the list not showing it):
+        its webhook comes to the same callback URL, and the ledger drops it as the row's second
+        outcome. Such a drop under another run id is that duplicate, counted on the batch
+        (contract §5b: reported). A second delivery of the same run is not one."""
+        connector = self._providers.connectors.get(self._provider_of.get(batch_id, "flora"))
+        if connector is None or connector.info.idempotent_creates:
+            return
+        dropped = [r for r in results if r not in moved and r.outcome.run_id]
+        duplicates = 0
+        for result in dropped:
+            row = self._ledger.rows.get(batch_id, chunk, result.record)
+            if (
+                row is not None
+                and row.attempt == result.attempt
+                and row.run_id not in (None, result.outcome.run_id)
+            ):
+                duplicates += 1
+        if duplicates:
+            report.duplicates += duplicates
+            logger.warning("duplicate runs reported", extra={"batch_id": batch_id, "duplicates": duplicates})
+            self._ledger.batches.add_duplicate_runs(batch_id, duplicates)
 
     def _remember(self, completions: list[ReuseSource], report: RecordReport) -> None:
         """Completed rows under their content keys, in one request per received batch. Not worth a
@@ -186,11 +232,23 @@ class OutcomeRecorder:
             self._save_queue.send(messages)
 
     async def _resolve_all(self, messages: Sequence[FinishedRun]) -> list[RowOutcome | BaseException | None]:
-        async with self._provider.http() as http:
-            client = self._provider.client(http)
-            return await asyncio.gather(*(self._resolve(client, m) for m in messages), return_exceptions=True)
+        clients: dict[str, RunProvider] = {}
+        async with contextlib.AsyncExitStack() as stack:
 
-    async def _resolve(self, client: ProviderClient, finished: FinishedRun) -> RowOutcome | None:
+            async def client_of(name: str) -> RunProvider:
+                # One HTTP client per provider asked, opened only when a run needs a GET.
+                if name not in clients:
+                    connector = self._providers.get(name)
+                    clients[name] = connector.client(await stack.enter_async_context(connector.http()))
+                return clients[name]
+
+            return await asyncio.gather(
+                *(self._resolve(client_of, m) for m in messages), return_exceptions=True
+            )
+
+    async def _resolve(
+        self, client_of: Callable[[str], Awaitable[RunProvider]], finished: FinishedRun
+    ) -> RowOutcome | None:
         """The row's outcome; None for a run of a batch this ledger does not have."""
         if finished.status is RowStatus.FAILED:
             return reported_failure(finished)
@@ -198,6 +256,14 @@ class OutcomeRecorder:
         if technique_id is None:
             logger.warning("run of an unknown batch dropped", extra={"batch_id": finished.batch_id})
             return None
+        if finished.run is not None:
+            # The webhook was the finished run (Replicate): nothing to ask.
+            return fetched_outcome(finished.run, finished.run_id)
+        provider = self._provider_of.get(finished.batch_id, "flora")
+        try:
+            client = await client_of(provider)
+        except ProviderNotConfigured as exc:
+            raise ProviderUnavailable(str(exc)) from None
         return fetched_outcome(await client.get_run(technique_id, finished.run_id), finished.run_id)
 
     def _technique_of(self, batch_id: str) -> str | None:
@@ -210,7 +276,9 @@ class OutcomeRecorder:
         self._finisher.knows(batch)
         self._techniques[batch_id] = batch.spec.technique_id
         self._saving[batch_id] = batch.spec.save_outputs
+        self._provider_of[batch_id] = batch.spec.provider
         if len(self._techniques) > TECHNIQUE_CACHE_SIZE:
             forgotten, _ = self._techniques.popitem(last=False)
             self._saving.pop(forgotten, None)
+            self._provider_of.pop(forgotten, None)
         return batch.spec.technique_id

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
@@ -17,7 +17,7 @@ from rowcall.csvsplit import data_records, split_lines
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
 from rowcall.input_checks import row_checker
-from rowcall.ledger import NO_RUN, Grant, Ledger
+from rowcall.ledger import NO_RUN, Grant, Ledger, StartedRun
 from rowcall.ledger.budget import Limits, Reservation
 from rowcall.metadata import row_inputs, row_key
 from rowcall.models import (
@@ -30,17 +30,21 @@ from rowcall.models import (
     CreateRunRequest,
     ReprocessPlan,
     RowOutcome,
+    RowState,
     RowStatus,
     RunInput,
     to_micro_usd,
 )
-from rowcall.provider import (
-    REPLAY_AGE_S,
-    ProviderClient,
-    ProviderConnection,
+from rowcall.providers.flora import REPLAY_AGE_S
+from rowcall.providers.port import (
+    CreateSearch,
+    ProviderConnector,
+    ProviderNotConfigured,
+    Providers,
     ProviderUnavailable,
     RunAlreadyCreated,
     RunCreated,
+    RunProvider,
     RunRefused,
     created_epoch_s,
 )
@@ -103,6 +107,10 @@ class RowJob:
     offset: int = 0
     # What the row asks (`rowcall.reuse`); None where this stack keeps no content keys.
     content_key: str | None = None
+    # The intents to create this attempt's run that no start page answered, on a provider without
+    # idempotency keys (Replicate): a prediction their creates made may exist and is looked for
+    # before the create.
+    intents: tuple[float, ...] = ()
 
     @property
     def row_id(self) -> str:
@@ -126,6 +134,11 @@ class ChunkReport:
     cursor: ChunkCursor | None = None
     """The first row left waiting for slots: where the chunk's next delivery resumes."""
     woken: int = 0
+    found_created: int = 0
+    """Rows whose run an earlier, interrupted delivery had made (found by listing the provider's
+    runs, where it has no idempotency key): recorded, not created again."""
+    duplicates: int = 0
+    """Runs found made twice for one row attempt (reported on the batch)."""
 
 
 class ChunkIncomplete(Exception):
@@ -143,7 +156,7 @@ class RunStarter:
         s3: S3Client,
         ledger: Ledger,
         finisher: BatchFinisher,
-        provider: ProviderConnection,
+        provider: ProviderConnector,
         signer: CallbackSigner,
         callback_base_url: str,
         concurrency: int,
@@ -153,11 +166,12 @@ class RunStarter:
         daily_budget_usd: float | None = None,
         clock: Callable[[], float] = time.time,
         reuse: RowReuse | None = None,
+        replicate: ProviderConnector | None = None,
     ) -> None:
         self._s3 = s3
         self._ledger = ledger
         self._finisher = finisher
-        self._provider = provider
+        self._providers = Providers({"flora": provider} | ({"replicate": replicate} if replicate else {}))
         self._signer = signer
         self._callback_base = callback_base_url.rstrip("/")
         self._concurrency = concurrency
@@ -272,7 +286,8 @@ class RunStarter:
         # have runs: leave them to their webhooks until the intent is stale, then create (a
         # 409 then says the run exists). An intent from before a row was reopened is not its.
         fresh_after = time.time() - self._intent_valid_s
-        for record, at in self._ledger.rows.intents(batch.batch_id, chunk).items():
+        intents = self._ledger.rows.intents(batch.batch_id, chunk)
+        for record, at in intents.items():
             since = starts.get(record)
             reopened = rows[record].reopened_at if record in rows else None
             if (
@@ -281,21 +296,51 @@ class RunStarter:
                 and (reopened is None or at > reopened)
             ):
                 known.add(record)
+        unanswered = self._unanswered_intents(batch, chunk, intents, starts, rows)
         jobs = []
         for job in self._jobs(batch, plan, attempts, cursor):
             if job.record in known:
                 report.skipped_known += 1
+            elif job.record in unanswered:
+                jobs.append(replace(job, intents=unanswered[job.record]))
             else:
                 jobs.append(job)
         # Outcomes to record after the lease is let go, like refused rows.
         jobs = self._take_reused(batch, jobs, report, refused)
         if jobs:
-            started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder)
+            known_runs = frozenset(e.run_id for e in starts.values() if e.has_run and e.run_id)
+            started = StartLog(self._ledger.rows, batch.batch_id, chunk, holder, known_runs)
             try:
                 lease = _Lease(self._ledger, batch.batch_id, chunk, holder)
                 asyncio.run(self._start_all(batch, jobs, report, time_left_s, started, refused, lease))
             finally:
                 started.flush()
+
+    def _unanswered_intents(
+        self,
+        batch: BatchState,
+        chunk: int,
+        intents: dict[int, float],
+        starts: dict[int, StartedRun],
+        rows: dict[int, RowState],
+    ) -> dict[int, tuple[float, ...]]:
+        """On a provider without idempotency keys, the rows that some delivery meant to create
+        (since their attempt began) and no start page names a run of: a create that was sent
+        may have made a prediction. For each, when those intents were written."""
+        connector = self._providers.connectors.get(batch.spec.provider)
+        if connector is None or connector.info.idempotent_creates or not intents:
+            return {}
+        found: dict[int, tuple[float, ...]] = {}
+        for record, at in self._ledger.rows.intent_times(batch.batch_id, chunk).items():
+            row = rows.get(record)
+            reopened = row.reopened_at if row is not None else None
+            since = [t for t in at if reopened is None or t > reopened]
+            start = starts.get(record)
+            if since and not (
+                start is not None and start.has_run and start.attempt == (row.attempt if row else 1)
+            ):
+                found[record] = tuple(sorted(since))
+        return found
 
     def _take_reused(
         self, batch: BatchState, jobs: list[RowJob], report: ChunkReport, outcomes: list[RowResult]
@@ -406,8 +451,16 @@ class RunStarter:
     ) -> None:
         renewing = asyncio.create_task(lease.keep())
         try:
-            async with self._provider.http() as http:
-                client = self._provider.client(http)
+            try:
+                connector = self._providers.get(batch.spec.provider)
+            except ProviderNotConfigured as exc:
+                # Ingest refuses such a batch before any run; one made before the token was removed
+                # fails here, as a provider answering 401 would fail it.
+                refusal = RunRefused(401, "provider_not_configured", str(exc), "provider_unauthorized")
+                await asyncio.to_thread(self._refuse_batch, batch, refusal, report)
+                return
+            async with connector.http() as http:
+                client = connector.client(http)
                 if self._cap:
                     await self._start_under_cap(client, batch, jobs, report, time_left_s, starts, refused)
                 else:
@@ -417,7 +470,7 @@ class RunStarter:
 
     async def _start_under_cap(
         self,
-        client: ProviderClient,
+        client: RunProvider,
         batch: BatchState,
         jobs: list[RowJob],
         report: ChunkReport,
@@ -463,7 +516,7 @@ class RunStarter:
 
     async def _start_group(
         self,
-        client: ProviderClient,
+        client: RunProvider,
         batch: BatchState,
         jobs: list[RowJob],
         report: ChunkReport,
@@ -500,6 +553,18 @@ class RunStarter:
                 report.deferred += len(jobs) - first  # the budget counters were too contended
                 return
             group = group[: reservation.runs]
+            settled = (
+                await self._find_created(client, batch, group, report, starts, starts.known_run_ids)
+                if group
+                else set()
+            )
+            if settled:
+                # Runs an earlier delivery made, or rows left for the next one: no new run for
+                # these reservations.
+                group = [job for job in group if job.record not in settled]
+                await asyncio.to_thread(
+                    self._ledger.budget.give_back, batch.batch_id, len(settled), limits, reservation.day
+                )
             if group:
                 await asyncio.to_thread(starts.intend, [job.record for job in group])
                 no_new_run = sum(await asyncio.gather(*(start(job) for job in group)))
@@ -512,9 +577,63 @@ class RunStarter:
                 await asyncio.to_thread(self._pause_for_budget, batch, reservation, limits, report)
                 return
 
+    async def _find_created(
+        self,
+        client: RunProvider,
+        batch: BatchState,
+        group: list[RowJob],
+        report: ChunkReport,
+        starts: StartLog,
+        known_run_ids: frozenset[str] = frozenset(),
+    ) -> set[int]:
+        """At most one run per row attempt without idempotency keys: rows whose earlier create
+        may have made a run (an intent no start page answered) look for it in the provider's list
+        of runs first (one walk for the group, back to the earliest intent). A row found is
+        recorded as started with that run and not created again; more than one run found for a
+        row attempt is a duplicate made before (its webhook is dropped as the row's second
+        outcome, and counted on the batch then: `rowcall.outcomes`). The rows not to create now: found, or
+        left for the next delivery when the provider could not be asked."""
+        searched = [job for job in group if job.intents]
+        if not searched:
+            return set()
+        requests = {self._request(batch, job).callback_url: job for job in searched}
+        searches = [CreateSearch(self._request(batch, job), job.intents) for job in searched]
+        try:
+            made = await client.find_created(batch.spec.technique_id, searches, known_run_ids)
+        except ProviderUnavailable as exc:
+            # Not knowing is not "none made": these rows wait for the next delivery.
+            logger.warning("runs made before could not be looked for", extra={"problem": str(exc)})
+            for job in searched:
+                report.deferred += 1
+                await starts.add(job.record, job.attempt, NO_RUN, job.line)
+            return {job.record for job in searched}
+        found: set[int] = set()
+        duplicates = 0
+        for url, runs in made.items():
+            made_for = requests.get(url)
+            if made_for is None or not runs:
+                continue
+            # The oldest is the row's run (the list is newest first); the rest are duplicates.
+            await starts.add(made_for.record, made_for.attempt, runs[-1].run_id, made_for.line)
+            report.already_started += 1
+            report.found_created += 1
+            duplicates += len(runs) - 1
+            found.add(made_for.record)
+        # Counted on the batch by the recorder, when each duplicate's webhook is dropped as the
+        # row's second outcome (the list may not show them all; webhooks come for every one).
+        report.duplicates += duplicates
+        return found
+
+    def _request(self, batch: BatchState, job: RowJob) -> CreateRunRequest:
+        return CreateRunRequest(
+            inputs=job.inputs,
+            callback_url=self._callback_url(batch.batch_id, job.row_id, job.attempt, job.content_key),
+            idempotency_key=idempotency_key_for(batch.batch_id, job.row_id, job.attempt),
+        )
+
     async def _start_row(
         self,
-        client: ProviderClient,
+        client: RunProvider,
         batch: BatchState,
         job: RowJob,
         report: ChunkReport,
@@ -524,11 +643,7 @@ class RunStarter:
         """Whether the provider certainly made no new run for this create (its reservation is
         given back); a create whose answer was lost may have made one and keeps it."""
         attempt = job.attempt
-        request = CreateRunRequest(
-            inputs=job.inputs,
-            callback_url=self._callback_url(batch.batch_id, job.row_id, attempt, job.content_key),
-            idempotency_key=idempotency_key_for(batch.batch_id, job.row_id, attempt),
-        )
+        request = self._request(batch, job)
         sent_at = time.time()
         try:
             outcome = await client.create_run(batch.spec.technique_id, request)

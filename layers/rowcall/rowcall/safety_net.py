@@ -45,7 +45,7 @@ from rowcall.models import (
     to_micro_usd,
 )
 from rowcall.outcomes import RunNotFinished, fetched_outcome
-from rowcall.provider import ProviderConnection, ProviderUnavailable, RunNotFound
+from rowcall.providers.port import ProviderConnector, Providers, ProviderUnavailable, RunNotFound
 from rowcall.queues import SEND_BATCH_LIMIT, ChunkQueue, DoneQueue
 from rowcall.saved_outputs import SaveMessage, SaveQueue
 
@@ -122,12 +122,13 @@ class SafetyNet:
         finisher: BatchFinisher,
         chunk_queue: ChunkQueue,
         done_queue: DoneQueue,
-        provider: ProviderConnection,
+        provider: ProviderConnector,
         times: SafetyNetTimes,
         clock: Callable[[], float] = time.time,
         save_queue: SaveQueue | None = None,
         admission: Admission | None = None,
         daily_budget_usd: float | None = None,
+        replicate: ProviderConnector | None = None,
     ) -> None:
         self._save_queue = save_queue
         self._save_backlog: int | None = None
@@ -135,7 +136,7 @@ class SafetyNet:
         self._finisher = finisher
         self._chunk_queue = chunk_queue
         self._done_queue = done_queue
-        self._provider = provider
+        self._providers = Providers({"flora": provider} | ({"replicate": replicate} if replicate else {}))
         self._times = times
         self._clock = clock
         self._admission = admission
@@ -359,7 +360,7 @@ class SafetyNet:
         now = self._clock()
         results: list[RowResult] = []
         to_ask = [run for run in silent if run.run_id and _asked_key(run) not in asked]
-        answers = asyncio.run(self._ask(batch.spec.technique_id, to_ask)) if to_ask else []
+        answers = asyncio.run(self._ask(batch, to_ask)) if to_ask else []
         for run, answer in zip(to_ask, answers, strict=True):
             report.asked += 1
             outcome = self._answered(run, answer)
@@ -416,9 +417,14 @@ class SafetyNet:
         except (RunNotFinished, ProviderUnavailable):
             return None
 
-    async def _ask(self, technique_id: str, runs: list[StartedRun]) -> list[object]:
-        async with self._provider.http() as http:
-            client = self._provider.client(http)
+    async def _ask(self, batch: BatchState, runs: list[StartedRun]) -> list[object]:
+        """One GET per silent run, of the batch's provider (FLORA's run, Replicate's prediction)."""
+        technique_id = batch.spec.technique_id
+        connector = self._providers.connectors.get(batch.spec.provider)
+        if connector is None:  # its token was removed since: the deadline decides these runs
+            return [ProviderUnavailable(f"provider {batch.spec.provider} is not configured")] * len(runs)
+        async with connector.http() as http:
+            client = connector.client(http)
             gate = asyncio.Semaphore(8)
 
             async def ask(run: StartedRun) -> RunObject | RunNotFound:

@@ -319,6 +319,10 @@ class OutputSaver:
         output_id = str(output.get("output_id") or "output")
         base = {"output_id": output_id}
         url = output.get("url")
+        if output.get("type") == "text" and isinstance(output.get("value"), str) and not url:
+            # A provider's text answer (Replicate's `output` that is no URL) comes with the run
+            # itself: it is stored as it is, nothing to download.
+            return base | {"type": "text"} | self._store_text(batch_id, row_name, output_id, output["value"])
         if not isinstance(url, str) or not url:
             return base | {"error": "the output has no url"}
         if redelivered:
@@ -382,6 +386,31 @@ class OutputSaver:
         except httpx.HTTPError as exc:
             raise TryAgain(f"{type(exc).__name__}: {exc}") from exc
         return {"key": key, "content_type": content_type, "bytes": size, "sha256": digest.hexdigest()}
+
+    def _store_text(self, batch_id: str, row_name: str, output_id: str, text: str) -> dict[str, Any]:
+        """A text output as `{output_id}.txt`, create-only like every copy (a second saver finds
+        the first's object)."""
+        data = text.encode("utf-8")
+        if len(data) > self._max_bytes:
+            return {"error": f"the output is over MaxOutputBytes ({self._max_bytes} bytes)"}
+        content_type = "text/plain"
+        key = object_key(batch_id, row_name, output_id, content_type)
+        try:
+            with StreamingUpload(
+                self._s3, self._bucket, key, content_type=content_type, create_only=True
+            ) as upload:
+                upload.write_bytes(data)
+        except ClientError as exc:
+            found = self._already_saved(batch_id, row_name, output_id)
+            if exc.response.get("Error", {}).get("Code", "") == "PreconditionFailed" and found is not None:
+                return found
+            return {"error": f"the text output was not stored: {exc}"}
+        return {
+            "key": key,
+            "content_type": content_type,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
 
     def _already_saved(self, batch_id: str, row_name: str, output_id: str) -> dict[str, Any] | None:
         """The copy a saver that died before recording it finished, if any. An object exists

@@ -34,6 +34,21 @@ class _EnvSettings(BaseModel):
         return cls.model_validate(dict(os.environ if env is None else env))
 
 
+def _str_none_when_empty(value: Any) -> Any:
+    """An SSM parameter name left empty in the template means the thing is not configured."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+class _ReplicateAccess(_EnvSettings):
+    """Replicate's API (contract §5b): its root and the SSM parameter holding its token, None when
+    the stack has no Replicate token configured (its batches then fail provider_unauthorized)."""
+
+    replicate_base_url: str = Field(alias="REPLICATE_BASE_URL", default="https://api.replicate.com")
+    replicate_api_token_param: str | None = Field(alias="REPLICATE_API_TOKEN_PARAMETER", default=None)
+
+    _empty_token = field_validator("replicate_api_token_param", mode="before")(_str_none_when_empty)
+
+
 class _BatchDefaults(_EnvSettings):
     """The template's defaults for §3 keys an upload leaves out: ingest applies them, and
     POST /uploads checks a request with them as ingest will."""
@@ -55,7 +70,7 @@ class _BatchDefaults(_EnvSettings):
         )
 
 
-class IngestSettings(_BatchDefaults):
+class IngestSettings(_BatchDefaults, _ReplicateAccess):
     chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     default_technique_id: str = Field(alias="DEFAULT_TECHNIQUE_ID")
@@ -70,7 +85,7 @@ class IngestSettings(_BatchDefaults):
     provider_api_key_param: str = Field(alias="PROVIDER_API_KEY_PARAM")
 
 
-class WorkerSettings(_EnvSettings):
+class WorkerSettings(_ReplicateAccess):
     reconcile_after_s: float = Field(alias="RECONCILE_AFTER_SECONDS", default=900, gt=0)
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
@@ -89,6 +104,14 @@ class WebhookSettings(_EnvSettings):
     finished_run_queue_url: str = Field(alias="FINISHED_RUN_QUEUE_URL")
     callback_secret_param: str = Field(alias="CALLBACK_SECRET_PARAM")
     provider_webhook_secret_param: str = Field(alias="PROVIDER_WEBHOOK_SECRET_PARAM")
+    # Replicate's webhook secret (contract §5b); None: Replicate is not configured.
+    replicate_webhook_secret_param: str | None = Field(
+        alias="REPLICATE_WEBHOOK_SECRET_PARAMETER", default=None
+    )
+
+    _empty_replicate_secret = field_validator("replicate_webhook_secret_param", mode="before")(
+        _str_none_when_empty
+    )
 
 
 class ApiSettings(_EnvSettings):
@@ -108,7 +131,7 @@ class UploadSettings(_BatchDefaults):
     allow_loopback_webhooks: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
 
 
-class RecorderSettings(_EnvSettings):
+class RecorderSettings(_ReplicateAccess):
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     # Slots given back wake the chunks waiting for them (under MaxInFlight).
     chunk_queue_url: str | None = Field(alias="CHUNK_QUEUE_URL", default=None)
@@ -138,7 +161,7 @@ class NotifierSettings(_EnvSettings):
     allow_loopback_webhooks: bool = Field(alias="ALLOW_LOOPBACK_WEBHOOKS", default=False)
 
 
-class SafetyNetSettings(_EnvSettings):
+class SafetyNetSettings(_ReplicateAccess):
     chunk_queue_url: str = Field(alias="CHUNK_QUEUE_URL")
     done_queue_url: str = Field(alias="DONE_QUEUE_URL")
     provider_url: str = Field(alias="PROVIDER_URL")

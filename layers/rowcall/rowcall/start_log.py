@@ -17,7 +17,17 @@ PAGE_ROWS = 25
 
 
 class StartLog:
-    def __init__(self, rows: RowLedger, batch_id: str, chunk: int, holder: str) -> None:
+    def __init__(
+        self,
+        rows: RowLedger,
+        batch_id: str,
+        chunk: int,
+        holder: str,
+        known_run_ids: frozenset[str] = frozenset(),
+    ) -> None:
+        # Runs the chunk's rows had already when this delivery began: no other row's (a provider
+        # without idempotency keys is searched for runs made before, `rowcall.runs`).
+        self.known_run_ids = known_run_ids
         self._rows = rows
         self._batch_id = batch_id
         self._chunk = chunk

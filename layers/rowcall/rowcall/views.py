@@ -56,6 +56,7 @@ def batch_view(batch: BatchState, counters: list[ChunkCounter], now: datetime) -
         "reused_count": batch.reused_count,
         "outputs_saved_count": batch.outputs_saved_count,
         "outputs_failed_count": batch.outputs_failed_count,
+        "duplicate_runs": batch.duplicate_runs,
         "results": batch.results.model_dump(),
         "notification": batch.notification.model_dump(include={"status", "attempts", "delivered_at"}),
     }

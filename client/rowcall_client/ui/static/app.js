@@ -239,7 +239,9 @@ function update(entry, batch) {
   if (batch.max_cost_usd !== null && batch.max_cost_usd !== undefined) meta.push(`budget ${usd(batch.max_cost_usd)}`);
   if (batch.created_at) meta.push(`created ${when(batch.created_at)}`);
   if (batch.estimated_completion && !TERMINAL.has(status)) meta.push(`ETA ${when(batch.estimated_completion)}`);
+  if (batch.provider) meta.push(`provider ${batch.provider}`);
   if (batch.technique_id) meta.push(`technique ${batch.technique_id}`);
+  if (batch.duplicate_runs) meta.push(`${batch.duplicate_runs} duplicate run(s) made by the provider`);
   const note = batch.notification || {};
   if (note.status) meta.push(`on-done ${note.status}`);
   refs.meta.replaceChildren(...meta.map((text) => el("span", { text })));

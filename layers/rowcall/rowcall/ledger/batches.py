@@ -283,6 +283,15 @@ class BatchLedger:
             {":finished": finished, ":failed": failed},
         )
 
+    def add_duplicate_runs(self, batch_id: str, count: int) -> None:
+        """Runs a provider without idempotency keys made twice for one row attempt, found by the
+        worker's search before a create (contract §5b: each one reported). A hint like the
+        threshold counts: an ADD repeated after a lost answer counts twice."""
+        if count > 0:
+            self._transition(
+                batch_id, "ADD #duplicate_runs :count", "attribute_exists(pk)", {":count": count}
+            )
+
     def pause_before_run(self, batch_id: str, reason: str, message: str) -> bool:
         """ingesting -> paused before any chunk is sent (`over_budget`): nothing has run. It stays
         in the open index until resumed (its chunks wait, unsent, for `resume`)."""

@@ -324,6 +324,15 @@ class RowLedger:
                     no_new_run.add(record)
         return intended, no_new_run
 
+    def intent_times(self, batch_id: str, chunk: int) -> dict[int, list[float]]:
+        """Every intent of each row, and when (a provider without idempotency keys looks for the
+        runs made since the earliest of an attempt's intents)."""
+        found: dict[int, list[float]] = {}
+        for page in self._table.prefixed(rows_pk(batch_id, chunk), "INTENT#"):
+            for record in json.loads(page["records"]):
+                found.setdefault(record, []).append(float(page["at"]))
+        return found
+
     def starts(self, batch_id: str, chunk: int) -> dict[int, StartedRun]:
         """The latest entry of each row of the chunk that the worker recorded (runs, and rows
         whose create made none: see `StartedRun.has_run`)."""
