@@ -3,7 +3,9 @@
 `acquired` is one counter; what comes back is spread over a few `released` counters, so neither
 the workers taking slots nor the recorders returning them make one item hot. Held slots are
 acquired minus released. Released counters only grow, so a stale read of them can only make the
-held count look higher: the cap may be under-used for a moment, never exceeded.
+held count look higher: the cap may be under-used for a moment, never exceeded. `acquired` is
+also lowered, by the write that settles a grant (`ledger/grants.py`): that only frees slots, and
+the acquire's condition is on `acquired` as it is when written.
 """
 
 from __future__ import annotations
