@@ -38,6 +38,11 @@ class StartLog:
         self._pages = 0
         self.recorded = 0
 
+    @property
+    def holder(self) -> str:
+        """The delivery writing these pages (its chunk lease's holder)."""
+        return self._holder
+
     async def add(self, record: int, attempt: int, run_id: str | None, line: int) -> None:
         """Kept until the next intent page or `flush` writes it (the row's intent covers it until then)."""
         self._pending.append(StartedRun(record, attempt, run_id, line, time.time()))
