@@ -193,9 +193,11 @@ def test_a_worker_settles_every_grant_it_takes(
         max_in_flight=CAP,
     )
     report = starter.start_chunk(first, lambda: 300.0)
-    assert report.started == 1  # a fair share of cap // 4
+    # Alone on the waiting list it takes what the cap leaves (the chunk's four rows), in grants
+    # of at most its concurrency; every grant settled, the slots held are its runs'.
+    assert report.started == 4
     assert aws.ledger.grants.open() == {}
-    assert held(aws) == 1
+    assert held(aws) == 4
 
 
 def test_the_sweep_gives_back_a_dead_workers_slots_and_wakes_a_waiting_chunk(

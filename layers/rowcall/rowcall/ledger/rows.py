@@ -343,16 +343,23 @@ class RowLedger:
         """What one delivery (`holder`) did from `since` on: the rows its intent pages named (their
         creates may have been sent) and those its start pages say made no new run (`NO_RUN`, or a
         409: the run is an earlier create's). Read only for a slot grant its worker never settled."""
+        # Page keys lead with their highest record (`_page_sk`): the holder's are found by the
+        # page id at their end, among the chunk's pages.
         intended: set[int] = set()
-        for page in self._table.prefixed(rows_pk(batch_id, chunk), f"INTENT#{holder}-"):
+        for page in self._holder_pages(batch_id, chunk, INTENT, holder):
             if float(page["at"]) >= since:
                 intended.update(json.loads(page["records"]))
         no_new_run: set[int] = set()
-        for page in self._table.prefixed(rows_pk(batch_id, chunk), f"START#{holder}-"):
+        for page in self._holder_pages(batch_id, chunk, START, holder):
             for record, _attempt, run_id, _line, at in json.loads(page["runs"]):
                 if at >= since and run_id in (NO_RUN, None):
                     no_new_run.add(record)
         return intended, no_new_run
+
+    def _holder_pages(self, batch_id: str, chunk: int, kind: str, holder: str) -> Iterator[dict[str, Any]]:
+        for page in self._table.prefixed(rows_pk(batch_id, chunk), kind):
+            if str(page["sk"]).rsplit("#", 1)[-1].startswith(f"{holder}-"):
+                yield page
 
     def intent_times(self, batch_id: str, chunk: int) -> dict[int, list[float]]:
         """Every intent of each row, and when (a provider without idempotency keys looks for the
