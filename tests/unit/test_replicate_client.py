@@ -397,6 +397,13 @@ def signed_vectors(captured: list[Delivery]) -> list[tuple[str, dict[str, str], 
         ("future timestamp", at(now + TOLERANCE_S + 60), body, SECRET, False),
         ("just within tolerance", at(now - TOLERANCE_S + 30), body, SECRET, True),
         ("wrong secret", headers, body, OTHER_SECRET, False),
+        (
+            "made-up signature",
+            {**headers, SIG: "v1," + base64.b64encode(b"x" * 32).decode()},
+            body,
+            SECRET,
+            False,
+        ),
         ("signed with another secret", at(now, OTHER_SECRET), body, SECRET, False),
         (
             "two signatures, one valid (rotation)",
