@@ -208,18 +208,50 @@ def test_a_row_not_found_in_the_list_is_created(aws: Aws) -> None:
     assert len(fake.lists()) == 2  # one page with the other prediction, one with the old one
 
 
-def test_duplicates_made_before_are_counted_on_the_batch_where_the_webhook_shows(aws: Aws) -> None:
+def deliver(
+    aws: Aws, fake: FakeReplicate, batch_id: str, prediction: dict[str, object], record: int = 1
+) -> None:
+    """The prediction's webhook through the intake and the recorder, as the functions would."""
+    intake = CallbackIntake(
+        finished_runs=aws.finished_runs,
+        callback_secrets=lambda: ["callback-secret"],
+        provider_signing_secrets=lambda: ["whsec_flora"],
+        batch_provider=lambda b: "replicate",
+        replicate_signing_secrets=lambda: [SECRET],
+    )
+    body = json.dumps(prediction | {"status": "succeeded", "output": "https://r.delivery/x.png"}).encode()
+    reader = intake.reader_for("replicate")
+    assert reader is not None and reader.verify(signed(body), body)
+    intake.accept_delivery(batch_id, f"0-{record}", 1, reader.parse(body))
+    messages = [FinishedRun.model_validate_json(b) for b in aws.drain(aws.finished_run_queue_url)]
+    recorder = OutcomeRecorder(
+        ledger=aws.ledger, finisher=aws.finisher, provider=NO_FLORA, replicate=connection(fake)
+    )
+    assert not recorder.record([(str(n), m) for n, m in enumerate(messages)]).failed
+
+
+def test_a_duplicate_prediction_is_counted_on_the_batch_when_its_webhook_comes(aws: Aws) -> None:
+    """Two predictions were made for row 1's attempt before this delivery (the list shows their
+    webhooks here): the oldest is recorded as the row's run; the other's webhook, when it comes,
+    is dropped as a second outcome and counted. A repeated delivery of one run is not counted."""
     fake = FakeReplicate(shows_webhook=True)
     batch_id = replicate_batch(aws, fake)
     (message,) = chunk_messages(aws)
     aws.ledger.rows.record_intents(batch_id, 0, [1], "dead-00001", time.time() - 1000)
     first = fake.prediction(MODEL, VERSION, {"prompt": "a cat"}, callback_url(batch_id, 1))
-    fake.prediction(MODEL, VERSION, {"prompt": "a cat"}, callback_url(batch_id, 1))
+    second = fake.prediction(MODEL, VERSION, {"prompt": "a cat"}, callback_url(batch_id, 1))
     report = starter(aws, fake).start_chunk(message, lambda: 300.0)
-    assert (report.found_created, report.duplicates) == (1, 1)
+    assert (report.found_created, report.duplicates, report.started) == (1, 1, 1)
     assert aws.ledger.rows.starts(batch_id, 0)[1].run_id == first["id"]  # the oldest is the row's
+    deliver(aws, fake, batch_id, first)
+    deliver(aws, fake, batch_id, first)  # Replicate retried it: the same run, not a duplicate
+    batch = aws.ledger.batches.get(batch_id)
+    assert batch is not None and batch.duplicate_runs == 0
+    deliver(aws, fake, batch_id, second)
     batch = aws.ledger.batches.get(batch_id)
     assert batch is not None and batch.duplicate_runs == 1
+    (row,) = [r for r in aws.ledger.rows.rows_of_chunk(batch_id, 0) if r.record == 1]
+    assert (row.status, row.run_id) == (RowStatus.COMPLETED, first["id"])
 
 
 def test_the_daily_budget_does_not_count_replicate_runs(aws: Aws) -> None:

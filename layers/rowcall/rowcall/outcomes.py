@@ -51,6 +51,8 @@ class RecordReport:
     dropped: int = 0
     remembered: int = 0
     """Content-key items written for completed rows (`rowcall.reuse`)."""
+    duplicates: int = 0
+    """Outcomes of a second run of one row attempt (a provider without idempotency keys)."""
 
 
 def fetched_outcome(run: RunObject | RunNotFound, run_id: str) -> RowOutcome:
@@ -148,6 +150,7 @@ class OutcomeRecorder:
                 report.recorded += self._finisher.record_outcomes(
                     batch_id, chunk, [r for _, r in group], moved_out=moved
                 )
+                self._count_duplicates(batch_id, chunk, [r for _, r in group], moved, report)
                 self._send_saves(batch_id, chunk, [r for _, r in group])
                 if self._reuse is not None:
                     completions += self._reuse.sources(batch_id, chunk, moved)
@@ -159,6 +162,37 @@ class OutcomeRecorder:
         self._finisher.release_slots(report.recorded)
         self._remember(completions, report)
         return report
+
+    def _count_duplicates(
+        self,
+        batch_id: str,
+        chunk: int,
+        results: list[RowResult],
+        moved: list[RowResult],
+        report: RecordReport,
+    ) -> None:
+        """A provider without idempotency keys (Replicate) may have made a second run for a row
+        attempt the worker could not prevent (its create's answer lost, the list not showing it):
+        its webhook comes to the same callback URL, and the ledger drops it as the row's second
+        outcome. Such a drop under another run id is that duplicate, counted on the batch
+        (contract §5b: reported). A second delivery of the same run is not one."""
+        connector = self._providers.connectors.get(self._provider_of.get(batch_id, "flora"))
+        if connector is None or connector.info.idempotent_creates:
+            return
+        dropped = [r for r in results if r not in moved and r.outcome.run_id]
+        duplicates = 0
+        for result in dropped:
+            row = self._ledger.rows.get(batch_id, chunk, result.record)
+            if (
+                row is not None
+                and row.attempt == result.attempt
+                and row.run_id not in (None, result.outcome.run_id)
+            ):
+                duplicates += 1
+        if duplicates:
+            report.duplicates += duplicates
+            logger.warning("duplicate runs reported", extra={"batch_id": batch_id, "duplicates": duplicates})
+            self._ledger.batches.add_duplicate_runs(batch_id, duplicates)
 
     def _remember(self, completions: list[ReuseSource], report: RecordReport) -> None:
         """Completed rows under their content keys, in one request per received batch. Not worth a

@@ -563,8 +563,8 @@ class RunStarter:
         may have made a run (an intent no start page answered) look for it in the provider's list
         of runs first (one walk for the group, back to the earliest intent). A row found is
         recorded as started with that run and not created again; more than one run found for a
-        row attempt is a duplicate made before (counted on the batch, its later webhooks are
-        dropped by the ledger as for any second outcome). The rows not to create now: found, or
+        row attempt is a duplicate made before (its webhook is dropped as the row's second
+        outcome, and counted on the batch then: `rowcall.outcomes`). The rows not to create now: found, or
         left for the next delivery when the provider could not be asked."""
         searched = [job for job in group if job.intents]
         if not searched:
@@ -592,9 +592,9 @@ class RunStarter:
             report.found_created += 1
             duplicates += len(runs) - 1
             found.add(made_for.record)
-        if duplicates:
-            report.duplicates += duplicates
-            await asyncio.to_thread(self._ledger.batches.add_duplicate_runs, batch.batch_id, duplicates)
+        # Counted on the batch by the recorder, when each duplicate's webhook is dropped as the
+        # row's second outcome (the list may not show them all; webhooks come for every one).
+        report.duplicates += duplicates
         return found
 
     def _request(self, batch: BatchState, job: RowJob) -> CreateRunRequest:
