@@ -83,8 +83,11 @@ e2e: $(DEV)
 
 # Three workers, a test file each at a time: the end-to-end files spend most of their time waiting
 # on their stacks and the provider, so three share the two cores (9.0 min with two, see README).
+# loadgroup: a file is one unit unless a test names a group of its own (tests/conftest.py), and the
+# units start longest first (--no-loadscope-reorder keeps that order; xdist's own puts them in
+# order of their number of tests, which started the three-test chaos file last).
 test: lint
-	$(BIN)/pytest tests -q -n 3 --dist loadfile --durations=15
+	$(BIN)/pytest tests -q -n 3 --dist loadgroup --no-loadscope-reorder --durations=15
 
 # Every benchmark, ~15 min on this 2-core machine: bench/results.json and a table of figures and goals.
 bench: $(DEV)

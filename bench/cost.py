@@ -180,8 +180,9 @@ def measure(rows: int = 5000, save_outputs: str = "off") -> dict[str, Any]:
                     "save-outputs": save_outputs,
                 },
             )
-            hook.wait_for(lambda got: len(got) >= 1, timeout_s=max(600, rows / 5))
+            (done, *_) = hook.wait_for(lambda got: len(got) >= 1, timeout_s=max(600, rows / 5))
             seconds = time.monotonic() - started
+            outputs_saved = int(json.loads(done.body)["data"].get("outputs_saved_count") or 0)
             # The notifier may still be finishing its invocation: let the counts settle.
             time.sleep(0.5)
             usage = runtime.usage()
@@ -225,6 +226,7 @@ def measure(rows: int = 5000, save_outputs: str = "off") -> dict[str, Any]:
         safety_net.per_invocation(),
         provider,
     )
+    priced["outputs_saved"] = outputs_saved
     for fid, figures in priced["lambda"].items():
         figures["cpu_s"] = cpu_s.get(fid, 0.0)
         figures["peak_rss_mb"] = peak_rss_mb.get(fid, 0.0)
@@ -370,6 +372,55 @@ def report(result: dict[str, Any]) -> None:
             f"{a} {n / rows:.3f}" for a, n in sorted(result["aws_requests"].items(), key=lambda kv: -kv[1])
         )
     )
+
+
+# What saving outputs changes in a run, read from two runs of the same rows (off, then on): the
+# request-priced lines (DynamoDB units, SQS, S3) are counts, the same from run to run, so their
+# difference is what saving adds (the saver's S3 PutObject or multipart parts, its ranged GETs of
+# the upload, the save queue's sends, receives and deletes, its name claims and transactions);
+# Lambda durations on this loaded machine are not (two runs of the same batch differ by more than
+# the saver costs), so the Lambda line adds the saver's own invocations at their measured billed
+# duration and leaves the other functions at the "off" run's. The media GETs are the provider's,
+# not AWS's. The save queue's idle long polls are a standing cost like the other triggered queues'.
+SAVED_OUTPUT_LINES = ("dynamodb", "sqs", "s3", "sns", "api_gateway")
+
+
+def with_outputs_saved(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
+    """USD per 1M rows with outputs saved, beside the figure without (`off`), by what saving adds."""
+    without, measured = off["breakdown"]["rowcall"], on["breakdown"]["rowcall"]
+    added = {line: measured[line] - without[line] for line in SAVED_OUTPUT_LINES}
+    saver = on["lambda"].get("SaverFunction") or {"invocations": 0, "billed_ms": 0, "memory_mb": 512}
+    saver_use = cost_model.FunctionUse(saver["invocations"], saver["billed_ms"], saver["memory_mb"])
+    added["saver_lambda"] = saver_use.usd * cost_model.MILLION / on["rows"]
+    idle_polls = (
+        cost_model.ESM_IDLE_POLLERS * cost_model.ESM_RECEIVES_PER_POLLER_HOUR * cost_model.HOURS_PER_MONTH
+    )
+    added["standing"] = (
+        idle_polls * cost_model.SQS_STANDARD_REQUEST.each * cost_model.MILLION / cost_model.MONTHLY_ROWS
+    )
+    return {
+        "without_usd": without["total"],
+        "with_usd": without["total"] + sum(added.values()),
+        "added_usd": added,
+        "saver_billed_ms_per_output": saver_use.billed_ms / max(1, on["outputs_saved"]),
+        "saver_aws_requests_per_output": {
+            what.removeprefix("SaverFunction "): n / max(1, on["outputs_saved"])
+            for what, n in on["aws_requests_by_caller_action"].items()
+            if what.startswith("SaverFunction ")
+        },
+        "measured_on_usd": measured["total"],
+    }
+
+
+def report_saved(figures: dict[str, Any]) -> None:
+    added = ", ".join(f"{k} {v:.3f}" for k, v in figures["added_usd"].items())
+    print(
+        f"  outputs saved: ${figures['with_usd']:.2f} per 1M rows beside ${figures['without_usd']:.2f}"
+        f" without ({added}); the 'on' run's own total ${figures['measured_on_usd']:.2f}"
+    )
+    per_output = ", ".join(f"{k} {v:.2f}" for k, v in figures["saver_aws_requests_per_output"].items())
+    billed = figures["saver_billed_ms_per_output"]
+    print(f"  saver per output: {billed:.0f} billed ms; AWS requests {per_output}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rowcall_local.child_process import SPAWN, start_child
+from rowcall_local.child_process import FORK, start_instance
 from rowcall_local.function_runtime import InstanceSpec, serve
 
 log = logging.getLogger(__name__)
@@ -97,11 +97,11 @@ class _Instance:
 
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
-        self._conn, child_conn = SPAWN.Pipe()
-        self._process = SPAWN.Process(
+        self._conn, child_conn = FORK.Pipe()
+        self._process = FORK.Process(
             target=serve, args=(child_conn, spec), name=f"fn-{spec.function_id}", daemon=True
         )
-        start_child(self._process)
+        start_instance(self._process)
         child_conn.close()
 
     def wait_ready(self, timeout_s: float) -> None:

@@ -189,3 +189,46 @@ def test_an_output_gone_before_it_is_saved_is_given_up_and_the_batch_completes(
             assert row["saved_outputs"] == [
                 {"output_id": "output_0", "error": "the output is gone (HTTP 404)"}
             ]
+
+
+def test_an_upload_repeated_copies_its_saved_outputs_inside_the_bucket(stack: LocalStack) -> None:
+    """Reuse with saving on: the second batch's outputs are the first's saved objects copied
+    under its own prefix (no provider request, not even for the media); a row whose earlier
+    copy was deleted meanwhile runs again."""
+    body = b"sku,prompt\n" + b"".join(f"copy-{n},a copied lantern {n}\n".encode() for n in range(4))
+    bucket = stack.info["bucket"]
+
+    def upload(name: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        key = f"uploads/e2e-outputs-copied-{name}.csv"
+        stack.s3.put_object(
+            Bucket=bucket, Key=key, Body=body, Metadata={"key-column": "sku", "save-outputs": "on"}
+        )
+        batch = _watch_until_finished(stack, stack.batch_for(key)["batch_id"], 180)
+        assert (batch["status"], batch["completed_count"], batch["outputs_saved_count"]) == (
+            "completed",
+            4,
+            4,
+        )
+        return batch, {row["key"]: row for row in _all_rows(stack, batch["batch_id"])}
+
+    _, first_rows = upload("first")
+    stats = stack.provider_stats()
+    second, second_rows = upload("second")
+    assert second["reused_count"] == 4
+    after = stack.provider_stats()
+    assert (after["creates"], after["media_gets"]) == (stats["creates"], stats["media_gets"])
+    for sku, row in second_rows.items():
+        (saved,) = row["saved_outputs"]
+        (was,) = first_rows[sku]["saved_outputs"]
+        assert saved["key"] == f"outputs/{second['batch_id']}/{sku}/output_0.png" != was["key"]
+        got = stack.s3.get_object(Bucket=bucket, Key=saved["key"])
+        assert hashlib.sha256(got["Body"].read()).hexdigest() == saved["sha256"] == was["sha256"]
+        assert got["ContentType"] == "image/png"
+
+    stack.s3.delete_object(Bucket=bucket, Key=first_rows["copy-2"]["saved_outputs"][0]["key"])
+    third, third_rows = upload("third")
+    assert third["reused_count"] == 3 and stack.provider_stats()["creates"] == stats["creates"] + 1
+    assert third_rows["copy-2"]["reused_from"] is None and third_rows["copy-2"]["run_id"]
+    (saved,) = third_rows["copy-2"]["saved_outputs"]
+    expected = Media(f"{third_rows['copy-2']['run_id']}/output_0", "imageUrl", OUTPUT_BYTES).digest()
+    assert saved["sha256"] == expected

@@ -202,3 +202,26 @@ def test_the_page_follows_batches_to_their_end_and_acts_on_them(page: Page, stac
     stack.wait_batch(first, lambda _: stack.provider_stats()["unique_idempotency_keys"] == rerun, 60)
     again = stack.wait_batch(first, is_terminal, 60)
     _expect_counts(page, again)
+
+
+# Half the runs fail on this stack: enough rows that more than one page (100) of them completes.
+GALLERY_ROWS = 240
+
+
+def test_the_gallery_shows_every_saved_image_page_by_page(page: Page, stack: LocalStack) -> None:
+    rows = "".join(f"G{n},gallery prompt {n}\n" for n in range(GALLERY_ROWS))
+    batch_id = _upload(stack, "uploads/ui-gallery.csv", f"sku,prompt\n{rows}")
+    ended = stack.wait_terminal(batch_id, timeout_s=240)
+    completed = ended["completed_count"]
+    assert completed > 100, ended
+    card = page.locator(f'li.batch[data-batch-id="{batch_id}"]')
+    expect(card).to_have_attribute("data-status", re.compile("^(completed|partial)$"))
+    card.locator("button.action[data-action=details]").click()
+    figures = card.locator(".gallery figure")
+    expect(figures).to_have_count(100)  # the first page, asked again at each refresh
+    more = card.locator("button.action[data-action=more-images]")
+    more.click()
+    expect(figures).to_have_count(completed)
+    expect(more).to_have_count(0)  # no page left
+    captions = figures.locator("figcaption").all_text_contents()
+    assert len(set(captions)) == completed and all(c.startswith("G") for c in captions)

@@ -7,10 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-
-import pytest
 
 from rowcall.admission import Admission
 from rowcall.batch_actions import BatchActions
@@ -25,25 +22,12 @@ from rowcall_local.provider_emulator import ProviderEmulator
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import Aws, chunk_messages, ingest
-from .test_runs_to_on_done import API_KEY, FAST_RETRY, SIGNER, start_provider
+from .loopback_runs import API_KEY, FAST_RETRY
+from .loopback_runs import starter as shared_starter
 
 # 8 data rows: chunks 0 and 1 of four rows each.
 ROWS = b"prompt\n" + b"".join(f"row {n}\n".encode() for n in range(1, 9))
 CAP = 4  # a fair share of cap // 4 = 1 row per delivery
-
-
-@pytest.fixture
-def callbacks() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
-
-
-@pytest.fixture
-def provider() -> Iterator[ProviderEmulator]:
-    emulator = start_provider()
-    yield emulator
-    emulator.stop()
 
 
 def starter(
@@ -55,14 +39,11 @@ def starter(
     daily_budget_usd: float | None = None,
     clock: float | None = None,
 ) -> RunStarter:
-    return RunStarter(
-        s3=aws.s3,
-        ledger=aws.ledger,
-        finisher=aws.finisher,
-        provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
-        signer=SIGNER,
-        callback_base_url=callbacks.url,
-        concurrency=4,
+    """The shared starter with admission on: the chunk queue to defer to, the cap and the budget."""
+    return shared_starter(
+        aws,
+        provider,
+        callbacks,
         chunk_queue=aws.chunk_queue,
         max_in_flight=cap,
         daily_budget_usd=daily_budget_usd,

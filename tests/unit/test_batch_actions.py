@@ -28,7 +28,7 @@ from rowcall_local.provider_emulator import ProviderEmulator
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import Aws, chunk_messages, ingest
-from .test_runs_to_on_done import API_KEY, FAST_RETRY, SIGNER, replay, start_provider, starter
+from .loopback_runs import API_KEY, FAST_RETRY, SIGNER, replay, start_provider, starter
 
 # Real DynamoDB applies each request atomically; moto's in-process backend does not lock, so
 # two racing conditional writes could both pass. The embedded AWS of `rowcall up` has this lock.
@@ -105,20 +105,6 @@ def failed_rows(aws: Aws, batch_id: str) -> list[str]:
             if row.status is RowStatus.FAILED:
                 found.append(row_id_for(chunk, row.record))
     return found
-
-
-@pytest.fixture
-def callbacks() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
-
-
-@pytest.fixture
-def provider() -> Iterator[ProviderEmulator]:
-    emulator = start_provider()
-    yield emulator
-    emulator.stop()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -219,6 +220,70 @@ def test_on_done_hops_follow_the_chain_and_add_up_to_the_latency() -> None:
     assert on_done_hops.hops(spans[:3], cb, 100.5) is None  # no notifier: nothing guessed
     summary = on_done_hops.summarize([got, got])
     assert summary["on_done_hop_ms.recorder.p95"] == pytest.approx(80)
+    # Outputs saved: the saver sends the done message; the recorder's hop ends at its save message.
+    saving = [
+        *spans[:4],
+        InvocationSpan("RecorderFunction", 100.210, 100.250, (100.055,)),
+        InvocationSpan("SaverFunction", 100.260, 100.300, (100.240,)),  # its save message sent at 240
+        InvocationSpan("NotifierFunction", 100.320, 100.600, (100.290,)),
+    ]
+    got = on_done_hops.hops(saving, cb, received_at=100.500)
+    assert got is not None
+    split = [round(1000 * got[h]) for h in on_done_hops.in_order() if h in got]
+    assert split == [10, 45, 155, 30, 20, 30, 30, 180]  # ... recorder, save queue, saver, done queue ...
+    assert sum(got.values()) == pytest.approx(0.5)
+
+
+def test_the_notifier_hop_splits_into_results_sns_and_post_by_its_xray_subsegments(tmp_path: Path) -> None:
+    from bench import on_done_hops
+    from rowcall_local.function_pool import InvocationSpan
+
+    spans = [InvocationSpan("NotifierFunction", 100.320, 100.600, (100.290,))]
+
+    def call(trace: str, operation: str, start: float, end: float, **aws: str) -> dict[str, object]:
+        return {
+            "trace_id": trace,
+            "type": "subsegment",
+            "start_time": start,
+            "end_time": end,
+            "aws": {"operation": operation, **aws},
+        }
+
+    function = {
+        "trace_id": "1-a",
+        "name": "rowcall-local-NotifierFunction-X",
+        "origin": "AWS::Lambda::Function",
+        "start_time": 100.321,
+        "end_time": 100.6,
+    }
+    segments = [
+        function,
+        call("1-a", "Query", 100.33, 100.35),
+        call("1-a", "PutObject", 100.35, 100.40, key="results/b/results.csv"),
+        call("1-a", "PutObject", 100.40, 100.42, key="results/b/row-errors.csv"),
+        call("1-a", "Publish", 100.43, 100.45),
+        call("1-b", "Publish", 100.43, 100.47),  # another trace's: not this invocation's
+    ]
+    log = tmp_path / "xray.jsonl"
+    log.write_text("".join(json.dumps({"header": {}, "segment": s}) + "\n" for s in segments) + '{"trunc')
+    got = on_done_hops.notifier_steps(on_done_hops.read_segments(log), spans, 100.0, received_at=100.500)
+    assert got is not None
+    # results CSV until its last write 100 ms, SNS 30 ms, then the POST until received 50 ms: the hop's 180
+    assert [round(1000 * got[s]) for s in on_done_hops.NOTIFIER_STEPS] == [100, 30, 50]
+    assert sum(got.values()) == pytest.approx(0.5 - 0.32)
+    # Untraced (no segment of the invocation) or no publish in the trace: not split, nothing guessed.
+    assert on_done_hops.notifier_steps(segments[1:], spans, 100.0, 100.5) is None
+    assert on_done_hops.notifier_steps(segments[:4], spans, 100.0, 100.5) is None
+    table = on_done_hops.table(
+        {
+            "on_done_hop_ms.notifier: SNS publish.p50": 30.0,
+            "on_done_hop_ms.notifier: SNS publish.p95": 31.0,
+            "on_done_latency_ms_p50": 400.0,
+            "on_done_latency_ms_p95": 500.0,
+        },
+        prefix="on_done_hop_ms.",
+    )
+    assert "    notifier: SNS publish" in table and "(whole)" in table and "500" in table
 
 
 def test_requests_are_counted_by_the_function_that_signed_them() -> None:
@@ -242,3 +307,33 @@ def test_requests_are_counted_by_the_function_that_signed_them() -> None:
     assert counted.by_caller_action["RecorderFunction dynamodb UpdateItem"] == 2
     assert counted.by_caller_action["WebhookFunction sqs SendMessage"] == 1
     assert counted.runtime_receives == 1
+
+
+def test_the_cost_with_outputs_saved_adds_what_saving_asks_of_aws_to_the_figure_without() -> None:
+    from bench import cost, cost_model
+
+    def run(lines: dict[str, float]) -> dict[str, Any]:
+        rowcall = {"lambda": 1.0, "standing": 0.2, **lines}
+        rowcall["total"] = sum(rowcall.values())
+        return {
+            "rows": 2000,
+            "outputs_saved": 2000,
+            "breakdown": {"rowcall": rowcall},
+            "lambda": {},
+            "aws_requests_by_caller_action": {"SaverFunction s3 PUT": 2000, "WorkerFunction s3 GET": 40},
+        }
+
+    off = run({"dynamodb": 0.5, "sqs": 0.3, "s3": 0.01, "sns": 0.0, "api_gateway": 1.0})
+    # The "on" run's Lambda line is noise (3.0): only the saver's own time is added.
+    on = run({"lambda": 3.0, "dynamodb": 0.9, "sqs": 0.5, "s3": 5.02, "sns": 0.0, "api_gateway": 1.0})
+    on["lambda"] = {"SaverFunction": {"invocations": 200, "billed_ms": 100_000, "memory_mb": 1024}}
+    figures = cost.with_outputs_saved(off, on)
+    saver = 200 * 0.20 / 1e6 + 100 * 1.0 * 0.0000133334
+    idle = 5 * 180 * 730 * 0.40 / 1e6
+    assert figures["added_usd"]["s3"] == pytest.approx(5.01)
+    assert figures["added_usd"]["saver_lambda"] == pytest.approx(saver * 1e6 / 2000, rel=1e-3)
+    assert figures["added_usd"]["standing"] == pytest.approx(idle * 1e6 / cost_model.MONTHLY_ROWS)
+    expected = off["breakdown"]["rowcall"]["total"] + 0.4 + 0.2 + 5.01 + saver * 500 + idle
+    assert figures["with_usd"] == pytest.approx(expected, rel=1e-3)
+    assert figures["saver_aws_requests_per_output"] == {"s3 PUT": 1.0}
+    assert figures["saver_billed_ms_per_output"] == 50

@@ -23,18 +23,11 @@ from rowcall_local.provider_emulator import ProviderEmulator, ProviderFaults
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import Aws, chunk_messages, ingest
+from .loopback_runs import API_KEY, PROVIDER_SECRET, starter
 from .scripted_provider import ScriptedProvider, error
-from .test_runs_to_on_done import API_KEY, PROVIDER_SECRET, starter
 
 ONE_ROW = b"prompt\nonly row\n"
 TIMES = SafetyNetTimes(reconcile_after_s=60, callback_deadline_s=600)
-
-
-@pytest.fixture
-def callbacks() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
 
 
 @pytest.fixture

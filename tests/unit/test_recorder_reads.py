@@ -10,19 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
-
 from rowcall.ledger.keys import batch_key
 from rowcall.models import FinishedRun
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
-from rowcall.runs import RunStarter
 from rowcall_local.provider_emulator import ProviderEmulator
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import Aws, chunk_messages, ingest
+from .loopback_runs import API_KEY, FAST_RETRY, replay_intake, starter
 from .test_batch_actions import ROWS, TOTAL, actions, counts, done_messages
-from .test_runs_to_on_done import API_KEY, FAST_RETRY, SIGNER, replay_intake, start_provider
 
 
 @contextmanager
@@ -43,20 +40,6 @@ def batch_reads(aws: Aws, batch_id: str) -> Iterator[list[int]]:
         events.unregister("provide-client-params.dynamodb.GetItem", count)
 
 
-@pytest.fixture
-def provider() -> Iterator[ProviderEmulator]:
-    emulator = start_provider()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture
-def callbacks() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
-
-
 def finished_runs(aws: Aws, provider: ProviderEmulator, callbacks: Receiver, count: int) -> list[FinishedRun]:
     """The finished-run messages the webhook function would queue for the first `count` runs."""
     got = callbacks.wait_for(lambda got: len(got) >= count)
@@ -66,15 +49,7 @@ def finished_runs(aws: Aws, provider: ProviderEmulator, callbacks: Receiver, cou
 
 def start_all(aws: Aws, provider: ProviderEmulator, callbacks: Receiver) -> str:
     batch_id = ingest(aws, ROWS)
-    work = RunStarter(
-        s3=aws.s3,
-        ledger=aws.ledger,
-        finisher=aws.finisher,
-        provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
-        signer=SIGNER,
-        callback_base_url=callbacks.url,
-        concurrency=4,
-    )
+    work = starter(aws, provider, callbacks)
     for message in chunk_messages(aws):
         work.start_chunk(message, lambda: 300.0)
     return batch_id

@@ -23,8 +23,8 @@ from rowcall.runs import RunStarter
 from rowcall.saved_outputs import OutputSaver
 
 from .conftest import LOOPBACK_ALLOWED, Aws, chunk_messages
+from .loopback_runs import SIGNER
 from .test_replicate_provider import SECRET, TOKEN, VERSION, FakeReplicate, prediction_body, signed
-from .test_runs_to_on_done import SIGNER
 
 MODEL = "acme/painter"
 ROWS = b"prompt\na cat\na dog\n"

@@ -7,7 +7,6 @@ the ledger's rows say what each row was completed from.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,14 +39,14 @@ from rowcall_local.technique_catalog import DEFAULT_RUN_COST_USD
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import LOOPBACK_ALLOWED, Aws, chunk_messages, ingest
-from .test_runs_to_on_done import (
+from .loopback_runs import (
     API_KEY,
     CALLBACK_SECRET,
     FAST_RETRY,
     PROVIDER_SECRET,
     start_provider,
 )
-from .test_runs_to_on_done import starter as shared_starter
+from .loopback_runs import starter as shared_starter
 
 KEEP_DAYS = 30
 # Two chunks (the unit ingest's chunk size is four rows), six rows.
@@ -92,7 +91,10 @@ def record(aws: Aws, provider: ProviderEmulator, received: list[Any]) -> None:
 
 
 def run(aws: Aws, provider: ProviderEmulator, callbacks: Receiver, body: str, **meta: str) -> str:
-    """Ingest, start every chunk, record every webhook that comes; the batch id."""
+    """Ingest, start every chunk, record every webhook that comes; the batch id. Outputs are not
+    saved unless asked (no saver here: a row reused in a saving batch needs its source's copies,
+    tests/unit/test_saved_outputs.py)."""
+    meta.setdefault("save-outputs", "off")
     before = len(callbacks.got)
     creates = provider.stats()["creates"]
     batch_id = ingest(aws, csv_bytes(body), **meta)
@@ -116,20 +118,6 @@ def batch_status(aws: Aws, batch_id: str) -> tuple[BatchStatus, int, int, int]:
     batch = aws.ledger.batches.get(batch_id)
     assert batch is not None
     return batch.status, batch.completed_count, batch.failed_count, batch.reused_count
-
-
-@pytest.fixture
-def callbacks() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
-
-
-@pytest.fixture
-def provider() -> Iterator[ProviderEmulator]:
-    emulator = start_provider()
-    yield emulator
-    emulator.stop()
 
 
 def test_the_content_key_is_what_the_row_asks_not_how_the_file_lays_it_out() -> None:
@@ -289,7 +277,7 @@ def test_a_redelivered_chunk_reuses_each_row_once(
     aws: Aws, provider: ProviderEmulator, callbacks: Receiver
 ) -> None:
     run(aws, provider, callbacks, ROWS)
-    second = ingest(aws, csv_bytes(ROWS))
+    second = ingest(aws, csv_bytes(ROWS), **{"save-outputs": "off"})
     messages = chunk_messages(aws)
     work = starter(aws, provider, callbacks)
     first_chunk, second_chunk = messages
@@ -308,7 +296,7 @@ def test_a_source_past_reuse_days_is_not_reused(
 ) -> None:
     run(aws, provider, callbacks, ROWS)
     later = time.time() + (KEEP_DAYS + 1) * DAY_S  # TTL deletes late: the reader checks too
-    second = ingest(aws, csv_bytes(ROWS))
+    second = ingest(aws, csv_bytes(ROWS), **{"save-outputs": "off"})
     for message in chunk_messages(aws):
         assert (
             starter(aws, provider, callbacks, clock=lambda: later).start_chunk(message, lambda: 300.0).reused
@@ -374,7 +362,11 @@ def test_the_estimate_leaves_out_reused_rows_so_a_budget_for_the_changed_rows_ru
     edited = "sku,prompt,style\n" + "".join(
         f"K{n},{'prompt 3 edited' if n == 3 else f'prompt {n}'},plain\n" for n in range(6)
     )
-    budget = {"key-column": "sku", "max-cost-usd": usd_text(DEFAULT_RUN_COST_USD)}  # one run's worth
+    budget = {  # one run's worth
+        "key-column": "sku",
+        "max-cost-usd": usd_text(DEFAULT_RUN_COST_USD),
+        "save-outputs": "off",
+    }
     # Without reuse every row would run: the same budget pauses the batch before any run.
     off = priced_ingest(aws, provider, edited, reuse="off", **budget)
     assert (off.status, off.reason, off.estimated_cost_micro_usd) == (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,12 +16,15 @@ import httpx
 import pytest
 
 from rowcall.callbacks import CallbackIntake
+from rowcall.identity import content_key_in
 from rowcall.models import BatchStatus, DoneMessage, FinishedRun, RowStatus, RunWebhook
 from rowcall.outbound import DestinationPolicy, webhook_client
 from rowcall.outcomes import OutcomeRecorder
 from rowcall.provider import ProviderConnection
+from rowcall.reuse import RowReuse
 from rowcall.saved_outputs import (
     OutputSaver,
+    ReusedOutputs,
     SaveMessage,
     SaveQueue,
     base_row_name,
@@ -33,7 +37,7 @@ from rowcall_local.provider_emulator import ProviderEmulator
 from rowcall_local.webhook_receiver import WebhookReceiver as Receiver
 
 from .conftest import LOOPBACK_ALLOWED, Aws, chunk_messages, ingest
-from .test_runs_to_on_done import (
+from .loopback_runs import (
     API_KEY,
     CALLBACK_SECRET,
     FAST_RETRY,
@@ -179,13 +183,6 @@ def _eventually(condition: Any, timeout_s: float) -> None:
 
 
 # -- the saver over the pipeline -----------------------------------------------------------------
-
-
-@pytest.fixture
-def callbacks() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
 
 
 @pytest.fixture
@@ -621,3 +618,250 @@ def test_two_savers_of_one_output_store_it_once(aws: Aws, size: int) -> None:
         assert not aws.s3.list_multipart_uploads(Bucket=aws.bucket).get("Uploads")
     finally:
         provider.stop()
+
+
+# -- a reused row's outputs: copied inside the bucket ---------------------------------------------
+
+REUSED = b"sku,prompt\nK1,one\nK2,two\nK3,three\n"
+
+
+def _reuse(aws: Aws) -> RowReuse:
+    return RowReuse(aws.ledger.reuse, clock=time.time, keep_days=1)
+
+
+def _start_all(aws: Aws, provider: ProviderEmulator, callbacks: Receiver) -> list[Any]:
+    """Every chunk of the queue started by a worker that reuses rows; their reports."""
+    return [
+        starter(aws, provider, callbacks, reuse=_reuse(aws)).start_chunk(m, lambda: 300.0)
+        for m in chunk_messages(aws)
+    ]
+
+
+def _record_and_save(aws: Aws, provider: ProviderEmulator, received: list[Any], save_queue_url: str) -> None:
+    """What the webhook, recorder (remembering completed rows) and saver functions do."""
+    intake = CallbackIntake(
+        finished_runs=aws.finished_runs,
+        callback_secrets=lambda: [CALLBACK_SECRET],
+        provider_signing_secrets=lambda: [PROVIDER_SECRET],
+    )
+    for call in received:
+        parts = urlsplit(call.path)
+        _, _, b, row_id = parts.path.split("/")
+        token = parse_qs(parts.query)["token"][0]
+        attempt = intake.attempt_of(b, row_id, token)
+        assert attempt is not None
+        intake.accept(b, row_id, attempt, RunWebhook.model_validate_json(call.body), content_key_in(token))
+    recorder = OutcomeRecorder(
+        ledger=aws.ledger,
+        finisher=aws.finisher,
+        provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
+        reuse=_reuse(aws),
+        save_queue=SaveQueue(aws.sqs, save_queue_url),
+    )
+    messages = [FinishedRun.model_validate_json(b) for b in aws.drain(aws.finished_run_queue_url)]
+    assert not recorder.record([(str(n), m) for n, m in enumerate(messages)]).failed
+    assert not _saver(aws).save(_saves(aws, save_queue_url)).failed
+
+
+def _by_key(aws: Aws, batch_id: str) -> dict[str, Any]:
+    """The batch's rows by key column value (each row's saved-output directory; a row that ran
+    has no key of its own in the ledger)."""
+    return {row.saved_outputs[0]["key"].split("/")[2]: row for row in _rows(aws, batch_id)}
+
+
+def test_a_reused_row_copies_the_earlier_rows_saved_outputs_and_asks_the_provider_nothing(
+    aws: Aws, callbacks: Receiver, save_queue_url: str
+) -> None:
+    provider = start_provider(output_bytes=2000)
+    try:
+        meta = {"key-column": "sku"}
+        first = ingest(aws, REUSED, **meta)
+        _start_all(aws, provider, callbacks)
+        _record_and_save(aws, provider, callbacks.wait_for(lambda got: len(got) == 3), save_queue_url)
+        earlier = _by_key(aws, first)
+        assert all(len(row.saved_outputs) == 1 for row in earlier.values())
+        creates, gets = provider.stats()["creates"], provider.stats()["media_gets"]
+        aws.drain(aws.done_queue_url)
+
+        second = ingest(aws, REUSED, **meta)
+        (report,) = _start_all(aws, provider, callbacks)
+        assert (report.reused, report.started) == (3, 0)
+        assert (provider.stats()["creates"], provider.stats()["media_gets"]) == (creates, gets)
+        assert aws.drain(save_queue_url) == []  # copied by the worker, not left to the saver
+        batch = aws.ledger.batches.get(second)
+        assert batch is not None and batch.status is BatchStatus.COMPLETED
+        assert (batch.reused_count, batch.outputs_saved_count, batch.outputs_failed_count) == (3, 3, 0)
+        done = [DoneMessage.model_validate_json(b).batch_id for b in aws.drain(aws.done_queue_url)]
+        assert done == [second]
+        stored = _objects(aws, second)
+        for key, row in _by_key(aws, second).items():
+            (saved,) = row.saved_outputs
+            (was,) = earlier[key].saved_outputs
+            assert not row.save_pending and row.reused_from is not None
+            assert saved["key"] == f"outputs/{second}/{key}/output_0.png"
+            assert saved == was | {"key": saved["key"]}
+            assert hashlib.sha256(stored[saved["key"]]).hexdigest() == was["sha256"]
+            head = aws.s3.head_object(Bucket=aws.bucket, Key=saved["key"])
+            assert head["ContentType"] == "image/png"
+
+        # One of the earlier copies deleted meanwhile: that row runs (and is saved) as any.
+        aws.s3.delete_object(Bucket=aws.bucket, Key=earlier["K2"].saved_outputs[0]["key"])
+        third = ingest(aws, REUSED, **meta)
+        (report,) = _start_all(aws, provider, callbacks)
+        assert (report.reused, report.started, provider.stats()["creates"]) == (2, 1, creates + 1)
+        batch = aws.ledger.batches.get(third)
+        assert batch is not None and batch.status is BatchStatus.RUNNING  # K2's run is out
+        _record_and_save(aws, provider, callbacks.wait_for(lambda got: len(got) == 4)[3:], save_queue_url)
+        rows = _by_key(aws, third)
+        assert rows["K2"].reused_from is None and rows["K2"].run_id is not None
+        assert {k for k, row in rows.items() if row.reused_from} == {"K1", "K3"}
+        assert set(_objects(aws, third)) == {f"outputs/{third}/{k}/output_0.png" for k in ("K1", "K2", "K3")}
+        batch = aws.ledger.batches.get(third)
+        assert batch is not None and batch.status is BatchStatus.COMPLETED
+        assert (batch.reused_count, batch.outputs_saved_count) == (2, 3)
+    finally:
+        provider.stop()
+
+
+def test_a_row_reused_from_a_batch_that_did_not_save_its_outputs_runs(
+    aws: Aws, callbacks: Receiver, save_queue_url: str
+) -> None:
+    provider = start_provider(output_bytes=500)
+    try:
+        ingest(aws, REUSED, **{"key-column": "sku", "save-outputs": "off"})
+        _start_all(aws, provider, callbacks)
+        _record_and_save(aws, provider, callbacks.wait_for(lambda got: len(got) == 3), save_queue_url)
+        creates = provider.stats()["creates"]
+        # Saving off again: reused as they are, with nothing to copy.
+        off = ingest(aws, REUSED, **{"key-column": "sku", "save-outputs": "off"})
+        (report,) = _start_all(aws, provider, callbacks)
+        assert (report.reused, provider.stats()["creates"]) == (3, creates)
+        assert all(not row.saved_outputs for row in _rows(aws, off))
+        # Saving on: no copy to take, so every row runs and is saved.
+        on = ingest(aws, REUSED, **{"key-column": "sku"})
+        (report,) = _start_all(aws, provider, callbacks)
+        assert (report.reused, report.started, provider.stats()["creates"]) == (0, 3, creates + 3)
+        _record_and_save(aws, provider, callbacks.wait_for(lambda got: len(got) == 6)[3:], save_queue_url)
+        batch = aws.ledger.batches.get(on)
+        assert batch is not None and batch.status is BatchStatus.COMPLETED
+        assert (batch.reused_count, batch.outputs_saved_count) == (0, 3)
+    finally:
+        provider.stop()
+
+
+def test_a_worker_that_died_before_recording_its_copies_leaves_them_to_the_safety_net(
+    aws: Aws, callbacks: Receiver, save_queue_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rowcall.safety_net import SafetyNet, SafetyNetTimes
+
+    provider = start_provider(output_bytes=700)
+    try:
+        ingest(aws, REUSED, **{"key-column": "sku"})
+        _start_all(aws, provider, callbacks)
+        _record_and_save(aws, provider, callbacks.wait_for(lambda got: len(got) == 3), save_queue_url)
+        gets = provider.stats()["media_gets"]
+        second = ingest(aws, REUSED, **{"key-column": "sku"})
+
+        def die(*args: Any, **kwargs: Any) -> int:
+            raise RuntimeError("killed between the row writes and the copies' recording")
+
+        monkeypatch.setattr(ReusedOutputs, "record", die)
+        with pytest.raises(RuntimeError):
+            _start_all(aws, provider, callbacks)
+        monkeypatch.undo()
+        assert all(row.save_pending and row.reused_from for row in _rows(aws, second))
+        batch = aws.ledger.batches.get(second)
+        assert batch is not None and batch.status is BatchStatus.RUNNING  # waits for the copies
+        net = SafetyNet(
+            ledger=aws.ledger,
+            finisher=aws.finisher,
+            chunk_queue=aws.chunk_queue,
+            done_queue=aws.done_queue,
+            provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
+            times=SafetyNetTimes(reconcile_after_s=30, callback_deadline_s=600),
+            clock=lambda: time.time() + 60,
+            save_queue=SaveQueue(aws.sqs, save_queue_url),
+        )
+        assert net.sweep().saves_resent == 3
+        resent = _saves(aws, save_queue_url)
+        assert {m.run_id for _, m, _ in resent} == {""}
+        assert _saver(aws).save(resent).saved == 3
+        assert provider.stats()["media_gets"] == gets  # the copies were found in the bucket
+        batch = aws.ledger.batches.get(second)
+        assert batch is not None and batch.status is BatchStatus.COMPLETED
+        assert batch.outputs_saved_count == 3
+        assert all(row.saved_outputs[0]["key"].startswith(f"outputs/{second}/") for row in _rows(aws, second))
+    finally:
+        provider.stop()
+
+
+def test_a_reprocessed_rows_outputs_are_counted_once(
+    aws: Aws, callbacks: Receiver, save_queue_url: str
+) -> None:
+    """outputs_saved_count is the batch's current saved outputs: a row reprocessed and saved
+    again counts its new copy, not both."""
+    from rowcall.batch_actions import BatchActions
+    from rowcall.identity import row_id_for
+
+    provider = start_provider(output_bytes=300)
+    try:
+        batch_id = _run_and_record(aws, provider, callbacks, save_queue_url, b"p\none\ntwo\n", 2)
+        assert _saver(aws).save(_saves(aws, save_queue_url)).saved == 2
+        batch = aws.ledger.batches.get(batch_id)
+        assert batch is not None and (batch.status, batch.outputs_saved_count) == (BatchStatus.COMPLETED, 2)
+        BatchActions(aws.ledger, aws.chunk_queue, aws.finisher).reprocess(batch_id, [row_id_for(0, 1)])
+        before = len(callbacks.got)
+        for message in chunk_messages(aws):
+            starter(aws, provider, callbacks).start_chunk(message, lambda: 300.0)
+        batch = aws.ledger.batches.get(batch_id)
+        assert batch is not None and batch.outputs_saved_count == 1  # the reopened row's copy left
+        received = callbacks.wait_for(lambda got: len(got) == before + 1)[before:]
+        intake = CallbackIntake(
+            finished_runs=aws.finished_runs,
+            callback_secrets=lambda: [CALLBACK_SECRET],
+            provider_signing_secrets=lambda: [PROVIDER_SECRET],
+        )
+        for call in received:
+            parts = urlsplit(call.path)
+            _, _, b, row_id = parts.path.split("/")
+            attempt = intake.attempt_of(b, row_id, parse_qs(parts.query)["token"][0])
+            assert attempt == 2
+            intake.accept(b, row_id, attempt, RunWebhook.model_validate_json(call.body))
+        recorder = OutcomeRecorder(
+            ledger=aws.ledger,
+            finisher=aws.finisher,
+            provider=ProviderConnection(base_url=provider.url, api_key=API_KEY, retry=FAST_RETRY),
+            save_queue=SaveQueue(aws.sqs, save_queue_url),
+        )
+        messages = [FinishedRun.model_validate_json(b) for b in aws.drain(aws.finished_run_queue_url)]
+        assert not recorder.record([(str(n), m) for n, m in enumerate(messages)]).failed
+        assert _saver(aws).save(_saves(aws, save_queue_url)).saved == 1
+        batch = aws.ledger.batches.get(batch_id)
+        assert batch is not None and batch.status is BatchStatus.COMPLETED
+        assert (batch.outputs_saved_count, batch.outputs_failed_count) == (2, 0)
+        assert sum(len(row.saved_outputs) for row in _rows(aws, batch_id)) == 2
+    finally:
+        provider.stop()
+
+
+def test_a_copy_refused_403_runs_the_row_only_when_its_source_is_not_listed() -> None:
+    """S3 answers a missing source 403 to a caller that may not list the bucket unconditionally
+    (the worker lists outputs/ alone): the source's listing tells a deletion from a refusal."""
+    from botocore.exceptions import ClientError
+
+    class Refusing:
+        def __init__(self, listed: list[str]) -> None:
+            self.listed = listed
+
+        def copy_object(self, **kwargs: Any) -> None:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "CopyObject")
+
+        def list_objects_v2(self, **kwargs: Any) -> dict[str, Any]:
+            return {"Contents": [{"Key": k} for k in self.listed if k.startswith(kwargs["Prefix"])]}
+
+    saved = [{"output_id": "o", "key": "outputs/b_old/k/o.png", "content_type": "image/png"}]
+    gone = Refusing([])
+    assert copy_saved_outputs(gone, "bucket", saved, batch_id="b", row_name="k") is None  # type: ignore[arg-type]
+    there = Refusing(["outputs/b_old/k/o.png"])
+    with pytest.raises(ClientError):
+        copy_saved_outputs(there, "bucket", saved, batch_id="b", row_name="k")  # type: ignore[arg-type]

@@ -298,40 +298,34 @@ class _Handler(BaseHTTPRequestHandler):
         if not key:
             status = batch.get("status")
             raise _Refused(404, "results_not_ready", f"batch {batch_id} has no {name} yet (status {status})")
-        try:
-            result = self.app.results.open(str(key))
-        except ResultMissing as missing:
-            raise _Refused(404, "results_missing", str(missing)) from None
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/csv; charset=utf-8")
-            self.send_header("Content-Disposition", f'attachment; filename="{_filename(batch_id, name)}"')
-            if result.size is None:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            else:
-                self.send_header("Content-Length", str(result.size))
-            self._security_headers()
-            self.end_headers()
-            while chunk := result.body.read(DOWNLOAD_CHUNK):
-                self.wfile.write(chunk)
-        finally:
-            result.body.close()
+        self._proxy(
+            str(key), "results_missing", lambda _: ("text/csv; charset=utf-8", _filename(batch_id, name))
+        )
 
     def _output(self, key: str, name: str) -> None:
         """One saved output, for the gallery: only keys under outputs/, whatever the browser asks."""
+
+        def shown_as(content_type: str | None) -> tuple[str, str | None]:
+            kind = (content_type or "").split(";")[0].strip().lower()
+            return (kind, None) if kind in INLINE_TYPES else ("application/octet-stream", name)
+
+        self._proxy(key, "output_missing", shown_as)
+
+    def _proxy(
+        self, key: str, missing_code: str, shown_as: Callable[[str | None], tuple[str, str | None]]
+    ) -> None:
+        """An object of the bucket streamed to the browser. `shown_as`: from the object's content
+        type, the one to send and the attachment's file name (None: shown inline)."""
         try:
             result = self.app.results.open(key)
         except ResultMissing as missing:
-            raise _Refused(404, "output_missing", str(missing)) from None
+            raise _Refused(404, missing_code, str(missing)) from None
         try:
-            content_type = (result.content_type or "").split(";")[0].strip().lower()
+            content_type, attachment = shown_as(result.content_type)
             self.send_response(200)
-            if content_type in INLINE_TYPES:
-                self.send_header("Content-Type", content_type)
-            else:
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Disposition", f'attachment; filename="{name}"')
+            self.send_header("Content-Type", content_type)
+            if attachment is not None:
+                self.send_header("Content-Disposition", f'attachment; filename="{attachment}"')
             if result.size is None:
                 self.send_header("Connection", "close")
                 self.close_connection = True

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from rowcall.admission import Admission
 from rowcall.failure_threshold import FailureThreshold
@@ -35,6 +36,8 @@ class RowResult:
     content_key: str | None = None
     save: bool = False
     """Its outputs are to be saved (the batch's `save-outputs`) before its chunk settles."""
+    saved: list[dict[str, Any]] | None = None
+    """A reused row's outputs, copied already from the earlier row's (`ReusedOutputs`)."""
 
 
 class BatchFinisher:

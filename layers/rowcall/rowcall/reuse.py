@@ -59,8 +59,9 @@ _Row = TypeVar("_Row", bound=ReusableRow)
 def reused_outcome(source: ReuseSource) -> RowOutcome | None:
     """The outcome a row takes from an earlier completed row, or None when it must run after all.
 
-    The one place that decides: saving outputs (`save-outputs`) extends it to copy the source's
-    saved objects, and to run the row when they are gone."""
+    In a batch saving its outputs the worker then copies the source's saved objects
+    (`rowcall.saved_outputs.ReusedOutputs`), and runs the row when they are gone: that needs the
+    bucket, so ingest's estimate (which calls this alone) counts such a row as reused."""
     return RowOutcome(
         status=RowStatus.COMPLETED,
         outputs=source.outputs,

@@ -50,6 +50,7 @@ from rowcall.providers.port import (
 )
 from rowcall.queues import ChunkQueue
 from rowcall.reuse import RowReuse, content_key
+from rowcall.saved_outputs import ReusedOutputs
 from rowcall.source import read_source
 from rowcall.start_log import StartLog
 
@@ -183,6 +184,8 @@ class RunStarter:
         if chunk_queue is not None and max_in_flight:
             self._admission = Admission(ledger, chunk_queue, max_in_flight, clock)
         self._reuse = reuse
+        # With reuse, a batch saving its outputs copies a reused row's from the earlier row's.
+        self._reused_outputs = ReusedOutputs(s3, ledger) if reuse is not None else None
 
     def start_chunk(self, message: ChunkMessage, time_left_s: Callable[[], float]) -> ChunkReport:
         report = ChunkReport()
@@ -223,7 +226,10 @@ class RunStarter:
             )
         if refused:
             # One write per refused row and one count: never stranded `running` by a crash.
-            self._finisher.record_outcomes(batch.batch_id, chunk, refused)
+            moved: list[RowResult] = []
+            self._finisher.record_outcomes(batch.batch_id, chunk, refused, moved_out=moved)
+            if self._reused_outputs is not None:
+                self._reused_outputs.record(batch.batch_id, chunk, moved, self._finisher)
         if report.stopped:
             # A canceled batch may have waited for this worker to let go of its chunk.
             self._finisher.finish_canceled(batch.batch_id, chunk)
@@ -344,6 +350,12 @@ class RunStarter:
         if self._reuse is None or not batch.spec.reuse or not jobs:
             return jobs
         to_run, reused = self._reuse.take(jobs)
+        if reused and self._reused_outputs is not None:
+            # Their saved outputs copied first: a row whose earlier copies are gone runs instead.
+            reused, run_instead = self._reused_outputs.copy(batch, jobs[0].chunk, reused)
+            if run_instead:
+                running = {job.record for job in to_run} | run_instead
+                to_run = [job for job in jobs if job.record in running]
         report.reused += len(reused)
         outcomes.extend(reused)
         return to_run
@@ -361,7 +373,15 @@ class RunStarter:
         for row in self._ledger.rows.rows_of_chunk(batch.batch_id, chunk):
             wanted = row.status is RowStatus.FAILED if named is None else row.record in named
             if wanted and row.finished and row.reopen_seq < plan.seq:
-                self._ledger.rows.reopen(batch.batch_id, chunk, row.record, seq=plan.seq, at=now)
+                saved = sum(bool(entry.get("key")) for entry in row.saved_outputs)
+                self._ledger.rows.reopen(
+                    batch.batch_id,
+                    chunk,
+                    row.record,
+                    seq=plan.seq,
+                    at=now,
+                    saved_counts=(saved, len(row.saved_outputs) - saved),
+                )
         rows = list(self._ledger.rows.rows_of_chunk(batch.batch_id, chunk))
         completed = sum(r.status is RowStatus.COMPLETED for r in rows)
         failed = sum(r.status is RowStatus.FAILED for r in rows)

@@ -297,11 +297,11 @@ class SafetyNet:
                 chunk=chunk,
                 record=row.record,
                 attempt=row.attempt,
-                run_id=row.run_id,
+                run_id=row.run_id or "",  # empty: a reused row, whose copies have no run
                 resent=True,
             )
             for row in candidates
-            if row.run_id
+            if (row.run_id or row.reused_from)
             and (row.updated_at is None or now - _epoch(row.updated_at) >= self._times.reconcile_after_s)
         ]
         if stalled:

@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -40,7 +40,8 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from rowcall.csvsplit import data_records, split_lines
-from rowcall.finishing import BatchFinisher
+from rowcall.finishing import BatchFinisher, RowResult
+from rowcall.identity import parse_row_id
 from rowcall.ledger import Ledger
 from rowcall.metadata import row_key
 from rowcall.models import BatchState, ChunkPlan, RowState, RowStatus
@@ -121,7 +122,9 @@ class SaveMessage(BaseModel):
     chunk: int = Field(ge=0)
     record: int = Field(ge=1)
     attempt: int = Field(ge=1)
-    run_id: str = Field(min_length=1)
+    run_id: str
+    """Empty for a reused row (it has no run): its copies were made inside the bucket before the
+    row was written, so a resent message finds them there."""
     resent: bool = False
     """Sent again by the safety net: a copy may exist already (look before downloading)."""
 
@@ -273,20 +276,7 @@ class OutputSaver:
 
     def row_names(self, batch: BatchState, chunk: int, records: set[int]) -> dict[int, str]:
         """Each record's directory name, claimed where a key could be shared."""
-        names: dict[int, str] = {}
-        keyed = batch.spec.key_column is not None
-        for record, (line, key) in self._lines_and_keys(batch, chunk, records).items():
-            base = base_row_name(key, line, keyed=keyed)
-            if not keyed or not key:
-                names[record] = base  # line numbers are unique in a batch: nothing to claim
-                continue
-            for candidate in (base, f"{base}-{line}", f"{base}-{line}-{chunk}-{record}"):
-                if self._ledger.rows.claim_name(batch.batch_id, candidate, chunk=chunk, record=record):
-                    names[record] = candidate
-                    break
-            else:
-                raise RuntimeError(f"no free row name for record {record} of {batch.batch_id}")
-        return names
+        return claim_row_names(self._ledger, batch, chunk, self._lines_and_keys(batch, chunk, records))
 
     def _lines_and_keys(
         self, batch: BatchState, chunk: int, records: set[int]
@@ -447,13 +437,34 @@ class OutputSaver:
         return None
 
 
+def claim_row_names(
+    ledger: Ledger, batch: BatchState, chunk: int, lines_and_keys: dict[int, tuple[int, str | None]]
+) -> dict[int, str]:
+    """Each record's directory name (record: its line and key), claimed where a key could be
+    shared: the first row to claim a name keeps it, the others append `-{line}`."""
+    names: dict[int, str] = {}
+    keyed = batch.spec.key_column is not None
+    for record, (line, key) in lines_and_keys.items():
+        base = base_row_name(key, line, keyed=keyed)
+        if not keyed or not key:
+            names[record] = base  # line numbers are unique in a batch: nothing to claim
+            continue
+        for candidate in (base, f"{base}-{line}", f"{base}-{line}-{chunk}-{record}"):
+            if ledger.rows.claim_name(batch.batch_id, candidate, chunk=chunk, record=record):
+                names[record] = candidate
+                break
+        else:
+            raise RuntimeError(f"no free row name for record {record} of {batch.batch_id}")
+    return names
+
+
 def _awaits_save(row: RowState | None, message: SaveMessage) -> bool:
     return (
         row is not None
         and row.status is RowStatus.COMPLETED
         and row.save_pending
         and row.attempt == message.attempt
-        and row.run_id == message.run_id
+        and (row.run_id or "") == message.run_id
     )
 
 
@@ -463,7 +474,12 @@ def copy_saved_outputs(
     """For a reused row: the earlier row's saved objects copied inside S3 to this row's names
     (CopyObject, no provider request), as the `saved_outputs` to record on it; None when one of
     them is gone (deleted meanwhile) or was never saved, so the row runs normally instead.
-    Objects over 5 GiB would need a multipart copy; MaxOutputBytes keeps them at 5 GiB."""
+    Objects over 5 GiB would need a multipart copy; MaxOutputBytes keeps them at 5 GiB.
+
+    Create-only, as the saver's writes: a copy repeated after a crash finds the first (the name
+    is this row's alone, claimed for it) instead of storing a second version."""
+    if not saved:
+        return None
     copied: list[dict[str, Any]] = []
     for entry in saved:
         source = entry.get("key")
@@ -471,10 +487,131 @@ def copy_saved_outputs(
             return None
         target = object_key(batch_id, row_name, str(entry["output_id"]), entry.get("content_type"))
         try:
-            s3.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source})
+            s3.copy_object(
+                Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source}, IfNoneMatch="*"
+            )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "NotFound"):
                 return None
-            raise
+            # S3 answers a missing source 404 only to a caller that may list the bucket (the
+            # worker may list outputs/ alone, under an s3:prefix condition a read cannot meet):
+            # a 403 whose source is not listed is a source deleted meanwhile, not a refusal.
+            if code in ("AccessDenied", "403") and not _listed(s3, bucket, source):
+                return None
+            if code != "PreconditionFailed":
+                raise
         copied.append({**entry, "key": target})
     return copied
+
+
+def _listed(s3: S3Client, bucket: str, key: str) -> bool:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    return any(entry["Key"] == key for entry in listed.get("Contents", []))
+
+
+class ReusedOutputs:
+    """A reused row's outputs in a batch that saves them: the earlier row's saved objects copied
+    inside the bucket to this row's names before the row is written (no provider request); a row
+    whose earlier copies are gone (deleted meanwhile, given up, or never saved because that batch
+    did not save outputs) runs after all, which is decided here, by the copy itself (a CopyObject
+    of a missing source fails): no object is looked at twice.
+
+    The row is then written `save_pending` like any completed row of a saving batch (its chunk
+    counts it as saving) and its copies recorded at once as a saver would (`record`), so the
+    chunk settles and the batch finishes only with them, and the batch's counts go the one way
+    every save goes. A worker that dies between the two leaves the row to the safety net, whose
+    resent save finds the copies in the bucket."""
+
+    def __init__(self, s3: S3Client, ledger: Ledger) -> None:
+        self._s3 = s3
+        self._ledger = ledger
+
+    def copy(
+        self, batch: BatchState, chunk: int, reused: Sequence[RowResult]
+    ) -> tuple[list[RowResult], set[int]]:
+        """The reused rows to write (with their copies), and the records that must run instead.
+        The bucket is the one the batch's CSV was uploaded to, where its outputs go."""
+        if not batch.spec.save_outputs:
+            return list(reused), set()
+        keep = [r for r in reused if not r.outcome.outputs]  # nothing to save
+        copying = [r for r in reused if r.outcome.outputs]
+        if not copying:
+            return keep, set()
+        sources = {r.record: _source_row(r) for r in copying}
+        found = self._ledger.rows.saved_of([s for s in sources.values() if s is not None])
+        names = claim_row_names(
+            self._ledger, batch, chunk, {r.record: (r.line or r.record, r.key) for r in copying}
+        )
+
+        def copies_of(result: RowResult) -> list[dict[str, Any]] | None:
+            where = sources[result.record]
+            earlier = found.get(where) if where is not None else None
+            if earlier is None or not _saved_from(earlier, result):
+                return None
+            return copy_saved_outputs(
+                self._s3,
+                batch.source.bucket,
+                earlier.saved_outputs,
+                batch_id=batch.batch_id,
+                row_name=names[result.record],
+            )
+
+        # A chunk's rows copied ROWS_AT_ONCE at a time: a thousand reused rows take seconds,
+        # well inside the chunk's lease, not a thousand copies' time one after another.
+        with ThreadPoolExecutor(min(len(copying), ROWS_AT_ONCE), thread_name_prefix="copy") as pool:
+            copied = list(pool.map(copies_of, copying))
+        run_instead: set[int] = set()
+        for result, copies in zip(copying, copied, strict=True):
+            if copies is None:
+                run_instead.add(result.record)
+            else:
+                keep.append(replace(result, save=True, saved=copies))
+        return keep, run_instead
+
+    def record(self, batch_id: str, chunk: int, moved: Sequence[RowResult], finisher: BatchFinisher) -> int:
+        """The copies of the reused rows whose write won, recorded as saved; how many outputs."""
+
+        def recorded(result: RowResult) -> int:
+            saved = result.saved or []
+            won = self._ledger.rows.record_saved(
+                batch_id,
+                chunk,
+                result.record,
+                saved,
+                attempt=result.attempt,
+                run_id="",
+                saved_count=len(saved),
+                failed_count=0,
+            )
+            return len(saved) if won else 0
+
+        copied = [result for result in moved if result.saved is not None]
+        if not copied:
+            return 0
+        with ThreadPoolExecutor(min(len(copied), ROWS_AT_ONCE), thread_name_prefix="copied") as pool:
+            outputs = sum(pool.map(recorded, copied))
+        finisher.after_saves(batch_id, chunk)
+        return outputs
+
+
+def _source_row(result: RowResult) -> tuple[str, int, int] | None:
+    """(batch id, chunk, record) of the row a reused row was completed from."""
+    origin = result.outcome.reused_from or {}
+    where = parse_row_id(origin.get("row_id", ""))
+    if not origin.get("batch_id") or where is None:
+        return None
+    return origin["batch_id"], where[0], where[1]
+
+
+def _saved_from(earlier: RowState, result: RowResult) -> bool:
+    """The earlier row still holds what was reused (the same run, not reprocessed since) and has
+    a saved copy of every output (none given up, none still being saved)."""
+    origin = result.outcome.reused_from or {}
+    return (
+        earlier.status is RowStatus.COMPLETED
+        and not earlier.save_pending
+        and (earlier.run_id or "") == origin.get("run_id", "")
+        and len(earlier.saved_outputs) == len(result.outcome.outputs)
+        and all(entry.get("key") for entry in earlier.saved_outputs)
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
@@ -130,40 +130,25 @@ class StreamingUpload:
         self.part_sizes.append(size)
 
     def _finish(self) -> None:
+        # Create-only (If-None-Match: *) where asked; the same call either way.
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if self._create_only else {}
         if self._upload_id is None:
             body, self._buffer = self._buffer, io.BytesIO()
             self.part_sizes.append(body.tell())
             body.seek(0)
-            if self._create_only:
-                self._s3.put_object(
-                    Bucket=self._bucket,
-                    Key=self._key,
-                    Body=body,
-                    ContentType=self._content_type,
-                    IfNoneMatch="*",
-                )
-            else:
-                self._s3.put_object(
-                    Bucket=self._bucket, Key=self._key, Body=body, ContentType=self._content_type
-                )
+            self._s3.put_object(
+                Bucket=self._bucket, Key=self._key, Body=body, ContentType=self._content_type, **condition
+            )
             return
         if self._buffer.tell():
             self._upload_part()
-        if self._create_only:
-            self._s3.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
-                IfNoneMatch="*",
-            )
-        else:
-            self._s3.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
-            )
+        self._s3.complete_multipart_upload(
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+            **condition,
+        )
         self._upload_id = None
 
     def _abort(self) -> None:

@@ -370,39 +370,76 @@ function outputUrl(key) {
   return `/output/${parts}?token=${encodeURIComponent(TOKEN)}`;
 }
 
+function galleryImages(page) {
+  const images = [];
+  for (const row of page.items || []) {
+    for (const saved of row.saved_outputs || []) {
+      if (saved.key && String(saved.content_type || "").startsWith("image/")) images.push(saved.key);
+    }
+  }
+  return images;
+}
+
+// The first page of completed rows is asked again at each refresh; the pages after it only when
+// "More images" is clicked (a batch of 100,000 rows is not read every second), kept until the card goes.
 function renderGallery(entry, batchId, answer) {
   const { gallery } = entry.refs;
   if (answer.status !== "fulfilled") {
     gallery.replaceChildren(el("p", { className: "error", text: String(answer.reason) }));
     return;
   }
-  const images = [];
-  for (const row of answer.value.items || []) {
-    for (const saved of row.saved_outputs || []) {
-      if (saved.key && String(saved.content_type || "").startsWith("image/")) images.push(saved.key);
-    }
-  }
-  const shown = images.join("\n");
+  entry.galleryFirst = answer.value;
+  const more = entry.galleryMore || (entry.galleryMore = { keys: [], cursor: null, followed: false });
+  if (!more.followed) more.cursor = answer.value.next_cursor || null;
+  const first = galleryImages(answer.value);
+  const seen = new Set(first);
+  const images = first.concat(more.keys.filter((key) => !seen.has(key)));
+  const shown = `${images.join("\n")}\n${more.cursor || ""}`;
   if (gallery.dataset.shown === shown) return; // unchanged: the thumbnails are not loaded again
   gallery.dataset.shown = shown;
-  if (images.length === 0) {
-    gallery.replaceChildren(el("p", { className: "none", text: "no saved images" }));
+  const children = images.map((key) => {
+    const rowName = key.split("/")[2];
+    const img = el("img");
+    img.src = outputUrl(key);
+    img.alt = rowName;
+    img.loading = "lazy";
+    const full = el("a", { title: key }, [img]);
+    full.href = outputUrl(key);
+    full.target = "_blank";
+    full.rel = "noopener";
+    return el("figure", { className: "thumb" }, [full, el("figcaption", { text: rowName })]);
+  });
+  if (images.length === 0 && !more.cursor) {
+    children.push(el("p", { className: "none", text: "no saved images" }));
+  }
+  if (more.cursor) {
+    const next = button("More images", "more-images");
+    next.addEventListener("click", () => moreImages(entry, batchId, next));
+    children.push(next);
+  }
+  gallery.replaceChildren(...children);
+}
+
+async function moreImages(entry, batchId, clicked) {
+  const more = entry.galleryMore;
+  if (!more || !more.cursor) return;
+  clicked.disabled = true;
+  const id = encodeURIComponent(batchId);
+  try {
+    const page = await call(
+      "GET",
+      `/api/batches/${id}/rows?status=completed&limit=${GALLERY_ROWS}&cursor=${encodeURIComponent(more.cursor)}`,
+    );
+    more.keys.push(...galleryImages(page));
+    more.cursor = page.next_cursor || null;
+    more.followed = true;
+  } catch (error) {
+    showProblem(`gallery:${batchId}`, `more images of ${batchId}: ${error}`);
+    clicked.disabled = false;
     return;
   }
-  gallery.replaceChildren(
-    ...images.map((key) => {
-      const rowName = key.split("/")[2];
-      const img = el("img");
-      img.src = outputUrl(key);
-      img.alt = rowName;
-      img.loading = "lazy";
-      const full = el("a", { title: key }, [img]);
-      full.href = outputUrl(key);
-      full.target = "_blank";
-      full.rel = "noopener";
-      return el("figure", { className: "thumb" }, [full, el("figcaption", { text: rowName })]);
-    }),
-  );
+  clearProblem(`gallery:${batchId}`);
+  renderGallery(entry, batchId, { status: "fulfilled", value: entry.galleryFirst });
 }
 
 // -- actions ----------------------------------------------------------------------------------------

@@ -25,8 +25,12 @@ _OUTCOME_ATTRIBUTES = (
 )
 
 # What the safety net needs of a row: finished or not, for which attempt.
-# run_id, save_pending and updated_at: the safety net sends again a save that was lost.
-_PROGRESS_ATTRIBUTES = "#sk, #status, #attempt, #run_id, #save_pending, #updated_at"
+# run_id, save_pending and updated_at: the safety net sends again a save that was lost (reused_from:
+# a reused row's copies have no run of their own).
+_PROGRESS_ATTRIBUTES = "#sk, #status, #attempt, #run_id, #save_pending, #updated_at, #reused_from"
+
+# What a reused row needs of its source row: its saved copies, for the run it was reused from.
+_SAVED_ATTRIBUTES = "#pk, #sk, #status, #run_id, #save_pending, #saved_outputs"
 
 # Keeps a failed row's item under 1 KB (one write unit) whatever the provider says.
 MAX_ERROR_MESSAGE = 500
@@ -116,27 +120,54 @@ class RowLedger:
         )
         return written is not None
 
-    def reopen(self, batch_id: str, chunk: int, record: int, *, seq: int, at: float) -> bool:
+    def reopen(
+        self,
+        batch_id: str,
+        chunk: int,
+        record: int,
+        *,
+        seq: int,
+        at: float,
+        saved_counts: tuple[int, int] = (0, 0),
+    ) -> bool:
         """completed|failed -> pending at the next attempt, once per reprocess `seq`. The new
-        attempt is what refuses a late outcome of the earlier one (`finish` checks it)."""
-        written = self._table.update(
-            row_key(batch_id, chunk, record),
+        attempt is what refuses a late outcome of the earlier one (`finish` checks it).
+
+        `saved_counts`: the row's saved and given-up outputs (`record_saved` added them to the
+        batch), which leave the batch's counts in the same transaction as the row's copies leave
+        the row: the batch counts its rows' current outputs, not every attempt's. Its chunk is
+        settled, so no save of the row is pending meanwhile."""
+        key = row_key(batch_id, chunk, record)
+        update = (
             "SET #status = :pending, #attempt = #attempt + :one, #reopen_seq = :seq, #reopened_at = :at, "
             "#updated_at = :now REMOVE #run_id, #outputs, #error_code, #error_message, "
-            "#charged_cost_micro_usd, #saved_outputs, #save_pending, #reused_from",
-            condition="#status IN (:completed, :failed) AND "
-            "(attribute_not_exists(#reopen_seq) OR #reopen_seq < :seq)",
-            values={
-                ":pending": RowStatus.PENDING.value,
-                ":one": 1,
-                ":seq": seq,
-                ":at": round(at, 3),
-                ":now": iso(self._clock()),
-                ":completed": RowStatus.COMPLETED.value,
-                ":failed": RowStatus.FAILED.value,
-            },
+            "#charged_cost_micro_usd, #saved_outputs, #save_pending, #reused_from"
         )
-        return written is not None
+        condition = (
+            "#status IN (:completed, :failed) AND (attribute_not_exists(#reopen_seq) OR #reopen_seq < :seq)"
+        )
+        values = {
+            ":pending": RowStatus.PENDING.value,
+            ":one": 1,
+            ":seq": seq,
+            ":at": round(at, 3),
+            ":now": iso(self._clock()),
+            ":completed": RowStatus.COMPLETED.value,
+            ":failed": RowStatus.FAILED.value,
+        }
+        saved, failed = saved_counts
+        if not (saved or failed):
+            return self._table.update(key, update, condition=condition, values=values) is not None
+        return self._table.transact(
+            [
+                self._table.update_item(key, update, condition=condition, values=values),
+                self._table.update_item(
+                    batch_key(batch_id),
+                    "ADD #outputs_saved_count :saved_n, #outputs_failed_count :failed_n",
+                    values={":saved_n": -saved, ":failed_n": -failed},
+                ),
+            ]
+        )
 
     def record_saved(
         self,
@@ -153,22 +184,30 @@ class RowLedger:
         """A completed row's outputs saved (or given up): recorded once, with the batch's counts
         and its chunk's hint in the same transaction, so a repeated save neither records nor
         counts twice. False
-        when it was recorded already or the row moved on (a reprocess)."""
+        when it was recorded already or the row moved on (a reprocess).
+
+        `run_id` empty: a reused row, which has no run of its own (its copies come from the
+        earlier row's, `rowcall.saved_outputs.ReusedOutputs`)."""
+        values: dict[str, Any] = {
+            ":saved": list(saved),
+            ":now": iso(self._clock()),
+            ":true": True,
+            ":completed": RowStatus.COMPLETED.value,
+            ":attempt": attempt,
+        }
+        if run_id:
+            same_run = "#run_id = :run_id"
+            values[":run_id"] = run_id
+        else:
+            same_run = "attribute_not_exists(#run_id)"
         return self._table.transact(
             [
                 self._table.update_item(
                     row_key(batch_id, chunk, record),
                     "SET #saved_outputs = :saved, #updated_at = :now REMOVE #save_pending",
                     condition="#save_pending = :true AND #status = :completed AND #attempt = :attempt "
-                    "AND #run_id = :run_id",
-                    values={
-                        ":saved": list(saved),
-                        ":now": iso(self._clock()),
-                        ":true": True,
-                        ":completed": RowStatus.COMPLETED.value,
-                        ":attempt": attempt,
-                        ":run_id": run_id,
-                    },
+                    f"AND {same_run}",
+                    values=values,
                 ),
                 self._table.update_item(
                     batch_key(batch_id),
@@ -190,6 +229,14 @@ class RowLedger:
             return True
         held = self._table.get({"pk": claim["pk"], "sk": "NAME"})
         return held is not None and int(held["chunk"]) == chunk and int(held["record"]) == record
+
+    def saved_of(self, rows: Sequence[tuple[str, int, int]]) -> dict[tuple[str, int, int], RowState]:
+        """The saved copies of rows (batch id, chunk, record) of any batches: one BatchGetItem per
+        100 rows, only what a reuse needs of each."""
+        wanted = list(dict.fromkeys(rows))
+        found = self._table.get_many([row_key(*r) for r in wanted], projection=_SAVED_ATTRIBUTES)
+        states = map(_row_state, found)
+        return {(s.batch_id, s.chunk, s.record): s for s in states}
 
     def get(self, batch_id: str, chunk: int, record: int) -> RowState | None:
         stored = self._table.get(row_key(batch_id, chunk, record))
