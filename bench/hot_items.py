@@ -105,9 +105,14 @@ def main(outcomes: int = 10_000, chunks: int = 40) -> None:
 
         finisher = BatchFinisher(ledger, done, capped=True)
         rng = random.Random(7)
-        # The worker side: one slot grant per group of creates for as many starts.
-        for _ in range(outcomes // GRANT):
-            ledger.slots.acquire(GRANT, CAP)
+        # The worker side: one slot grant per group of creates for as many starts, each taken
+        # and settled (its runs all started): two writes of the ACQUIRED item per grant.
+        for n in range(outcomes // GRANT):
+            grant = ledger.grants.take(
+                GRANT, CAP, batch_id=batch_id, chunk=n % chunks, holder="bench", now=0.0
+            )
+            if grant is not None:
+                ledger.grants.settle(grant, started=grant.slots)
         # The recorder side: outcomes arrive in random order over the chunks in flight.
         arrivals = [(c, 1 + c * CHUNK_ROWS + r) for c in range(chunks) for r in range(CHUNK_ROWS)]
         rng.shuffle(arrivals)

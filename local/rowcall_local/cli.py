@@ -67,6 +67,14 @@ def _crash_spec(text: str) -> dict[str, float]:
     return spec
 
 
+def _crash_write_spec(text: str) -> dict[str, str]:
+    """FUNCTION:TEXT (the text may itself hold colons and spaces)."""
+    function, _, needle = text.partition(":")
+    if not function.strip() or not needle:
+        raise argparse.ArgumentTypeError(f"{text}: expected FUNCTION:TEXT, e.g. WorkerFunction:#n <= :limit")
+    return {function.strip(): needle}
+
+
 def _positive_seconds(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -173,6 +181,12 @@ STACK_FLAGS = (
         "FUNCTION:SECONDS",
     ),
     _Flag(
+        "crash-after-write",
+        _crash_write_spec,
+        "test only: kill FUNCTION's instance right after a DynamoDB write naming TEXT succeeds (once)",
+        "FUNCTION:TEXT",
+    ),
+    _Flag(
         "schedule-every-s",
         _positive_seconds,
         "local only: fire scheduled functions (the safety net) this often instead of the template's rate",
@@ -257,6 +271,7 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         chunk_rows=args.chunk_rows,
         schedule_every_s=args.schedule_every_s,
         crash_once=args.crash_once or {},
+        crash_after_write=args.crash_after_write or {},
         aws_fault_rate=args.aws_fault_rate or 0.0,
         enforce_iam=bool(args.enforce_iam),
         parameters={}

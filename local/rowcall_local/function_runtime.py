@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from rowcall_local import profiling
+from rowcall_local import crash_points, profiling
 from rowcall_local.child_process import detach_from_terminal_signals, exit_now, redirect_output
 from rowcall_local.xray_daemon import TRACE_HEADER_ENV, Sampler, TraceContext, send_function_segment
 
@@ -42,6 +42,8 @@ class InstanceSpec:
     log_path: str
     xray_sample_rate: float | None = None
     """Fraction of invocations sampled for X-Ray; None is Lambda's default rule (xray_daemon.Sampler)."""
+    crash_after_write: tuple[str, str] | None = None
+    """Test-only (text, marker file): killed after a DynamoDB write naming the text (crash_points.py)."""
 
     @property
     def log_group_name(self) -> str:
@@ -93,6 +95,8 @@ def serve(conn: Connection, spec: InstanceSpec) -> None:
     os.environ.update(spec.environment)
     os.chdir(spec.code_dir)
     sys.path[:0] = [spec.code_dir, *spec.layer_dirs]
+    if spec.crash_after_write is not None:
+        crash_points.install(spec.crash_after_write[0], Path(spec.crash_after_write[1]))
     log_stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{os.getpid()}"
     handler: Handler | None = None
     init_error: dict[str, Any] | None = None

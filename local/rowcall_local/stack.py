@@ -108,6 +108,9 @@ class StackOptions:
     chunk_rows: int | None = None
     crash_once: Mapping[str, float] = field(default_factory=dict)
     """Test-only: function logical id -> seconds after which its first invocation is killed."""
+    crash_after_write: Mapping[str, str] = field(default_factory=dict)
+    """Test-only: function logical id -> text; the first of its instances to make a DynamoDB write
+    naming the text is killed right after it (crash_points.py), once per stack."""
     schedule_every_s: float | None = None
     """Fire scheduled functions this often instead of at the template's rate (tests, demos)."""
     parameters: Mapping[str, str] = field(default_factory=dict)
@@ -395,7 +398,14 @@ class LocalStack:
             timeout_s=function.timeout_s,
             log_path=str(self.logs_dir / f"{function.logical_id}.log"),
             xray_sample_rate=self.options.xray_sample_rate,
+            crash_after_write=self._crash_point(function.logical_id),
         )
+
+    def _crash_point(self, logical_id: str) -> tuple[str, str] | None:
+        text = self.options.crash_after_write.get(logical_id)
+        if text is None:
+            return None
+        return text, str(self.state_dir / f"crashed-after-write-{logical_id}")
 
     def _tracing_environment(self) -> dict[str, str]:
         if self._xray is None:

@@ -17,7 +17,7 @@ from rowcall.csvsplit import data_records, split_lines
 from rowcall.finishing import BatchFinisher, RowResult
 from rowcall.identity import CallbackSigner, idempotency_key_for, row_id_for
 from rowcall.input_checks import row_checker
-from rowcall.ledger import NO_RUN, Ledger, StartedRun, release_shard
+from rowcall.ledger import NO_RUN, Grant, Ledger, StartedRun
 from rowcall.ledger.budget import Limits, Reservation
 from rowcall.metadata import row_inputs, row_key
 from rowcall.models import (
@@ -485,27 +485,34 @@ class RunStarter:
         taken = 0
         while remaining and not (report.batch_refusal or report.paused or report.stopped):
             wanted = min(len(remaining), self._concurrency, share - taken)
-            granted = await asyncio.to_thread(self._ledger.slots.acquire, wanted, self._cap) if wanted else 0
-            if granted == 0:
+            grant = await asyncio.to_thread(
+                self._take_slots, batch.batch_id, remaining[0].chunk, starts, wanted
+            )
+            if grant is None:
                 break
+            granted = grant.slots
             taken += granted
             group, remaining = remaining[:granted], remaining[granted:]
             before = report.started
             await self._start_group(client, batch, group, report, time_left_s, starts, refused)
             # A slot is held by each run started, and given back when its outcome is recorded;
-            # the rest of the grant (refused, deferred, already started) goes back now.
-            unused = granted - (report.started - before)
-            if unused:
-                shard = release_shard(batch.batch_id, group[0].chunk)
-                if self._admission is not None:
-                    report.woken += await asyncio.to_thread(self._admission.release, unused, shard)
-                else:
-                    await asyncio.to_thread(self._ledger.slots.release, unused, shard)
+            # the rest of the grant (refused, deferred, already started) goes back now, in the
+            # write that settles the grant (a worker killed before it: the safety net's sweep).
+            freed = await asyncio.to_thread(self._ledger.grants.settle, grant, report.started - before)
+            if freed and self._admission is not None:
+                report.woken += await asyncio.to_thread(self._admission.wake, freed)
         stopped = report.batch_refusal or report.paused or report.stopped
         report.waiting_for_slots = len(remaining) if not stopped else 0
         if remaining and not stopped:
             first = remaining[0]
             report.cursor = ChunkCursor(record=first.record, offset=first.offset, line=first.line)
+
+    def _take_slots(self, batch_id: str, chunk: int, starts: StartLog, wanted: int) -> Grant | None:
+        if wanted <= 0:
+            return None
+        return self._ledger.grants.take(
+            wanted, self._cap, batch_id=batch_id, chunk=chunk, holder=starts.holder, now=time.time()
+        )
 
     async def _start_group(
         self,

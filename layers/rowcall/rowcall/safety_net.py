@@ -95,6 +95,8 @@ class SweepReport:
     closed: int = 0
     woken: int = 0
     resumed: int = 0
+    slots_given_back: int = 0
+    """Slots of grants whose workers died before settling them (`ledger/grants.py`)."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -108,6 +110,7 @@ class SweepReport:
             + self.ingests_failed
             + self.woken
             + self.resumed
+            + self.slots_given_back
         )
 
 
@@ -173,11 +176,35 @@ class SafetyNet:
                 logger.exception("batch sweep failed", extra={"batch_id": batch_id})
                 report.problems.append(f"{batch_id}: {type(exc).__name__}")
         self._resume_new_day(batches, report)
+        if self._admission is not None:
+            self._give_back_lost_slots(report)
         if self._admission is not None and self._waiting:
             # Waiters while slots are free: a wake-up was lost (its waker died, or a wake found
-            # the list empty a moment before a chunk was listed and that chunk died too).
+            # the list empty a moment before a chunk was listed and that chunk died too), or
+            # slots of a dead worker's grant were just given back.
             report.woken += self._admission.repair()
         return report
+
+    def _give_back_lost_slots(self, report: SweepReport) -> None:
+        """Slots taken by workers that died before settling their grants go back. One read of
+        the slot item a sweep; more only for a grant left open past its lease."""
+        try:
+            swept = self._ledger.grants.sweep(self._clock())
+        except Exception as exc:
+            logger.exception("lost slots not given back")
+            report.problems.append(f"slots: {type(exc).__name__}")
+            return
+        if swept.grants:
+            logger.warning(
+                "slots of unsettled grants given back",
+                extra={
+                    "given_back": swept.given_back,
+                    "kept_for_runs": swept.kept_for_runs,
+                    "grants": swept.grants,
+                },
+            )
+        # The waiters are woken by the repair that follows, as many as slots are free now.
+        report.slots_given_back += swept.given_back
 
     def _resume_new_day(self, batches: dict[str, BatchState | None], report: SweepReport) -> None:
         """Batches paused `daily_budget` run again once today's budget affords their next run:

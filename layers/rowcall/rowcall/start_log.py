@@ -37,6 +37,11 @@ class StartLog:
         self._writing: asyncio.Lock | None = None
         self.recorded = 0
 
+    @property
+    def holder(self) -> str:
+        """The delivery writing these pages (its chunk lease's holder)."""
+        return self._holder
+
     async def add(self, record: int, attempt: int, run_id: str | None, line: int) -> None:
         """Returns once the start is durable: written by this caller or by a page in flight."""
         self._pending.append(StartedRun(record, attempt, run_id, line, time.time()))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from rowcall.ledger.batches import BatchLedger
 from rowcall.ledger.budget import BudgetLedger
 from rowcall.ledger.chunks import ChunkLedger
+from rowcall.ledger.grants import Grant, SlotGrants
 from rowcall.ledger.notifications import NotificationLedger
 from rowcall.ledger.reuse import ReuseLedger, ReuseSource
 from rowcall.ledger.row_errors import RowErrorLedger
@@ -45,6 +46,7 @@ class Ledger:
         self.notifications = NotificationLedger(self.table, clock)
         self.slots = SlotLedger(self.table)
         self.waiting = WaitingList(self.table)
+        self.grants = SlotGrants(self.table, self.slots, self.rows)
         self.budget = BudgetLedger(self.table)
         self.upload_intents = UploadIntentLedger(self.table)
         self.reuse = ReuseLedger(self.table)
@@ -55,6 +57,7 @@ __all__ = [
     "BatchLedger",
     "BudgetLedger",
     "ChunkLedger",
+    "Grant",
     "Ledger",
     "NotificationLedger",
     "RetryPolicy",
@@ -62,6 +65,7 @@ __all__ = [
     "ReuseSource",
     "RowErrorLedger",
     "RowLedger",
+    "SlotGrants",
     "SlotLedger",
     "StartedRun",
     "Table",

@@ -309,6 +309,21 @@ class RowLedger:
                 found[record] = max(found.get(record, 0.0), float(page["at"]))
         return found
 
+    def creates_of(self, batch_id: str, chunk: int, holder: str, since: float) -> tuple[set[int], set[int]]:
+        """What one delivery (`holder`) did from `since` on: the rows its intent pages named (their
+        creates may have been sent) and those its start pages say made no new run (`NO_RUN`, or a
+        409: the run is an earlier create's). Read only for a slot grant its worker never settled."""
+        intended: set[int] = set()
+        for page in self._table.prefixed(rows_pk(batch_id, chunk), f"INTENT#{holder}-"):
+            if float(page["at"]) >= since:
+                intended.update(json.loads(page["records"]))
+        no_new_run: set[int] = set()
+        for page in self._table.prefixed(rows_pk(batch_id, chunk), f"START#{holder}-"):
+            for record, _attempt, run_id, _line, at in json.loads(page["runs"]):
+                if at >= since and run_id in (NO_RUN, None):
+                    no_new_run.add(record)
+        return intended, no_new_run
+
     def intent_times(self, batch_id: str, chunk: int) -> dict[int, list[float]]:
         """Every intent of each row, and when (a provider without idempotency keys looks for the
         runs made since the earliest of an attempt's intents)."""

@@ -3,12 +3,15 @@
 `acquired` is one counter; what comes back is spread over a few `released` counters, so neither
 the workers taking slots nor the recorders returning them make one item hot. Held slots are
 acquired minus released. Released counters only grow, so a stale read of them can only make the
-held count look higher: the cap may be under-used for a moment, never exceeded.
+held count look higher: the cap may be under-used for a moment, never exceeded. `acquired` is
+also lowered, by the write that settles a grant (`ledger/grants.py`): that only frees slots, and
+the acquire's condition is on `acquired` as it is when written.
 """
 
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 from rowcall.ledger.table import Table
 
@@ -21,6 +24,11 @@ ACQUIRE_TRIES = 5
 # share a partition's ~1,000 write units a second.
 def _acquired_key() -> dict[str, str]:
     return {"pk": f"{SLOTS}#ACQUIRED", "sk": SLOTS}
+
+
+def acquired_key() -> dict[str, str]:
+    """The item that takes slots (and, `ledger/grants.py`, remembers each grant until settled)."""
+    return _acquired_key()
 
 
 def _released_key(shard: int) -> dict[str, str]:
@@ -42,6 +50,15 @@ class SlotLedger:
         for shard in range(RELEASE_SHARDS):
             released += (self._table.get(_released_key(shard)) or {}).get("n", 0)
         return int(acquired.get("n", 0)), int(released)
+
+    def read(self, *, released: bool = True) -> tuple[dict[str, Any], int]:
+        """The `ACQUIRED` item as written and the released slots (0 unless asked for)."""
+        item = self._table.get(_acquired_key()) or {}
+        given_back = 0
+        if released:
+            for shard in range(RELEASE_SHARDS):
+                given_back += int((self._table.get(_released_key(shard)) or {}).get("n", 0))
+        return item, given_back
 
     def acquire(self, wanted: int, cap: int) -> int:
         """Up to `wanted` slots, as many as the cap leaves free now (0: wait for some)."""
