@@ -98,10 +98,12 @@ class OnDoneDelivery:
         try:
             return self._deliver_claimed(batch, message)
         except Exception:
-            if message.requeued >= len(REQUEUE_DELAYS_S):
+            # Released first: the requeued message must find the claim free. An attempt already
+            # settled (its retry message is what failed) is the redelivered original's to repair.
+            if message.requeued >= len(REQUEUE_DELAYS_S) or not self._ledger.notifications.release(
+                message, now_epoch=self._clock()
+            ):
                 raise
-            # Released first: the requeued message must find the claim free.
-            self._ledger.notifications.release(message, now_epoch=self._clock())
             self._done.send(
                 message.model_copy(update={"requeued": message.requeued + 1}),
                 delay_seconds=REQUEUE_DELAYS_S[message.requeued],
