@@ -60,6 +60,10 @@ REQUIRED_KEYS = (
     "reuse_provider_requests_per_row",
     "reuse_aws_requests_per_row",
     "fresh_aws_requests_per_row",
+    "flora_provider_requests_per_row",
+    "replicate_creates_per_row",
+    "replicate_gets_per_row",
+    "replicate_polls_per_row",
 )
 
 
@@ -233,6 +237,30 @@ GOALS = (
         "<= fresh batch's",
     ),
     Goal("fresh_aws_requests_per_row", "fresh batch (same CSV): AWS requests per row", None, "(compared)"),
+    Goal(
+        "flora_provider_requests_per_row",
+        "FLORA provider requests per row (beside Replicate)",
+        _at_most("flora_provider_requests_per_row", 2.0),
+        "<= 2.00",
+    ),
+    Goal(
+        "replicate_creates_per_row",
+        "Replicate creates per row",
+        _at_most("replicate_creates_per_row", 1.0),
+        "1.00",
+    ),
+    Goal(
+        "replicate_gets_per_row",
+        "Replicate prediction GETs per row (webhook has outputs)",
+        _at_most("replicate_gets_per_row", 0.0),
+        "0.00",
+    ),
+    Goal(
+        "replicate_polls_per_row",
+        "Replicate polls per row",
+        _at_most("replicate_polls_per_row", 0.0),
+        "0",
+    ),
 )
 
 
@@ -363,6 +391,12 @@ def _reuse() -> dict[str, Any]:
     return dict(reuse_bench.measure(1000))
 
 
+def _provider_requests() -> dict[str, Any]:
+    from bench import provider_requests
+
+    return dict(provider_requests.measure(200))
+
+
 PIECES: dict[str, Callable[[], dict[str, Any]]] = {
     "polling_start": _start_polling,
     "callbacks": _callbacks,
@@ -375,6 +409,7 @@ PIECES: dict[str, Callable[[], dict[str, Any]]] = {
     "e2e": _e2e,
     "admission": _admission,
     "reuse": _reuse,
+    "provider_requests": _provider_requests,
     "polling": _join_polling,
 }
 

@@ -1,7 +1,9 @@
 """Every fault at once, through `rowcall up`: provider faults (429, 5xx, failed runs, duplicate and
 dropped webhooks), AWS faults (throttling, conflicts, 500s), the in-flight cap, the same S3 event
 twice, every chunk message twice, and a worker killed half way through a chunk. The outcome is
-still exact, and there is exactly one on-done."""
+still exact, and there is exactly one on-done. Both providers at once on one stack: a FLORA batch
+and a Replicate batch (the one whose chunk the killed worker held: Replicate has no idempotency
+key, so a redelivered chunk must find the predictions it made instead of making them again)."""
 
 from __future__ import annotations
 
@@ -107,10 +109,91 @@ def assert_outputs_saved_once(stack: LocalStack, done: dict[str, Any], rows: lis
     )
 
 
+# One chunk, run at the same time as the FLORA batch: the chunk the first worker holds when it is
+# killed, delivered twice besides; small, so the suite's longest test grows little.
+REPLICATE_ROWS = 150
+REPLICATE_MODEL = "chaos/painter"
+
+
+def replicate_truth(stack: LocalStack) -> dict[str, dict[str, Any]]:
+    """Every prediction the Replicate emulator made, by id, from its own newest-first list (the
+    pages the official client walks)."""
+    made: dict[str, dict[str, Any]] = {}
+    headers = {"Authorization": f"Bearer {stack.info['replicate_api_token']}"}
+    url: str | None = stack.info["replicate_url"] + "/v1/predictions"
+    while url:
+        page = httpx.get(url, headers=headers, timeout=10).json()
+        made |= {prediction["id"]: prediction for prediction in page["results"]}
+        url = page["next"]
+    return made
+
+
+def start_replicate_batch(stack: LocalStack, hook: WebhookReceiver) -> str:
+    """A Replicate batch under the same faults, started first so that the worker invocation the
+    stack kills half way (its first) is one of this batch's chunks; its S3 event and every chunk
+    message delivered twice. Replicate has no idempotency key: the worker's intents are what stand
+    between a redelivered chunk and a second prediction."""
+    body = "id,prompt\n" + "".join(f"P{n},prompt {n}\n" for n in range(REPLICATE_ROWS))
+    key = "uploads/chaos-replicate.csv"
+    bucket = stack.info["bucket"]
+    meta = {
+        "provider": "replicate",
+        "technique-id": REPLICATE_MODEL,
+        "reuse": "off",
+        "key-column": "id",
+        "on-done-url": hook.url + "/done",
+        "save-outputs": "on",
+    }
+    stack.s3.put_object(Bucket=bucket, Key=key, Body=body.encode(), Metadata=meta)
+    sqs = aws_client(stack, "sqs")
+    deliver_s3_event_again(sqs, bucket, key, len(body))
+    batch_id: str = stack.batch_for(key)["batch_id"]
+    stack.wait_batch(batch_id, lambda b: b["status"] not in ("validating", "ingesting"), 120)
+    ledger = Ledger(aws_client(stack, "dynamodb"), stack.info["table"])
+    chunk_queue = queue_url(sqs, "ChunkQueue")
+    for chunk in ledger.batches.chunk_plan(batch_id):
+        message = ChunkMessage(batch_id=batch_id, chunk=chunk)
+        sqs.send_message(QueueUrl=chunk_queue, MessageBody=message.model_dump_json())
+    return batch_id
+
+
+def assert_replicate_batch_exact(stack: LocalStack, batch_id: str, hook: WebhookReceiver) -> None:
+    done = stack.wait_notified(batch_id, timeout_s=300)
+    stats = httpx.get(stack.info["replicate_url"] + "/_stats", timeout=10).json()
+    truth = replicate_truth(stack)
+    assert done["provider"] == "replicate" and done["total_count"] == REPLICATE_ROWS
+    assert done["completed_count"] + done["failed_count"] == REPLICATE_ROWS
+    # Every prediction beyond one per row is a duplicate, and each is one the batch reports.
+    assert len(truth) == REPLICATE_ROWS + stats["duplicate_creates"]
+    assert stats["duplicate_creates"] == 0 or stats["duplicate_creates"] == done["duplicate_runs"], (
+        stats,
+        done["duplicate_runs"],
+    )
+    assert stats["polls"] == 0 and stats["max_in_flight"] <= CAP
+    with stack.api as api:
+        rows: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = api.get(
+                f"/batches/{batch_id}/rows", params={"limit": 100} | ({"cursor": cursor} if cursor else {})
+            )
+            rows += page.json()["items"]
+            cursor = page.json()["next_cursor"]
+            if not cursor:
+                break
+    assert len(rows) == REPLICATE_ROWS and len({r["run_id"] for r in rows}) == REPLICATE_ROWS
+    for row in rows:  # each row's outcome is its prediction's
+        assert (row["status"] == "completed") == (truth[row["run_id"]]["status"] == "succeeded"), row
+    assert done["outputs_saved_count"] == done["completed_count"] and done["outputs_failed_count"] == 0
+    assert len(hook.wait_for(lambda got: len(got) >= 1)) == 1
+
+
 @pytest.mark.xdist_group("chaos-all-faults")  # the suite's longest test: a worker (and stack) of its own
 def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: LocalStack) -> None:
     hook = WebhookReceiver()
+    replicate_hook = WebhookReceiver()
     try:
+        replicate_batch = start_replicate_batch(chaos, replicate_hook)
         out = io.StringIO(newline="")
         writer = csv.writer(out)
         writer.writerow(["id", "prompt"])
@@ -169,8 +252,11 @@ def test_every_fault_at_once_still_gives_exact_outcomes_and_one_on_done(chaos: L
         log = (chaos.state_dir / "up.log").read_text()
         assert "killed after" in log and "WorkerFunction" in log
         assert_outputs_saved_once(chaos, done, rows)
+        assert_replicate_batch_exact(chaos, replicate_batch, replicate_hook)
+        assert len(hook.got) == 1 and len(replicate_hook.got) == 1
     finally:
         hook.close()
+        replicate_hook.close()
 
 
 BUDGET_ROWS = 300  # 2 chunks

@@ -112,3 +112,56 @@ def test_without_that_configuration_a_loopback_url_is_refused_at_delivery_too(aw
         assert hook.got == []
     finally:
         hook.close()
+
+
+class _SnsFailingOnce:
+    """The stack's SNS, except that the first publish fails as SNS does under load."""
+
+    def __init__(self, sns: object) -> None:
+        self._sns = sns
+        self.failures_left = 1
+
+    def publish(self, **kwargs: object) -> object:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise RuntimeError("InternalError: SNS 500")
+        return self._sns.publish(**kwargs)  # type: ignore[attr-defined]
+
+
+class _RecordingDoneQueue:
+    def __init__(self) -> None:
+        self.sent: list[tuple[DoneMessage, int]] = []
+
+    def send(self, message: DoneMessage, delay_seconds: int = 0) -> None:
+        self.sent.append((message, delay_seconds))
+
+
+def test_a_delivery_failing_after_its_claim_hands_itself_back_at_once_not_after_its_lease(aws: Aws) -> None:
+    hook = WebhookReceiver()
+    try:
+        batch_id, message = finished(aws, hook.url + "/done")
+        queue = _RecordingDoneQueue()
+        sns = _SnsFailingOnce(aws.sns)
+        on_done = OnDoneDelivery(
+            s3=aws.s3,
+            sns=sns,  # type: ignore[arg-type]
+            ledger=aws.ledger,
+            done_queue=queue,  # type: ignore[arg-type]
+            http=webhook_client(DestinationPolicy(allow_loopback=True), timeout_s=5),
+            signer=WebhookSigner(WEBHOOK_SECRET),
+            topic_arn=aws.topic_arn,
+        )
+        assert on_done.deliver(message).status == "requeued"
+        ((requeued, delay),) = queue.sent
+        assert (requeued.attempt, requeued.requeued, delay) == (0, 1, 5)
+        batch = aws.ledger.batches.get(batch_id)
+        assert batch is not None and batch.notification.results_written
+        assert not batch.notification.sns_published and hook.got == []
+        # The requeued message claims at once: the failed delivery's lease was given back.
+        assert on_done.deliver(requeued).status == "delivered"
+        assert len(hook.got) == 1
+        # The original message, redelivered by SQS later, finds the finish delivered.
+        assert on_done.deliver(message).status == "not_claimed"
+        assert len(hook.got) == 1
+    finally:
+        hook.close()

@@ -1,6 +1,6 @@
 """Replicate's official Python client, pinned (`replicate` 1.0.7, in the dev lock), against the
 Replicate emulator (contract §5b), and one table of signed webhook vectors judged by the client's
-validator and by rowcall's.
+validator and by rowcall's (`rowcall.providers.replicate.ReplicateDeliveries`).
 
 Only the emulator runs here (on loopback): these tests hold it to what the real client sends and
 parses, so the adapter and the e2e tests that drive it are driven by something Replicate-shaped.
@@ -24,6 +24,7 @@ import replicate
 from replicate.exceptions import ReplicateError
 from replicate.webhook import WebhookSigningSecret, WebhookValidationError
 
+from rowcall.providers.replicate import ReplicateDeliveries
 from rowcall_local.provider_emulator import ProviderFaults
 from rowcall_local.replicate_emulator import CALLBACK_BACKOFF_S, ReplicateEmulator, version_of
 
@@ -355,8 +356,14 @@ def client_accepts(headers: dict[str, str], body: bytes, secret: str) -> bool:
     return True
 
 
+def rowcall_accepts(headers: dict[str, str], body: bytes, secret: str) -> bool:
+    """What the callback route asks of a delivery for a row on Replicate."""
+    return ReplicateDeliveries(lambda: [secret]).verify(headers, body)
+
+
 JUDGES: dict[str, Callable[[dict[str, str], bytes, str], bool]] = {
     "replicate client": client_accepts,
+    "rowcall": rowcall_accepts,
 }
 
 
@@ -390,6 +397,13 @@ def signed_vectors(captured: list[Delivery]) -> list[tuple[str, dict[str, str], 
         ("future timestamp", at(now + TOLERANCE_S + 60), body, SECRET, False),
         ("just within tolerance", at(now - TOLERANCE_S + 30), body, SECRET, True),
         ("wrong secret", headers, body, OTHER_SECRET, False),
+        (
+            "made-up signature",
+            {**headers, SIG: "v1," + base64.b64encode(b"x" * 32).decode()},
+            body,
+            SECRET,
+            False,
+        ),
         ("signed with another secret", at(now, OTHER_SECRET), body, SECRET, False),
         (
             "two signatures, one valid (rotation)",

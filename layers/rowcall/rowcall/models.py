@@ -204,6 +204,9 @@ class DoneMessage(BaseModel):
     # Which delivery attempt this message is for: a stale or duplicate message for an attempt
     # that has already happened finds the notification moved on and is dropped.
     attempt: int = Field(default=0, ge=0)
+    # How many times a delivery of this attempt failed mid-way (an AWS error after the claim)
+    # and handed itself back: bounds the quick retries before SQS's own redelivery takes over.
+    requeued: int = Field(default=0, ge=0)
 
 
 class RowError(BaseModel):

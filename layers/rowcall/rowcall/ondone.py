@@ -34,6 +34,10 @@ logger = Logger(child=True)
 # Standard Webhooks' schedule after the first attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 RETRY_SCHEDULE_S = (5, 300, 1800, 7200, 18000, 36000, 36000)
 LEASE_S = 330  # longer than the notifier's timeout, so a live delivery is never taken over
+# A delivery that failed mid-way (an AWS error after its claim) hands itself back this soon,
+# doubling, a few times; after that SQS's redelivery (the queue's 30-minute visibility timeout,
+# then its dead-letter queue) takes over. Without it one error held the finish for 11 minutes.
+REQUEUE_DELAYS_S = (5, 15, 60, 180)
 
 EVENT_TYPES = {
     BatchStatus.COMPLETED: "batch.completed",
@@ -91,6 +95,25 @@ class OnDoneDelivery:
         batch = self._ledger.notifications.claim(message, lease_seconds=LEASE_S, now_epoch=now)
         if batch is None:
             return self._not_claimed(message, now)
+        try:
+            return self._deliver_claimed(batch, message)
+        except Exception:
+            # Released first: the requeued message must find the claim free. An attempt already
+            # settled (its retry message is what failed) is the redelivered original's to repair.
+            if message.requeued >= len(REQUEUE_DELAYS_S) or not self._ledger.notifications.release(
+                message, now_epoch=self._clock()
+            ):
+                raise
+            self._done.send(
+                message.model_copy(update={"requeued": message.requeued + 1}),
+                delay_seconds=REQUEUE_DELAYS_S[message.requeued],
+            )
+            logger.exception(
+                "on-done delivery failed mid-way; requeued", extra={"batch_id": message.batch_id}
+            )
+            return DeliveryResult("requeued", batch.notification.attempts)
+
+    def _deliver_claimed(self, batch: BatchState, message: DoneMessage) -> DeliveryResult:
         notification = batch.notification
         if not notification.results_written:
             csv_key, err_key = upload_results(self._s3, self._ledger, batch)
@@ -125,7 +148,9 @@ class OnDoneDelivery:
         ):
             return DeliveryResult("not_claimed")
         wait = max(0, math.ceil((notification.lease_until or 0) - now))
-        self._done.send(message.model_copy(update={"attempt": notification.attempts}), delay_seconds=wait)
+        self._done.send(
+            message.model_copy(update={"attempt": notification.attempts, "requeued": 0}), delay_seconds=wait
+        )
         return DeliveryResult("waiting", notification.attempts)
 
     def _body(self, batch: BatchState) -> bytes:
@@ -195,7 +220,7 @@ class OnDoneDelivery:
             attempts=attempts,
             retry_at_epoch=self._clock() + delay,
         )
-        self._done.send(message.model_copy(update={"attempt": attempts}), delay_seconds=delay)
+        self._done.send(message.model_copy(update={"attempt": attempts, "requeued": 0}), delay_seconds=delay)
         logger.warning(
             "on-done attempt failed", extra={"attempts": attempts, "detail": detail, "retry_in_s": delay}
         )

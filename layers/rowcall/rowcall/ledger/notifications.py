@@ -40,6 +40,24 @@ class NotificationLedger:
         )
         return BatchState.model_validate(stored) if stored is not None else None
 
+    def release(self, message: DoneMessage, *, now_epoch: float) -> bool:
+        """Gives up a claim whose delivery failed mid-way, so its retry can claim at once
+        instead of waiting out the lease (kept for deliveries that die without a word).
+        False when the delivery had already settled its attempt."""
+        released = self._table.update(
+            batch_key(message.batch_id),
+            "SET #notification.#lease_until = :now",
+            condition="#finish_seq = :seq AND #notification.#attempts = :attempt AND "
+            "#notification.#status = :sending",
+            values={
+                ":now": math.floor(now_epoch),
+                ":seq": message.finish_seq,
+                ":attempt": message.attempt,
+                ":sending": "sending",
+            },
+        )
+        return released is not None
+
     def record_step(self, batch_id: str, finish_seq: int, step: NotificationStep) -> None:
         """Marks a once-per-finish step as done."""
         self._table.update(
