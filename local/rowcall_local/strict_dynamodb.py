@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import logging
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -199,11 +202,60 @@ def _checked(method: Callable[[Any], Any], action: str) -> Callable[[Any], Any]:
     return checked
 
 
+# API reference, TransactWriteItems `ClientRequestToken`: a repeat of a successful call within 10
+# minutes "returns successfully without making any changes"; the same token with other parameters
+# is IdempotentParameterMismatchException. moto ignores the token, so a retry of a transaction whose
+# first answer was lost (aws_faults' 500 after applying) would apply it twice here and never on AWS.
+CLIENT_TOKEN_TTL_S = 600
+
+
+class _ClientTokens:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[str, float]] = {}
+
+    def wrap(self, method: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        @functools.wraps(method)
+        def idempotent(handler: Any) -> Any:
+            body = handler.body
+            token = body.get("ClientRequestToken") if isinstance(body, Mapping) else None
+            if not token:
+                return method(handler)
+            fingerprint = json.dumps(body.get("TransactItems"), sort_keys=True)
+            # One lock around apply-and-remember: a retry racing its own original must not apply too.
+            with self._lock:
+                now = time.monotonic()
+                seen = self._seen.get(token)
+                if seen is not None and now - seen[1] < CLIENT_TOKEN_TTL_S:
+                    if seen[0] != fingerprint:
+                        raise _mismatch()
+                    from moto.core.responses import ActionResult
+
+                    return ActionResult({"ConsumedCapacity": [], "ItemCollectionMetrics": {}})
+                result = method(handler)
+                self._seen = {t: v for t, v in self._seen.items() if now - v[1] < CLIENT_TOKEN_TTL_S}
+                self._seen[token] = (fingerprint, now)
+                return result
+
+        return idempotent
+
+
+def _mismatch() -> Exception:
+    from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException
+
+    return DynamodbException(
+        ERROR_TYPE_PREFIX + "IdempotentParameterMismatchException",
+        "Request parameters do not match the parameters of the original request with this token",
+    )
+
+
 def install() -> None:
     import moto.dynamodb.responses as responses
 
     for method_name, action in _ACTIONS.items():
         method = getattr(responses.DynamoHandler, method_name)
         setattr(responses.DynamoHandler, method_name, _checked(method, action))
+    transact = responses.DynamoHandler.transact_write_items
+    setattr(responses.DynamoHandler, "transact_write_items", _ClientTokens().wrap(transact))  # noqa: B010
     setattr(responses, "TRANSACTION_MAX_ITEMS", MAX_TRANSACT_GET_ITEMS)  # noqa: B010 - moto's module global
     _count_items_as_dynamodb_does()

@@ -74,6 +74,9 @@ def ddb(moto_url: str) -> Any:
     return dynamodb
 
 
+ONE_VALUE = {"ExpressionAttributeValues": {":one": {"N": "1"}}}
+
+
 def update(**extra: Any) -> dict[str, Any]:
     return {"TableName": "t", "Key": KEY, "UpdateExpression": "ADD n :one", **extra}
 
@@ -277,6 +280,24 @@ def test_a_transaction_touches_each_item_once_and_at_most_100(ddb: Any) -> None:
     # TransactGetItems takes up to 100 too (moto alone stops at 25).
     gets = [{"Get": {"TableName": "t", "Key": p["Put"]["Item"]}} for p in puts[:100]]
     assert len(ddb.transact_get_items(TransactItems=gets)["Responses"]) == 100
+
+
+def test_a_transaction_repeated_with_its_client_request_token_applies_once(ddb: Any) -> None:
+    """As DynamoDB does for 10 minutes: botocore retries a transaction whose answer was lost with
+    the same token, so a counter's ADD inside one is counted once however often it is retried."""
+    key = {"pk": {"S": "token"}, "sk": {"S": "counter"}}
+    add = [{"Update": {"TableName": "t", "Key": key, "UpdateExpression": "ADD n :one", **ONE_VALUE}}]
+    for _ in range(3):
+        ddb.transact_write_items(TransactItems=add, ClientRequestToken="release-1")
+    assert ddb.get_item(TableName="t", Key=key)["Item"]["n"] == {"N": "1"}
+    other = [{"Update": {**add[0]["Update"], "ExpressionAttributeValues": {":one": {"N": "2"}}}}]
+    status, code, _ = refusal(
+        lambda: ddb.transact_write_items(TransactItems=other, ClientRequestToken="release-1")
+    )
+    assert (status, code) == (400, "IdempotentParameterMismatchException")
+    ddb.transact_write_items(TransactItems=add, ClientRequestToken="release-2")
+    ddb.transact_write_items(TransactItems=add)  # botocore fills in a fresh token of its own
+    assert ddb.get_item(TableName="t", Key=key)["Item"]["n"] == {"N": "3"}
 
 
 def test_batch_writes_take_25_requests_and_batch_gets_100_keys(ddb: Any) -> None:

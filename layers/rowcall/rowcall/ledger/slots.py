@@ -80,4 +80,9 @@ class SlotLedger:
 
     def release(self, count: int, shard: int) -> None:
         if count > 0:
-            self._table.update(_released_key(shard), "ADD #n :n", values={":n": count})
+            # A transaction, not an UpdateItem: an ADD retried after a lost answer (a 500 that AWS
+            # had applied) would give the slots back twice and let the cap be overrun, while
+            # botocore's retries of a transaction carry its ClientRequestToken and apply it once.
+            self._table.transact(
+                [self._table.update_item(_released_key(shard), "ADD #n :n", values={":n": count})]
+            )
