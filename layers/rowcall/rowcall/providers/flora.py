@@ -34,6 +34,7 @@ from rowcall.providers.port import (
     RunNotFound,
     RunRefused,
     created_epoch_s,
+    provider_http,
     retry_after,
     tls_context,
 )
@@ -114,10 +115,7 @@ class ProviderConnection:
         return FLORA
 
     def http(self) -> httpx.AsyncClient:
-        """An HTTP client for one event loop (one invocation), on the container's TLS context:
-        building one costs ~50-140 ms of CPU (the CA bundle is parsed), which every invocation
-        of the recorder, worker and safety net paid before."""
-        return httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, verify=tls_context())
+        return provider_http(self.timeout_s)
 
     def client(self, http: httpx.AsyncClient) -> ProviderClient:
         """A client of this provider over `http` (one per event loop and invocation)."""

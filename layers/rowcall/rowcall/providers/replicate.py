@@ -51,8 +51,8 @@ from rowcall.providers.port import (
     RunNotFound,
     RunRefused,
     created_epoch_s,
+    provider_http,
     retry_after,
-    tls_context,
 )
 from rowcall.signing import WebhookSigner
 
@@ -248,7 +248,7 @@ class ReplicateConnection:
         return REPLICATE
 
     def http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, verify=tls_context())
+        return provider_http(self.timeout_s)
 
     def client(self, http: httpx.AsyncClient) -> ReplicateClient:
         return ReplicateClient(http, base_url=self.base_url, api_token=self.api_token, retry=self.retry)
